@@ -1,0 +1,635 @@
+//! Typed configuration: `daemon.toml` layered with `CHATFERRY__SECTION__KEY`
+//! environment overrides and `DATABASE_URL`.
+//!
+//! Every credential is a [`SecretString`]: it prints as `[REDACTED]` and is
+//! only exposed at the one place that signs a request or opens a connection.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// A configuration problem: the CLI maps it to exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    #[serde(default)]
+    pub targets: BTreeMap<String, TargetConfig>,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub load: LoadConfig,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseConfig {
+    /// Connection URL; `DATABASE_URL` overrides it. May hold a password.
+    pub url: Option<SecretString>,
+    /// The Postgres schema chatferry keeps its tables in.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            schema: default_schema(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_schema() -> String {
+    "chatferry".into()
+}
+fn default_max_connections() -> u32 {
+    16
+}
+
+/// What a lane does after a job fails permanently.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnPermanentError {
+    /// Record the failure and go on with the lane's next message.
+    #[default]
+    Skip,
+    /// Stop the lane at the failed job until an operator steps in.
+    Block,
+}
+
+/// `[worker]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WorkerConfig {
+    /// Lanes in flight at once in this process.
+    pub concurrency: usize,
+    /// How long a lane stays claimed without a heartbeat.
+    pub lease_secs: u64,
+    /// Per-request HTTP timeout; past it the outcome is unknown.
+    pub request_timeout_ms: u64,
+    pub on_permanent_error: OnPermanentError,
+    /// Give up on a job after this many attempts (0: never).
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with full jitter.
+    pub retry_min_ms: u64,
+    /// Ceiling of the retry delay.
+    pub retry_max_ms: u64,
+    /// How often an idle worker looks for new work.
+    pub poll_interval_ms: u64,
+    /// How long in-flight calls may run after SIGTERM.
+    pub shutdown_grace_secs: u64,
+    /// Jobs read from a lane per round trip.
+    pub prefetch: i64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            lease_secs: 30,
+            request_timeout_ms: 10_000,
+            on_permanent_error: OnPermanentError::Skip,
+            max_attempts: 0,
+            retry_min_ms: 500,
+            retry_max_ms: 300_000,
+            poll_interval_ms: 500,
+            shutdown_grace_secs: 20,
+            prefetch: 32,
+        }
+    }
+}
+
+/// `[http]`: the ops endpoint.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// `host:port` for /healthz, /readyz and /metrics; unset disables it.
+    pub listen: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `chatferry=debug`. `RUST_LOG` wins.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[load]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LoadConfig {
+    /// Rows written per insert statement.
+    pub chunk_rows: usize,
+    /// Lines longer than this are rejected without being buffered whole.
+    pub max_line_bytes: usize,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        Self {
+            chunk_rows: 5000,
+            max_line_bytes: 1 << 20,
+        }
+    }
+}
+
+/// One `[targets.NAME]` table; `kind` picks the provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TargetConfig {
+    Zim(ZimTarget),
+    Tencent(TencentTarget),
+}
+
+impl TargetConfig {
+    /// Calls per second this target may make (the send API).
+    pub fn rate_per_sec(&self) -> f64 {
+        match self {
+            TargetConfig::Zim(z) => z.rate_per_sec,
+            TargetConfig::Tencent(t) => t.rate_per_sec,
+        }
+    }
+
+    /// `zim` or `tencent`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TargetConfig::Zim(_) => "zim",
+            TargetConfig::Tencent(_) => "tencent",
+        }
+    }
+}
+
+/// ZEGO ZIM `ImportPeerMsg` target.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ZimTarget {
+    /// Base URL; wins over `region`.
+    pub endpoint: Option<String>,
+    /// `unified`, `shanghai`, `hongkong`, `frankfurt`, `los-angeles`, `mumbai`, `singapore`.
+    pub region: Option<String>,
+    pub app_id: u32,
+    pub server_secret: Option<SecretString>,
+    pub server_secret_file: Option<PathBuf>,
+    #[serde(default = "zim_rate")]
+    pub rate_per_sec: f64,
+    #[serde(default = "zim_rate")]
+    pub query_rate_per_sec: f64,
+    #[serde(default = "zim_rate")]
+    pub register_rate_per_sec: f64,
+    /// The plan's history window; older messages are rejected at load.
+    #[serde(default = "zim_retention")]
+    pub retention_days: u32,
+    /// `MessageBody.Message` limit in bytes (2 KB unless raised on request).
+    #[serde(default = "zim_max_message")]
+    pub max_message_bytes: usize,
+    /// `MessageBody.Message` limit for multi-item messages.
+    #[serde(default = "zim_max_multi")]
+    pub max_multi_message_bytes: usize,
+    #[serde(default = "zim_max_ext")]
+    pub max_extended_bytes: usize,
+    /// Default `Priority` (1 low, 2 mid, 3 high).
+    #[serde(default = "zim_priority")]
+    pub priority: u8,
+    /// Register users through `UserRegister` when the provider says they are missing.
+    #[serde(default)]
+    pub ensure_users: bool,
+}
+
+fn zim_rate() -> f64 {
+    20.0
+}
+fn zim_retention() -> u32 {
+    7
+}
+fn zim_max_message() -> usize {
+    2048
+}
+fn zim_max_multi() -> usize {
+    5120
+}
+fn zim_max_ext() -> usize {
+    1024
+}
+fn zim_priority() -> u8 {
+    1
+}
+
+/// How Tencent shows imported messages (`SyncFromOldSystem`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// 2: history, read, no push.
+    #[default]
+    History,
+    /// 5: live import during a cut-over, unread, pushed.
+    Live,
+}
+
+impl SyncMode {
+    /// The wire value of `SyncFromOldSystem`.
+    pub fn wire(self) -> u8 {
+        match self {
+            SyncMode::History => 2,
+            SyncMode::Live => 5,
+        }
+    }
+}
+
+/// Tencent Cloud IM `v4/openim/importmsg` target.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TencentTarget {
+    pub endpoint: Option<String>,
+    /// `china`, `singapore`, `seoul`, `tokyo`, `frankfurt`, `india`, `silicon-valley`, `jakarta`.
+    pub region: Option<String>,
+    pub sdk_app_id: u32,
+    pub admin_identifier: String,
+    pub secret_key: Option<SecretString>,
+    pub secret_key_file: Option<PathBuf>,
+    #[serde(default = "tim_rate")]
+    pub rate_per_sec: f64,
+    #[serde(default = "tim_rate")]
+    pub query_rate_per_sec: f64,
+    #[serde(default = "tim_account_rate")]
+    pub account_rate_per_sec: f64,
+    #[serde(default)]
+    pub sync_mode: SyncMode,
+    /// UserSig lifetime; it is renewed when a quarter of it is left.
+    #[serde(default = "tim_sig_ttl")]
+    pub usersig_ttl_secs: u64,
+    /// Whole-message limit in bytes.
+    #[serde(default = "tim_max_message")]
+    pub max_message_bytes: usize,
+    /// Import missing accounts and retry when the provider says they are missing.
+    #[serde(default)]
+    pub ensure_accounts: bool,
+}
+
+fn tim_rate() -> f64 {
+    200.0
+}
+fn tim_account_rate() -> f64 {
+    100.0
+}
+fn tim_sig_ttl() -> u64 {
+    86_400
+}
+fn tim_max_message() -> usize {
+    12 * 1024
+}
+
+/// Where the config file came from, for messages.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub path: Option<PathBuf>,
+}
+
+impl Config {
+    /// Finds and reads the configuration as the contract orders it:
+    /// `--config`, `$CHATFERRY_CONFIG`, `./daemon.toml`, `/etc/chatferry/daemon.toml`.
+    pub fn load(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
+        let path = match explicit {
+            Some(p) => {
+                if !p.exists() {
+                    return Err(err(format!(
+                        "config file {} does not exist; pass an existing file to --config",
+                        p.display()
+                    )));
+                }
+                Some(p.to_path_buf())
+            }
+            None => match std::env::var_os("CHATFERRY_CONFIG") {
+                Some(p) if !p.is_empty() => {
+                    let p = PathBuf::from(p);
+                    if !p.exists() {
+                        return Err(err(format!(
+                            "CHATFERRY_CONFIG points at {}, which does not exist",
+                            p.display()
+                        )));
+                    }
+                    Some(p)
+                }
+                _ => ["daemon.toml", "/etc/chatferry/daemon.toml"]
+                    .iter()
+                    .map(PathBuf::from)
+                    .find(|p| p.exists()),
+            },
+        };
+        let mut b = config::Config::builder();
+        if let Some(p) = &path {
+            b = b.add_source(config::File::from(p.as_path()).format(config::FileFormat::Toml));
+        }
+        b = b.add_source(
+            config::Environment::with_prefix("CHATFERRY")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let raw = b.build().map_err(|e| {
+            err(format!(
+                "cannot read configuration{}: {e}",
+                path.as_ref()
+                    .map(|p| format!(" from {}", p.display()))
+                    .unwrap_or_default()
+            ))
+        })?;
+        let mut config: Config = raw.try_deserialize().map_err(|e| {
+            err(format!(
+                "invalid configuration{}: {e}; see daemon.example.toml for every key",
+                path.as_ref()
+                    .map(|p| format!(" in {}", p.display()))
+                    .unwrap_or_default()
+            ))
+        })?;
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            if !url.is_empty() {
+                config.database.url = Some(SecretString::new(url));
+            }
+        }
+        config.resolve_secret_files()?;
+        config.validate()?;
+        Ok(Loaded { config, path })
+    }
+
+    /// Parses a TOML string (tests and the simulator's embedded defaults).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .map_err(|e| err(format!("invalid configuration: {e}")))?;
+        let mut config: Config = raw
+            .try_deserialize()
+            .map_err(|e| err(format!("invalid configuration: {e}")))?;
+        config.resolve_secret_files()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        for (name, t) in self.targets.iter_mut() {
+            let (value, file, key) = match t {
+                TargetConfig::Zim(z) => (&mut z.server_secret, &z.server_secret_file, "server_secret"),
+                TargetConfig::Tencent(t) => (&mut t.secret_key, &t.secret_key_file, "secret_key"),
+            };
+            if let Some(f) = file {
+                let text = std::fs::read_to_string(f).map_err(|e| {
+                    err(format!(
+                        "targets.{name}.{key}_file: cannot read {}: {e}",
+                        f.display()
+                    ))
+                })?;
+                *value = Some(SecretString::new(text.trim_end_matches(['\n', '\r']).to_string()));
+            }
+            match value {
+                Some(v) if !v.expose_secret().is_empty() => {}
+                _ => {
+                    return Err(err(format!(
+                        "targets.{name} has no {key}; set {key} or {key}_file"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.worker.concurrency == 0 {
+            return Err(err("worker.concurrency must be at least 1"));
+        }
+        if self.worker.lease_secs < 3 {
+            return Err(err("worker.lease_secs must be at least 3"));
+        }
+        if self.worker.request_timeout_ms * 2 >= self.worker.lease_secs * 1000 {
+            return Err(err(format!(
+                "worker.request_timeout_ms ({}) must be under half of worker.lease_secs ({} s), \
+                 so a call always ends while its lane is still leased",
+                self.worker.request_timeout_ms, self.worker.lease_secs
+            )));
+        }
+        if self.worker.prefetch < 1 {
+            return Err(err("worker.prefetch must be at least 1"));
+        }
+        for (name, t) in &self.targets {
+            if !valid_target_name(name) {
+                return Err(err(format!(
+                    "target name {name:?} may only use letters, digits, '-' and '_'"
+                )));
+            }
+            if !(t.rate_per_sec() > 0.0) {
+                return Err(err(format!("targets.{name}.rate_per_sec must be above 0")));
+            }
+            match t {
+                TargetConfig::Zim(z) => {
+                    zim_base_url(z).map_err(|e| err(format!("targets.{name}: {e}")))?;
+                    if !(1..=3).contains(&z.priority) {
+                        return Err(err(format!(
+                            "targets.{name}.priority must be 1 (low), 2 (mid) or 3 (high)"
+                        )));
+                    }
+                    if z.retention_days == 0 {
+                        return Err(err(format!("targets.{name}.retention_days must be at least 1")));
+                    }
+                }
+                TargetConfig::Tencent(t) => {
+                    tencent_base_url(t).map_err(|e| err(format!("targets.{name}: {e}")))?;
+                    if t.admin_identifier.is_empty() {
+                        return Err(err(format!("targets.{name}.admin_identifier is empty")));
+                    }
+                    if t.usersig_ttl_secs < 600 {
+                        return Err(err(format!(
+                            "targets.{name}.usersig_ttl_secs must be at least 600"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL, or a configuration error saying how to set it.
+    pub fn database_url(&self) -> Result<&SecretString, ConfigError> {
+        self.database
+            .url
+            .as_ref()
+            .ok_or_else(|| err("no database configured: set database.url in daemon.toml or DATABASE_URL"))
+    }
+
+    /// Looks a target up by name.
+    pub fn target(&self, name: &str) -> Result<&TargetConfig, ConfigError> {
+        self.targets.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.targets.keys().map(String::as_str).collect();
+            err(format!(
+                "unknown target {name:?}; configured targets: {}",
+                if known.is_empty() {
+                    "none (add a [targets.NAME] table)".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        })
+    }
+}
+
+fn valid_target_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn normalize_base(url: &str) -> Result<String, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("endpoint {url:?} is not a URL: {e}"))?;
+    if parsed.scheme() != "http" && parsed.scheme() != "https" {
+        return Err(format!("endpoint {url:?} must start with http:// or https://"));
+    }
+    let mut s = url.to_string();
+    if !s.ends_with('/') {
+        s.push('/');
+    }
+    Ok(s)
+}
+
+/// The ZIM base URL from `endpoint` or `region`.
+pub fn zim_base_url(z: &ZimTarget) -> Result<String, String> {
+    if let Some(e) = &z.endpoint {
+        return normalize_base(e);
+    }
+    let host = match z.region.as_deref().unwrap_or("unified") {
+        "unified" => "zim-api",
+        "shanghai" => "zim-api-sha",
+        "hongkong" => "zim-api-hkg",
+        "frankfurt" => "zim-api-fra",
+        "los-angeles" => "zim-api-lax",
+        "mumbai" => "zim-api-bom",
+        "singapore" => "zim-api-sgp",
+        other => {
+            return Err(format!(
+                "unknown ZIM region {other:?}; use unified, shanghai, hongkong, frankfurt, \
+                 los-angeles, mumbai or singapore, or set endpoint"
+            ))
+        }
+    };
+    Ok(format!("https://{host}.zego.im/"))
+}
+
+/// The Tencent base URL from `endpoint` or `region`.
+pub fn tencent_base_url(t: &TencentTarget) -> Result<String, String> {
+    if let Some(e) = &t.endpoint {
+        return normalize_base(e);
+    }
+    let host = match t.region.as_deref().unwrap_or("china") {
+        "china" => "console.tim.qq.com",
+        "singapore" => "adminapisgp.im.qcloud.com",
+        "seoul" => "adminapikr.im.qcloud.com",
+        "tokyo" => "adminapijpn.im.qcloud.com",
+        "frankfurt" => "adminapiger.im.qcloud.com",
+        "india" => "adminapiind.im.qcloud.com",
+        "silicon-valley" => "adminapiusa.im.qcloud.com",
+        "jakarta" => "adminapiidn.im.qcloud.com",
+        other => {
+            return Err(format!(
+                "unknown Tencent region {other:?}; use china, singapore, seoul, tokyo, \
+                 frankfurt, india, silicon-valley or jakarta, or set endpoint"
+            ))
+        }
+    };
+    Ok(format!("https://{host}/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+[database]
+url = "postgres://u:hunter2@localhost/db"
+[targets.zim]
+kind = "zim"
+endpoint = "http://127.0.0.1:9/"
+app_id = 12345
+server_secret = "s3cret"
+[targets.tim]
+kind = "tencent"
+region = "singapore"
+sdk_app_id = 1400000000
+admin_identifier = "administrator"
+secret_key = "k3y"
+sync_mode = "live"
+"#;
+
+    #[test]
+    fn parses_both_kinds_with_defaults() {
+        let c = Config::from_toml(SAMPLE).unwrap();
+        match c.target("zim").unwrap() {
+            TargetConfig::Zim(z) => {
+                assert_eq!(z.rate_per_sec, 20.0);
+                assert_eq!(zim_base_url(z).unwrap(), "http://127.0.0.1:9/");
+            }
+            _ => panic!("wrong kind"),
+        }
+        match c.target("tim").unwrap() {
+            TargetConfig::Tencent(t) => {
+                assert_eq!(t.sync_mode.wire(), 5);
+                assert_eq!(tencent_base_url(t).unwrap(), "https://adminapisgp.im.qcloud.com/");
+            }
+            _ => panic!("wrong kind"),
+        }
+        assert!(c.target("nope").unwrap_err().0.contains("zim"));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = Config::from_toml(SAMPLE).unwrap();
+        let dump = format!("{c:?}");
+        assert!(!dump.contains("hunter2"));
+        assert!(!dump.contains("s3cret"));
+        assert!(!dump.contains("k3y\""));
+    }
+
+    #[test]
+    fn missing_secret_names_the_key() {
+        let e =
+            Config::from_toml("[targets.z]\nkind=\"zim\"\napp_id=1\nendpoint=\"http://x/\"\n").unwrap_err();
+        assert!(e.0.contains("targets.z has no server_secret"), "{e}");
+    }
+}

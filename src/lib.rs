@@ -1,0 +1,22 @@
+//! chatferry moves one-to-one chat history into ZEGO ZIM and Tencent Cloud
+//! IM, exactly once and in order, from a Postgres job table.
+//!
+//! - `config`: the typed configuration.
+//! - `store`: every SQL statement.
+//! - `load`: JSON Lines in, jobs out.
+//! - `worker`: lanes, leases, the ordered send loop and its checkpoints.
+//! - `ratelimit`: per-target token buckets.
+//! - `providers`: the provider trait, and `zim` and `tencent` wire formats.
+//! - `ops`: signals.
+
+pub mod cli;
+pub mod config;
+pub mod load;
+pub mod ops;
+pub mod providers;
+pub mod ratelimit;
+pub mod simulate;
+pub mod status;
+pub mod store;
+pub mod telemetry;
+pub mod worker;

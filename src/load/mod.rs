@@ -1,0 +1,405 @@
+//! `chatferry load`: streams JSON Lines into the job table.
+//!
+//! A reader thread parses and checks each line and builds its provider
+//! request bodies; full chunks go through a small bounded channel to the
+//! database writer, so memory stays flat whatever the input size. Loading
+//! is idempotent: a job is unique per (lane, source id), and a repeat
+//! insert does nothing.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use backon::{ExponentialBuilder, Retryable};
+use serde::Serialize;
+
+use crate::config::{Config, TargetConfig};
+use crate::providers::{self, PlanContext};
+use crate::store::{self, NewJob, Store};
+
+pub mod input;
+
+/// What a load did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct LoadSummary {
+    pub lines: u64,
+    pub blank: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub jobs_planned: u64,
+    pub jobs_new: u64,
+    pub seconds: f64,
+}
+
+/// One rejected line, as written to the rejects file.
+#[derive(Debug, Serialize)]
+struct Reject<'a> {
+    file: &'a str,
+    line: u64,
+    reason: &'a str,
+    input: &'a str,
+}
+
+/// Options of one `load` call.
+pub struct LoadOptions {
+    pub target: String,
+    pub batch: String,
+    pub rejects: Option<PathBuf>,
+    pub files: Vec<String>,
+    /// Wall clock for window checks (Unix ms).
+    pub now_ms: i64,
+    /// Show a progress bar (when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// Rejected lines shown on stderr before the rest go only to the file.
+const SHOWN_REJECTS: u64 = 20;
+/// Longest slice of a rejected line copied into the rejects file.
+const REJECT_INPUT_BYTES: usize = 4096;
+/// Same-millisecond counters kept before the table is cleared.
+const SAME_MS_TABLE_MAX: usize = 1 << 21;
+
+/// Runs a load to the end.
+pub async fn run(store: &Store, config: &Config, opts: LoadOptions) -> anyhow::Result<LoadSummary> {
+    let target = config.target(&opts.target)?.clone();
+    let batch_id = store
+        .ensure_batch(&opts.batch, &opts.target)
+        .await
+        .context("cannot create the batch; did you run `chatferry migrate`?")?;
+    let base = store.next_load_base().await?;
+    let started = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<NewJob>>(4);
+    let chunk_rows = config.load.chunk_rows.max(1);
+    let max_line = config.load.max_line_bytes.max(1024);
+
+    let target_name = opts.target.clone();
+    let reader = std::thread::spawn(move || read_all(opts, target, base, chunk_rows, max_line, tx));
+
+    let mut new_jobs = 0u64;
+    // Two chunks in flight keep both the parser and the database busy.
+    let mut inflight = futures::stream::FuturesOrdered::new();
+    use futures::StreamExt;
+    loop {
+        tokio::select! {
+            chunk = rx.recv(), if inflight.len() < 2 => {
+                match chunk {
+                    Some(c) => inflight.push_back(insert_with_retry(store.clone(), target_name.clone(), batch_id, c)),
+                    None => break,
+                }
+            }
+            Some(r) = inflight.next() => { new_jobs += r?; }
+        }
+    }
+    while let Some(r) = inflight.next().await {
+        new_jobs += r?;
+    }
+    let mut summary = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the input reader crashed"))??;
+    summary.jobs_new = new_jobs;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+async fn insert_with_retry(
+    store: Store,
+    target: String,
+    batch_id: i64,
+    chunk: Vec<NewJob>,
+) -> anyhow::Result<u64> {
+    let op = || {
+        let store = &store;
+        let chunk = &chunk;
+        let target = &target;
+        async move { store.insert_jobs(target, batch_id, chunk).await }
+    };
+    op.retry(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(10))
+            .with_max_times(12)
+            .with_jitter(),
+    )
+    .when(store::is_transient)
+    .notify(|e, d| tracing::warn!(error = %e, retry_in = ?d, "database unavailable while loading; retrying"))
+    .await
+    .context("cannot write jobs to the database")
+}
+
+enum Line {
+    Ok,
+    TooLong(usize),
+    Eof,
+}
+
+/// Reads one line into `buf` (without the newline), keeping at most `max`
+/// bytes: a longer line is consumed and reported, never buffered whole.
+fn read_line_bounded(r: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Line> {
+    buf.clear();
+    let mut total = 0usize;
+    let mut any = false;
+    loop {
+        let avail = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            break;
+        }
+        any = true;
+        let (part, done) = match memchr(avail) {
+            Some(i) => (&avail[..i], Some(i + 1)),
+            None => (avail, None),
+        };
+        total += part.len();
+        if total <= max {
+            buf.extend_from_slice(part);
+        }
+        let used = done.unwrap_or(avail.len());
+        r.consume(used);
+        if done.is_some() {
+            break;
+        }
+    }
+    if !any {
+        return Ok(Line::Eof);
+    }
+    if buf.last() == Some(&b'\r') && total <= max {
+        buf.pop();
+    }
+    if total > max {
+        buf.clear();
+        return Ok(Line::TooLong(total));
+    }
+    Ok(Line::Ok)
+}
+
+fn memchr(b: &[u8]) -> Option<usize> {
+    b.iter().position(|&c| c == b'\n')
+}
+
+struct Rejects {
+    out: Option<BufWriter<File>>,
+    shown: u64,
+    to_file: bool,
+}
+
+impl Rejects {
+    fn record(&mut self, file: &str, line: u64, reason: &str, raw: &[u8]) -> std::io::Result<()> {
+        if self.shown < SHOWN_REJECTS {
+            eprintln!("rejected: {file} line {line}: {reason}");
+        } else if self.shown == SHOWN_REJECTS {
+            eprintln!(
+                "rejected: more lines were rejected{}",
+                if self.to_file {
+                    "; see the rejects file for all of them"
+                } else {
+                    "; pass --rejects FILE to keep them all"
+                }
+            );
+        }
+        self.shown += 1;
+        if let Some(out) = self.out.as_mut() {
+            let cut = &raw[..raw.len().min(REJECT_INPUT_BYTES)];
+            let input = String::from_utf8_lossy(cut);
+            serde_json::to_writer(
+                &mut *out,
+                &Reject {
+                    file,
+                    line,
+                    reason,
+                    input: &input,
+                },
+            )?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+}
+
+fn read_all(
+    opts: LoadOptions,
+    target: TargetConfig,
+    base: i64,
+    chunk_rows: usize,
+    max_line: usize,
+    tx: tokio::sync::mpsc::Sender<Vec<NewJob>>,
+) -> anyhow::Result<LoadSummary> {
+    let mut rejects = Rejects {
+        out: match &opts.rejects {
+            Some(p) => {
+                Some(BufWriter::new(File::create(p).with_context(|| {
+                    format!("cannot create rejects file {}", p.display())
+                })?))
+            }
+            None => None,
+        },
+        shown: 0,
+        to_file: opts.rejects.is_some(),
+    };
+    let mut summary = LoadSummary::default();
+    let mut chunk: Vec<NewJob> = Vec::with_capacity(chunk_rows);
+    let mut same_ms: HashMap<u64, u32> = HashMap::new();
+    let mut seq: i64 = 0;
+    let mut warned_visible_to = false;
+    let is_tencent = matches!(target, TargetConfig::Tencent(_));
+
+    let total_bytes: u64 = opts
+        .files
+        .iter()
+        .filter(|f| f.as_str() != "-")
+        .filter_map(|f| std::fs::metadata(f).ok().map(|m| m.len()))
+        .sum();
+    let bar = if opts.progress && std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(total_bytes.max(1));
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {bytes}/{total_bytes} [{elapsed}] {per_sec} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+
+    let mut buf = Vec::with_capacity(4096);
+    for name in &opts.files {
+        let raw: Box<dyn Read> = if name == "-" {
+            Box::new(std::io::stdin())
+        } else {
+            Box::new(File::open(name).with_context(|| format!("cannot open input file {name}"))?)
+        };
+        let mut reader = BufReader::with_capacity(1 << 16, raw);
+        let mut line_no = 0u64;
+        loop {
+            let got = read_line_bounded(&mut reader, &mut buf, max_line)
+                .with_context(|| format!("cannot read {name}"))?;
+            line_no += 1;
+            let parsed = match got {
+                Line::Eof => break,
+                Line::TooLong(n) => {
+                    summary.lines += 1;
+                    bar.inc(n as u64 + 1);
+                    let reason = format!(
+                        "line is {n} bytes, over the {max_line}-byte limit (load.max_line_bytes); \
+                         no provider accepts a message that large"
+                    );
+                    rejects.record(name, line_no, &reason, b"")?;
+                    summary.rejected += 1;
+                    continue;
+                }
+                Line::Ok => {
+                    bar.inc(buf.len() as u64 + 1);
+                    if buf.iter().all(u8::is_ascii_whitespace) {
+                        summary.blank += 1;
+                        continue;
+                    }
+                    summary.lines += 1;
+                    input::parse_line(&buf)
+                }
+            };
+            seq += 1;
+            let planned = parsed.and_then(|m| {
+                if is_tencent && m.visible_to.is_some() && !warned_visible_to {
+                    warned_visible_to = true;
+                    eprintln!(
+                        "note: visible_to cannot be expressed in Tencent IM and is ignored \
+                         (first seen at {name} line {line_no})"
+                    );
+                }
+                let conv = providers::conversation_id(&m.from, &m.to);
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                conv.hash(&mut h);
+                m.sent_at_ms.hash(&mut h);
+                let key = h.finish();
+                if same_ms.len() >= SAME_MS_TABLE_MAX {
+                    same_ms.clear();
+                }
+                let slot = same_ms.entry(key).or_insert(0);
+                let ctx = PlanContext {
+                    now_ms: opts.now_ms,
+                    same_ms_index: *slot,
+                };
+                let jobs = providers::plan(&target, &m, ctx)?;
+                *slot += 1;
+                Ok((m, jobs))
+            });
+            match planned {
+                Err(reason) => {
+                    rejects.record(name, line_no, &reason, &buf)?;
+                    summary.rejected += 1;
+                }
+                Ok((m, jobs)) => {
+                    summary.accepted += 1;
+                    for j in jobs {
+                        summary.jobs_planned += 1;
+                        chunk.push(NewJob {
+                            lane_key: j.lane_key,
+                            conversation: j.conversation,
+                            view_user: j.view_user,
+                            source_id: m.id.clone(),
+                            sent_at_ms: m.sent_at_ms,
+                            input_seq: base + seq,
+                            body: j.body,
+                        });
+                    }
+                    if chunk.len() >= chunk_rows {
+                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_rows));
+                        if tx.blocking_send(full).is_err() {
+                            anyhow::bail!("the database writer stopped");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !chunk.is_empty() && tx.blocking_send(chunk).is_err() {
+        anyhow::bail!("the database writer stopped");
+    }
+    if let Some(mut out) = rejects.out.take() {
+        out.flush()?;
+    }
+    bar.finish_and_clear();
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_reader_skips_long_lines_and_keeps_the_rest() {
+        let data = format!("short\n{}\nafter\r\nlast", "x".repeat(100));
+        let mut r = BufReader::with_capacity(8, data.as_bytes());
+        let mut buf = Vec::new();
+        assert!(matches!(
+            read_line_bounded(&mut r, &mut buf, 50).unwrap(),
+            Line::Ok
+        ));
+        assert_eq!(buf, b"short");
+        assert!(matches!(
+            read_line_bounded(&mut r, &mut buf, 50).unwrap(),
+            Line::TooLong(100)
+        ));
+        assert!(matches!(
+            read_line_bounded(&mut r, &mut buf, 50).unwrap(),
+            Line::Ok
+        ));
+        assert_eq!(buf, b"after");
+        assert!(matches!(
+            read_line_bounded(&mut r, &mut buf, 50).unwrap(),
+            Line::Ok
+        ));
+        assert_eq!(buf, b"last");
+        assert!(matches!(
+            read_line_bounded(&mut r, &mut buf, 50).unwrap(),
+            Line::Eof
+        ));
+    }
+}

@@ -1,0 +1,3 @@
+//! Operating the daemon: signals (and, later, health and metrics).
+
+pub mod signals;

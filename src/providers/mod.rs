@@ -1,0 +1,278 @@
+//! The provider boundary: what the worker asks of a chat service, and the
+//! one classified [`Outcome`] every answer becomes.
+//!
+//! Each provider's wire format, signing and code table live in its own
+//! module (`zim`, `tencent`); the worker only sees this trait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::config::{Config, TargetConfig};
+use crate::load::input::InputMessage;
+
+pub mod tencent;
+pub mod zim;
+
+/// The ids a provider gave an accepted message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Accepted {
+    pub msg_id: Option<String>,
+    pub msg_seq: Option<i64>,
+    pub request_id: Option<String>,
+}
+
+/// Every provider answer, classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored; checkpoint the ids.
+    Accepted(Accepted),
+    /// Not applied; try again later. `throttled` marks a rate-limit answer.
+    RetryLater {
+        code: Option<i64>,
+        reason: String,
+        delay: Option<Duration>,
+        throttled: bool,
+    },
+    /// Will never be accepted as it is.
+    Permanent { code: Option<i64>, reason: String },
+    /// May or may not have been applied (timeout after the send, reset,
+    /// unreadable answer): resolve through [`Provider::reconcile`].
+    Unknown { reason: String },
+    /// The target itself is unusable (credentials, app, endpoint): stop
+    /// sending to it instead of failing the whole backlog.
+    Halt { code: Option<i64>, reason: String },
+}
+
+/// What reconciling an in-doubt job found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconciled {
+    /// The provider holds the message: record these ids.
+    Applied(Accepted),
+    /// The provider does not hold it, or holding it twice is harmless
+    /// (dedup): send it (again).
+    NotApplied,
+    /// Could not tell now; try again later.
+    Unknown { reason: String },
+    /// Reconcile cannot work for this target now (auth, config).
+    Halt { code: Option<i64>, reason: String },
+}
+
+/// A job as the provider sees it: the frozen body and where it belongs.
+#[derive(Debug, Clone)]
+pub struct SendJob<'a> {
+    pub job_id: i64,
+    pub body: &'a str,
+    pub lane_key: &'a str,
+    pub attempt: i32,
+}
+
+/// A chat service chatferry imports into.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// Sends one frozen request body.
+    async fn send(&self, job: &SendJob<'_>) -> Outcome;
+
+    /// Decides whether an in-doubt job was applied. The default resends,
+    /// which is right only for providers that deduplicate.
+    async fn reconcile(&self, _job: &SendJob<'_>) -> Reconciled {
+        Reconciled::NotApplied
+    }
+}
+
+/// One job the loader derives from an input message.
+#[derive(Debug, Clone)]
+pub struct PlannedJob {
+    pub lane_key: String,
+    pub conversation: String,
+    pub view_user: Option<String>,
+    pub body: String,
+}
+
+/// Per-load facts a planner needs besides the message.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanContext {
+    /// Wall clock at load, Unix ms (the ZIM window is relative to it).
+    pub now_ms: i64,
+    /// Position among same-millisecond messages of the conversation, in
+    /// input order (Tencent folds it into MsgSeq).
+    pub same_ms_index: u32,
+}
+
+/// Turns one input message into the provider calls it needs, or says why
+/// it cannot be sent.
+pub fn plan(target: &TargetConfig, msg: &InputMessage, ctx: PlanContext) -> Result<Vec<PlannedJob>, String> {
+    match target {
+        TargetConfig::Zim(z) => zim::body::plan(z, msg, ctx),
+        TargetConfig::Tencent(t) => tencent::body::plan(t, msg, ctx),
+    }
+}
+
+/// The conversation id of two users: order-independent.
+pub fn conversation_id(a: &str, b: &str) -> String {
+    if a <= b {
+        format!("{a}\u{1f}{b}")
+    } else {
+        format!("{b}\u{1f}{a}")
+    }
+}
+
+/// Builds the HTTP client every provider shares.
+pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .pool_max_idle_per_host(1024)
+        .tcp_nodelay(true)
+        .user_agent(concat!("chatferry/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
+/// Builds the provider for each configured target.
+pub fn build_all(config: &Config) -> anyhow::Result<Vec<(String, Arc<dyn Provider>)>> {
+    let client = http_client(Duration::from_millis(config.worker.request_timeout_ms))?;
+    let mut out: Vec<(String, Arc<dyn Provider>)> = Vec::new();
+    for (name, t) in &config.targets {
+        let p: Arc<dyn Provider> = match t {
+            TargetConfig::Zim(z) => Arc::new(zim::ZimClient::new(name, z, client.clone())?),
+            TargetConfig::Tencent(tc) => Arc::new(tencent::TencentClient::new(name, tc, client.clone())?),
+        };
+        out.push((name.clone(), p));
+    }
+    Ok(out)
+}
+
+/// Classifies a transport failure. A failure to connect never sent the
+/// request; anything after that might have been applied.
+pub(crate) fn transport_outcome(e: &reqwest::Error) -> Outcome {
+    // Strip the URL: its query string carries signatures and UserSigs.
+    let shown = describe(e);
+    if e.is_connect() {
+        Outcome::RetryLater {
+            code: None,
+            reason: format!("cannot connect: {shown}"),
+            delay: None,
+            throttled: false,
+        }
+    } else if e.is_timeout() {
+        Outcome::Unknown {
+            reason: format!("no answer within the request timeout: {shown}"),
+        }
+    } else {
+        Outcome::Unknown {
+            reason: format!("connection failed after the request left: {shown}"),
+        }
+    }
+}
+
+/// A reqwest error as text, without the URL (which holds credentials).
+pub(crate) fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut s = String::new();
+    let mut cur: Option<&dyn Error> = Some(e);
+    let mut first = true;
+    while let Some(err) = cur {
+        let text = if first {
+            format!("{}", WithoutUrl(e))
+        } else {
+            err.to_string()
+        };
+        if !s.contains(&text) {
+            if !s.is_empty() {
+                s.push_str(": ");
+            }
+            s.push_str(&text);
+        }
+        first = false;
+        cur = err.source();
+    }
+    s
+}
+
+struct WithoutUrl<'a>(&'a reqwest::Error);
+
+impl std::fmt::Display for WithoutUrl<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let e = self.0;
+        let kind = if e.is_timeout() {
+            "timed out"
+        } else if e.is_connect() {
+            "connect error"
+        } else if e.is_body() || e.is_decode() {
+            "error reading the answer"
+        } else if e.is_request() {
+            "request error"
+        } else {
+            "http error"
+        };
+        f.write_str(kind)
+    }
+}
+
+/// Classifies an HTTP answer whose body is not the provider's JSON.
+pub(crate) fn http_status_outcome(status: reqwest::StatusCode, body: &[u8]) -> Outcome {
+    let snippet = snippet(body);
+    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return Outcome::RetryLater {
+            code: Some(status.as_u16() as i64),
+            reason: format!("HTTP 429: {snippet}"),
+            delay: None,
+            throttled: true,
+        };
+    }
+    if status.is_server_error() {
+        // A gateway error may come after the service applied the call.
+        return Outcome::Unknown {
+            reason: format!("HTTP {}: {snippet}", status.as_u16()),
+        };
+    }
+    if status.is_client_error() {
+        return Outcome::Halt {
+            code: Some(status.as_u16() as i64),
+            reason: format!(
+                "HTTP {} from the endpoint ({snippet}); check the target's endpoint/region",
+                status.as_u16()
+            ),
+        };
+    }
+    Outcome::Unknown {
+        reason: format!("HTTP {} with an unreadable body: {snippet}", status.as_u16()),
+    }
+}
+
+/// The first bytes of a body, printable, for error messages.
+pub(crate) fn snippet(body: &[u8]) -> String {
+    let cut = &body[..body.len().min(120)];
+    let s: String = String::from_utf8_lossy(cut)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if s.is_empty() {
+        "empty body".into()
+    } else if body.len() > 120 {
+        format!("{s}…")
+    } else {
+        s
+    }
+}
+
+/// Reads at most `limit` bytes of an answer; a longer one is an error.
+pub(crate) async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, Outcome> {
+    let mut buf = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                if buf.len() + c.len() > limit {
+                    return Err(Outcome::Unknown {
+                        reason: format!("answer larger than {limit} bytes; not a provider answer"),
+                    });
+                }
+                buf.extend_from_slice(&c);
+            }
+            Ok(None) => return Ok(buf),
+            Err(e) => return Err(transport_outcome(&e)),
+        }
+    }
+}

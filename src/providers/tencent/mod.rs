@@ -1,0 +1,229 @@
+//! Tencent Cloud IM: `v4/openim/importmsg` with an admin UserSig.
+//!
+//! The wire format is in `body`, the UserSig in `usersig`, the code table
+//! in `codes`.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use super::{read_capped, snippet, transport_outcome, Accepted, Outcome, Provider, SendJob};
+use crate::config::{tencent_base_url, TencentTarget};
+use crate::providers::zim::int_field;
+
+pub mod body;
+pub mod codes;
+pub mod usersig;
+
+const MAX_ANSWER: usize = 1 << 20;
+
+struct CachedSig {
+    sig: SecretString,
+    renew_at: Instant,
+}
+
+/// A Tencent REST client for one app, as its admin.
+pub struct TencentClient {
+    target: String,
+    sdk_app_id: u32,
+    admin: String,
+    key: SecretString,
+    ttl: Duration,
+    base: reqwest::Url,
+    http: reqwest::Client,
+    sig: Mutex<Option<CachedSig>>,
+}
+
+impl TencentClient {
+    /// Builds a client from a target's configuration.
+    pub fn new(target: &str, cfg: &TencentTarget, http: reqwest::Client) -> anyhow::Result<Self> {
+        let base = tencent_base_url(cfg).map_err(anyhow::Error::msg)?;
+        Ok(Self {
+            target: target.to_string(),
+            sdk_app_id: cfg.sdk_app_id,
+            admin: cfg.admin_identifier.clone(),
+            key: cfg.secret_key.clone().expect("resolved at config load"),
+            ttl: Duration::from_secs(cfg.usersig_ttl_secs),
+            base: reqwest::Url::parse(&base)?,
+            http,
+            sig: Mutex::new(None),
+        })
+    }
+
+    /// The cached admin UserSig, renewed when a quarter of its life is left.
+    fn usersig(&self, force_new: bool) -> SecretString {
+        let mut guard = self.sig.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = guard.as_ref() {
+            if !force_new && Instant::now() < c.renew_at {
+                return c.sig.clone();
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let sig = SecretString::new(usersig::generate(
+            u64::from(self.sdk_app_id),
+            &self.admin,
+            self.key.expose_secret(),
+            now,
+            self.ttl.as_secs() as i64,
+        ));
+        *guard = Some(CachedSig {
+            sig: sig.clone(),
+            renew_at: Instant::now() + self.ttl * 3 / 4,
+        });
+        sig
+    }
+
+    fn url(&self, api: &str, force_new_sig: bool) -> reqwest::Url {
+        let mut url = self.base.join(api).expect("api path joins a base URL");
+        let sig = self.usersig(force_new_sig);
+        url.query_pairs_mut()
+            .append_pair("sdkappid", &self.sdk_app_id.to_string())
+            .append_pair("identifier", &self.admin)
+            .append_pair("usersig", sig.expose_secret())
+            .append_pair("random", &rand::random::<u32>().to_string())
+            .append_pair("contenttype", "json");
+        url
+    }
+
+    /// Posts a body to `api` and returns the parsed answer object.
+    async fn call(&self, api: &str, body: &str, force_new_sig: bool) -> Result<Value, Outcome> {
+        let resp = self
+            .http
+            .post(self.url(api, force_new_sig))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| transport_outcome(&e))?;
+        let status = resp.status();
+        let bytes = read_capped(resp, MAX_ANSWER).await?;
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v @ Value::Object(_)) if v.get("ActionStatus").is_some() || v.get("ErrorCode").is_some() => {
+                Ok(v)
+            }
+            _ if !status.is_success() => Err(super::http_status_outcome(status, &bytes)),
+            _ => Err(Outcome::Unknown {
+                reason: format!(
+                    "HTTP {} with an answer that is not Tencent's JSON: {}",
+                    status.as_u16(),
+                    snippet(&bytes)
+                ),
+            }),
+        }
+    }
+
+    /// The target name this client serves.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+}
+
+/// Classifies a parsed Tencent answer; `sent_seq` is the MsgSeq we sent.
+pub fn classify_answer(v: &Value, sent_seq: Option<i64>) -> Outcome {
+    let code = int_field(v, "ErrorCode").unwrap_or_else(|| {
+        if v.get("ActionStatus").and_then(Value::as_str) == Some("OK") {
+            0
+        } else {
+            -1
+        }
+    });
+    let info = v
+        .get("ErrorInfo")
+        .and_then(Value::as_str)
+        .map(|s| snippet(s.as_bytes()))
+        .unwrap_or_default();
+    use codes::Class::*;
+    match codes::classify(code) {
+        Success => Outcome::Accepted(Accepted {
+            msg_id: v.get("MsgKey").and_then(Value::as_str).map(str::to_string),
+            msg_seq: int_field(v, "MsgSeq").or(sent_seq),
+            request_id: None,
+        }),
+        RateLimited => Outcome::RetryLater {
+            code: Some(code),
+            reason: format!("rate limited ({info})"),
+            delay: None,
+            throttled: true,
+        },
+        SigLockout => Outcome::RetryLater {
+            code: Some(code),
+            reason: format!("too many bad UserSigs; waiting a minute ({info})"),
+            delay: Some(Duration::from_secs(60)),
+            throttled: true,
+        },
+        Transient => Outcome::RetryLater {
+            code: Some(code),
+            reason: format!("transient server error ({info})"),
+            delay: None,
+            throttled: false,
+        },
+        SigExpired | SigInvalid => Outcome::Halt {
+            code: Some(code),
+            reason: format!("Tencent refused the UserSig ({info}); check sdk_app_id and secret_key"),
+        },
+        NotAdmin => Outcome::Halt {
+            code: Some(code),
+            reason: format!(
+                "Tencent refused the admin identity ({info}); admin_identifier must be an app admin \
+                 of this sdk_app_id"
+            ),
+        },
+        AppCapped => Outcome::Halt {
+            code: Some(code),
+            reason: format!("the Tencent app hit its account cap ({info}); upgrade the app"),
+        },
+        BadMessage => Outcome::Permanent {
+            code: Some(code),
+            reason: format!("Tencent refused the message ({info})"),
+        },
+        AccountMissing => Outcome::Permanent {
+            code: Some(code),
+            reason: format!(
+                "an account is missing in Tencent IM ({info}); import accounts with \
+                 `chatferry accounts import` or set ensure_accounts = true, then `chatferry retry`"
+            ),
+        },
+        Unrecognized if code < 0 => Outcome::Unknown {
+            reason: "answer has neither ErrorCode nor ActionStatus OK".into(),
+        },
+        Unrecognized => Outcome::Permanent {
+            code: Some(code),
+            reason: format!("unrecognized Tencent code ({info})"),
+        },
+    }
+}
+
+#[async_trait]
+impl Provider for TencentClient {
+    async fn send(&self, job: &SendJob<'_>) -> Outcome {
+        let sent_seq = serde_json::from_str::<Value>(job.body)
+            .ok()
+            .and_then(|v| int_field(&v, "MsgSeq"));
+        let mut regenerated = false;
+        loop {
+            let outcome = match self.call("v4/openim/importmsg", job.body, regenerated).await {
+                Ok(v) => classify_answer(&v, sent_seq),
+                Err(o) => o,
+            };
+            // An expired or invalidated UserSig is refused before anything
+            // is applied: regenerate it once, then fail loudly.
+            if let Outcome::Halt {
+                code: Some(70001 | 70052),
+                ..
+            } = outcome
+            {
+                if !regenerated {
+                    regenerated = true;
+                    continue;
+                }
+            }
+            return outcome;
+        }
+    }
+}

@@ -1,0 +1,632 @@
+//! Every SQL statement chatferry runs, in one place.
+//!
+//! The job table is the source of truth: a job's row says whether its call
+//! was made, is in doubt, or is done, and the worker writes that row before
+//! and after every provider call. Writes made on behalf of a lane carry the
+//! lane's lease (owner + token) and are refused once the lease moved on, so
+//! a worker that lost its lane can no longer change it.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use uuid::Uuid;
+
+use crate::config::DatabaseConfig;
+
+/// The migrations in `migrations/`, embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Lock key for `migrate`, so hosts running it at once take turns.
+const MIGRATE_LOCK: i64 = 0x6368_6174_6665_7279; // "chatfery"
+
+/// A handle on the database.
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    schema: String,
+}
+
+/// A lane this worker holds.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub lane_id: i64,
+    pub owner: Uuid,
+    pub token: i64,
+}
+
+/// A claimed lane with what the worker needs to run it.
+#[derive(Debug, Clone)]
+pub struct ClaimedLane {
+    pub lease: Lease,
+    pub target: String,
+    pub lane_key: String,
+}
+
+/// Status of one job, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, Serialize)]
+#[sqlx(type_name = "job_status", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Pending,
+    InFlight,
+    Done,
+    Failed,
+    Skipped,
+}
+
+/// An open job at the head of a lane.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OpenJob {
+    pub id: i64,
+    pub source_id: String,
+    pub body: String,
+    pub status: JobStatus,
+    pub attempts: i32,
+    /// Milliseconds until the job may be tried again (<= 0: now).
+    pub wait_ms: i64,
+    pub sent_at_ms: i64,
+}
+
+/// One job to insert, as the loader built it.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub lane_key: String,
+    pub conversation: String,
+    pub view_user: Option<String>,
+    pub source_id: String,
+    pub sent_at_ms: i64,
+    pub input_seq: i64,
+    pub body: String,
+}
+
+/// What the provider said, as recorded on a done job.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderIds {
+    pub msg_id: Option<String>,
+    pub msg_seq: Option<i64>,
+    pub request_id: Option<String>,
+}
+
+/// Progress of one batch (`status`).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct BatchStatus {
+    pub batch: String,
+    pub target: String,
+    pub total: i64,
+    pub pending: i64,
+    pub in_flight: i64,
+    pub done: i64,
+    pub failed: i64,
+    pub skipped: i64,
+    pub paused: bool,
+    /// Jobs finished per second over the last minute.
+    pub jobs_per_sec: f64,
+    /// Seconds to finish the batch at that rate.
+    pub eta_secs: Option<i64>,
+}
+
+/// True when a database error is worth waiting out (connection lost, server
+/// restarting, pool exhausted) rather than a bug or a bad statement.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            // 08: connection exception; 57P0x: admin/crash shutdown, cannot
+            // connect now; 53: insufficient resources; 40001/40P01:
+            // serialization failure / deadlock (safe to retry).
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || code == "40001"
+                || code == "40P01"
+        }
+        _ => false,
+    }
+}
+
+impl Store {
+    /// Opens a pool whose connections use the configured schema.
+    pub async fn connect(cfg: &DatabaseConfig, url: &secrecy::SecretString) -> anyhow::Result<Store> {
+        let schema = cfg.schema.clone();
+        if schema.is_empty()
+            || !schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            anyhow::bail!("database.schema {schema:?} must be lowercase letters, digits and '_'");
+        }
+        let opts = PgConnectOptions::from_str(url.expose_secret())
+            .map_err(|_| anyhow::anyhow!("database.url is not a valid postgres:// URL"))?
+            .options([("search_path", schema.as_str())])
+            .application_name("chatferry");
+        let pool = PgPoolOptions::new()
+            .max_connections(cfg.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(opts);
+        Ok(Store { pool, schema })
+    }
+
+    /// The underlying pool (tests and the ops endpoint).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Checks the database answers.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+    }
+
+    /// Creates the schema and applies pending migrations; hosts running this
+    /// at once serialize on an advisory lock.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATE_LOCK)
+            .execute(&mut *conn)
+            .await?;
+        let result = async {
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", self.schema))
+                .execute(&mut *conn)
+                .await?;
+            MIGRATOR.run(&mut *conn).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATE_LOCK)
+            .execute(&mut *conn)
+            .await;
+        result
+    }
+
+    // ----- loading -------------------------------------------------------
+
+    /// Finds or creates a batch.
+    pub async fn ensure_batch(&self, name: &str, target: &str) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "INSERT INTO batches (name, target) VALUES ($1, $2)
+             ON CONFLICT (name, target) DO UPDATE SET name = excluded.name
+             RETURNING id",
+        )
+        .bind(name)
+        .bind(target)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// A base for this load's input order: later loads sort after earlier ones.
+    pub async fn next_load_base(&self) -> Result<i64, sqlx::Error> {
+        let n: i64 = sqlx::query_scalar("SELECT nextval('load_seq')")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n << 32)
+    }
+
+    /// Inserts one chunk of jobs in one transaction; returns how many were new.
+    ///
+    /// Waking the chunk's idle lanes happens after the commit, on purpose:
+    /// a worker releasing a lane locks it and then reads its head in a new
+    /// statement. If that read missed our jobs, the release sets the lane
+    /// idle (NULL) and our wake-up, which runs after our commit, either
+    /// waits for that release's lock or sees its NULL, and wakes the lane.
+    /// Had we woken the lane inside the transaction, a release between our
+    /// wake-up and our commit would put it to sleep with work in it. A
+    /// loader killed between commit and wake-up leaves lanes stranded;
+    /// [`Store::wake_stranded_lanes`] finds them.
+    pub async fn insert_jobs(
+        &self,
+        target: &str,
+        batch_id: i64,
+        jobs: &[NewJob],
+    ) -> Result<u64, sqlx::Error> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let mut lanes: Vec<(&str, &str, Option<&str>)> = jobs
+            .iter()
+            .map(|j| {
+                (
+                    j.lane_key.as_str(),
+                    j.conversation.as_str(),
+                    j.view_user.as_deref(),
+                )
+            })
+            .collect();
+        lanes.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        lanes.dedup_by(|a, b| a.0 == b.0);
+        let keys: Vec<&str> = lanes.iter().map(|l| l.0).collect();
+        let convs: Vec<&str> = lanes.iter().map(|l| l.1).collect();
+        let views: Vec<Option<&str>> = lanes.iter().map(|l| l.2).collect();
+
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO lanes (target, lane_key, conversation, view_user, available_at)
+             SELECT $1, k, c, v, now()
+             FROM unnest($2::text[], $3::text[], $4::text[]) AS u(k, c, v)
+             ORDER BY k
+             ON CONFLICT (target, lane_key) DO NOTHING",
+        )
+        .bind(target)
+        .bind(&keys)
+        .bind(&convs)
+        .bind(&views)
+        .execute(&mut *tx)
+        .await?;
+        let rows = sqlx::query("SELECT id, lane_key FROM lanes WHERE target = $1 AND lane_key = ANY($2)")
+            .bind(target)
+            .bind(&keys)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut ids = std::collections::HashMap::with_capacity(rows.len());
+        for r in rows {
+            ids.insert(r.get::<String, _>(1), r.get::<i64, _>(0));
+        }
+        let lane_ids: Vec<i64> = jobs.iter().map(|j| ids[&j.lane_key]).collect();
+        let source_ids: Vec<&str> = jobs.iter().map(|j| j.source_id.as_str()).collect();
+        let sent: Vec<i64> = jobs.iter().map(|j| j.sent_at_ms).collect();
+        let seqs: Vec<i64> = jobs.iter().map(|j| j.input_seq).collect();
+        let bodies: Vec<&str> = jobs.iter().map(|j| j.body.as_str()).collect();
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (lane_id, batch_id, source_id, sent_at_ms, input_seq, body)
+             SELECT l, $1, s, t, q, b
+             FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[])
+                  AS u(l, s, t, q, b)
+             ON CONFLICT (lane_id, source_id) DO NOTHING",
+        )
+        .bind(batch_id)
+        .bind(&lane_ids)
+        .bind(&source_ids)
+        .bind(&sent)
+        .bind(&seqs)
+        .bind(&bodies)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+
+        let mut distinct: Vec<i64> = ids.into_values().collect();
+        distinct.sort_unstable();
+        sqlx::query(
+            "UPDATE lanes SET available_at = now()
+             WHERE id = ANY($1) AND available_at IS NULL AND blocked_job IS NULL",
+        )
+        .bind(&distinct)
+        .execute(&self.pool)
+        .await?;
+        Ok(inserted)
+    }
+
+    /// Wakes idle lanes that still hold open jobs (a loader died between
+    /// its commit and its wake-up). Reads every idle lane: run it at
+    /// start-up and before an idle exit, not in a loop.
+    pub async fn wake_stranded_lanes(&self) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(
+            "UPDATE lanes l SET available_at = now()
+             WHERE l.available_at IS NULL AND l.blocked_job IS NULL
+               AND EXISTS (SELECT 1 FROM jobs j
+                           WHERE j.lane_id = l.id AND j.status IN ('pending', 'in_flight'))",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    // ----- workers -------------------------------------------------------
+
+    /// Announces a worker process.
+    pub async fn register_worker(&self, id: Uuid, host: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO workers (id, host, pid) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(host)
+            .bind(std::process::id() as i32)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    /// Removes a worker that is shutting down.
+    pub async fn unregister_worker(&self, id: Uuid) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM workers WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    // ----- lanes ---------------------------------------------------------
+
+    /// Claims up to `n` lanes of the given targets whose time has come,
+    /// including lanes whose previous lease expired.
+    pub async fn claim_lanes(
+        &self,
+        owner: Uuid,
+        n: i64,
+        lease: Duration,
+        targets: &[String],
+    ) -> Result<Vec<ClaimedLane>, sqlx::Error> {
+        if n <= 0 || targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "WITH c AS (
+                SELECT id FROM lanes
+                WHERE available_at <= now() AND target = ANY($4)
+                ORDER BY available_at
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED
+             )
+             UPDATE lanes l
+                SET lease_owner = $1,
+                    lease_token = l.lease_token + 1,
+                    lease_until = now() + $3 * interval '1 millisecond',
+                    available_at = now() + $3 * interval '1 millisecond'
+             FROM c WHERE l.id = c.id
+             RETURNING l.id, l.lease_token, l.target, l.lane_key",
+        )
+        .bind(owner)
+        .bind(n)
+        .bind(lease.as_millis() as i64)
+        .bind(targets)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ClaimedLane {
+                lease: Lease {
+                    lane_id: r.get(0),
+                    owner,
+                    token: r.get(1),
+                },
+                target: r.get(2),
+                lane_key: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Renews the leases this worker holds; returns the lane ids still held.
+    pub async fn renew_leases(
+        &self,
+        owner: Uuid,
+        lanes: &[(i64, i64)],
+        lease: Duration,
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        sqlx::query("UPDATE workers SET heartbeat_at = now() WHERE id = $1")
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        if lanes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = lanes.iter().map(|l| l.0).collect();
+        let tokens: Vec<i64> = lanes.iter().map(|l| l.1).collect();
+        sqlx::query_scalar(
+            "UPDATE lanes l
+                SET lease_until = now() + $2 * interval '1 millisecond',
+                    available_at = now() + $2 * interval '1 millisecond'
+             FROM unnest($3::bigint[], $4::bigint[]) AS u(id, token)
+             WHERE l.id = u.id AND l.lease_token = u.token AND l.lease_owner = $1
+             RETURNING l.id",
+        )
+        .bind(owner)
+        .bind(lease.as_millis() as i64)
+        .bind(&ids)
+        .bind(&tokens)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Gives a lane back. Its next claim time is its head job's retry time,
+    /// or NULL when nothing is left; `block_at` parks it at that job.
+    /// Returns false when the lease had already moved on.
+    pub async fn release_lane(&self, lease: &Lease, block_at: Option<i64>) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // Lock first, then read the head in a fresh statement: a loader
+        // holding the lane lock has committed its jobs by then.
+        let held: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM lanes WHERE id = $1 AND lease_owner = $2 AND lease_token = $3 FOR UPDATE",
+        )
+        .bind(lease.lane_id)
+        .bind(lease.owner)
+        .bind(lease.token)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held.is_none() {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE lanes SET lease_owner = NULL, lease_until = NULL,
+                    blocked_job = $2,
+                    available_at = CASE WHEN $2::bigint IS NULL THEN
+                        (SELECT next_attempt_at FROM jobs
+                         WHERE lane_id = $1 AND status IN ('pending', 'in_flight')
+                         ORDER BY sent_at_ms, input_seq LIMIT 1)
+                    END
+             WHERE id = $1",
+        )
+        .bind(lease.lane_id)
+        .bind(block_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// True while any lane of these targets has work now or later (pending,
+    /// waiting for a retry, or leased by some worker).
+    pub async fn has_open_lanes(&self, targets: &[String]) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM lanes WHERE available_at IS NOT NULL AND target = ANY($1))",
+        )
+        .bind(targets)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// Milliseconds until the next lane becomes claimable (None: no lane waits).
+    pub async fn next_claim_in_ms(&self, targets: &[String]) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT (extract(epoch FROM (min(available_at) - now())) * 1000)::bigint
+             FROM lanes WHERE available_at IS NOT NULL AND target = ANY($1)",
+        )
+        .bind(targets)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    // ----- jobs ----------------------------------------------------------
+
+    /// The next open jobs of a lane, in lane order.
+    pub async fn open_jobs(&self, lane_id: i64, limit: i64) -> Result<Vec<OpenJob>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, source_id, body, status, attempts,
+                    (extract(epoch FROM (next_attempt_at - now())) * 1000)::bigint AS wait_ms,
+                    sent_at_ms
+             FROM jobs
+             WHERE lane_id = $1 AND status IN ('pending', 'in_flight')
+             ORDER BY sent_at_ms, input_seq
+             LIMIT $2",
+        )
+        .bind(lane_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Marks a job in flight before its request leaves; durable on return.
+    /// Returns the new attempt number, or None when the lease is gone.
+    pub async fn mark_in_flight(&self, lease: &Lease, job_id: i64) -> Result<Option<i32>, sqlx::Error> {
+        sqlx::query_scalar(
+            "UPDATE jobs SET status = 'in_flight', attempts = attempts + 1, updated_at = now()
+             WHERE id = $1 AND status IN ('pending', 'in_flight')
+               AND lane_id = (SELECT id FROM lanes
+                              WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
+                              FOR KEY SHARE)
+             RETURNING attempts",
+        )
+        .bind(job_id)
+        .bind(lease.lane_id)
+        .bind(lease.owner)
+        .bind(lease.token)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Checkpoints an accepted job with the provider's ids.
+    pub async fn record_done(
+        &self,
+        lease: &Lease,
+        job_id: i64,
+        ids: &ProviderIds,
+    ) -> Result<bool, sqlx::Error> {
+        let n = sqlx::query(
+            "UPDATE jobs SET status = 'done', provider_msg_id = $5, provider_msg_seq = $6,
+                    provider_request_id = $7, updated_at = now(), finished_at = now()
+             WHERE id = $1 AND status IN ('pending', 'in_flight')
+               AND lane_id = (SELECT id FROM lanes
+                              WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
+                              FOR KEY SHARE)",
+        )
+        .bind(job_id)
+        .bind(lease.lane_id)
+        .bind(lease.owner)
+        .bind(lease.token)
+        .bind(&ids.msg_id)
+        .bind(ids.msg_seq)
+        .bind(&ids.request_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Schedules another attempt. `in_doubt` keeps the job in_flight so the
+    /// next attempt reconciles before it resends.
+    pub async fn record_retry(
+        &self,
+        lease: &Lease,
+        job_id: i64,
+        code: Option<i64>,
+        error: &str,
+        delay: Duration,
+        in_doubt: bool,
+    ) -> Result<bool, sqlx::Error> {
+        let n = sqlx::query(
+            "UPDATE jobs SET status = CASE WHEN $7 THEN 'in_flight'::job_status ELSE 'pending' END,
+                    last_code = $5, last_error = $6, updated_at = now(),
+                    next_attempt_at = now() + $8 * interval '1 millisecond'
+             WHERE id = $1 AND status IN ('pending', 'in_flight')
+               AND lane_id = (SELECT id FROM lanes
+                              WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
+                              FOR KEY SHARE)",
+        )
+        .bind(job_id)
+        .bind(lease.lane_id)
+        .bind(lease.owner)
+        .bind(lease.token)
+        .bind(code)
+        .bind(error)
+        .bind(in_doubt)
+        .bind(delay.as_millis() as i64)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Ends a job as failed (or skipped) with its code and reason.
+    pub async fn record_final(
+        &self,
+        lease: &Lease,
+        job_id: i64,
+        status: JobStatus,
+        code: Option<i64>,
+        error: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let n = sqlx::query(
+            "UPDATE jobs SET status = $5, last_code = $6, last_error = $7,
+                    updated_at = now(), finished_at = now()
+             WHERE id = $1 AND status IN ('pending', 'in_flight')
+               AND lane_id = (SELECT id FROM lanes
+                              WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
+                              FOR KEY SHARE)",
+        )
+        .bind(job_id)
+        .bind(lease.lane_id)
+        .bind(lease.owner)
+        .bind(lease.token)
+        .bind(status)
+        .bind(code)
+        .bind(error)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    // ----- progress ------------------------------------------------------
+
+    /// Progress per batch, optionally of one batch name.
+    pub async fn status(&self, batch: Option<&str>) -> Result<Vec<BatchStatus>, sqlx::Error> {
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+            "SELECT batch, target, total, pending, in_flight, done, failed, skipped, paused,
+                    jobs_per_sec::float8 AS jobs_per_sec,
+                    extract(epoch FROM eta)::bigint AS eta_secs
+             FROM batch_progress",
+        );
+        if let Some(b) = batch {
+            q.push(" WHERE batch = ").push_bind(b);
+        }
+        q.push(" ORDER BY batch, target");
+        q.build_query_as().fetch_all(&self.pool).await
+    }
+}

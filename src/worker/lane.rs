@@ -1,0 +1,306 @@
+//! One lane, run strictly in order: at most one call in flight, each call
+//! framed by a durable in_flight mark before it leaves and a durable
+//! outcome after it answers.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{lane_now_ms, retry_delay, Worker};
+use crate::providers::{Outcome, Reconciled, SendJob};
+use crate::store::{self, ClaimedLane, JobStatus, Lease, ProviderIds};
+
+/// Why a lane stopped before it ran out of work.
+enum Stop {
+    /// Give the lane back (retry later, shutdown, halted target).
+    Release,
+    /// Park the lane at this failed job (`on_permanent_error = "block"`).
+    Block(i64),
+    /// The lease is gone: touch nothing.
+    Lost,
+}
+
+/// Runs a claimed lane until it is empty, must wait, or is told to stop.
+pub(super) async fn run(
+    w: Arc<Worker>,
+    lane: ClaimedLane,
+    cancel: CancellationToken,
+    valid_until: Arc<AtomicI64>,
+) {
+    let lease = lane.lease.clone();
+    let stop = work(&w, &lane, &cancel, &valid_until).await;
+    let block_at = match stop {
+        Stop::Lost => return,
+        Stop::Release => None,
+        Stop::Block(job) => Some(job),
+    };
+    // From here on the lane needs no fence: it only gives the lease back.
+    let deadline = valid_until.swap(super::FINISHING, Ordering::AcqRel);
+    let valid_until = AtomicI64::new(deadline);
+    let released = with_db(&valid_until, "release the lane", || {
+        w.store.release_lane(&lease, block_at)
+    })
+    .await;
+    if released == Some(false) {
+        tracing::debug!(lane = lease.lane_id, "lease had moved on before release");
+    }
+}
+
+/// Retries a database call on transient errors while the lease is still
+/// ours; None when it could not be done in time (the lease will expire and
+/// whatever is in flight is reconciled by the next holder).
+async fn with_db<T, F, Fut>(valid_until: &AtomicI64, what: &str, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e)
+                if store::is_transient(&e)
+                    && lane_now_ms() + (delay.as_millis() as i64) < valid_until.load(Ordering::Acquire) =>
+            {
+                tracing::warn!(error = %e, retry_in = ?delay, "database unavailable; cannot {what} yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot {what}; leaving the lane to its lease");
+                return None;
+            }
+        }
+    }
+}
+
+async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_until: &AtomicI64) -> Stop {
+    let lease = &lane.lease;
+    let target = &w.targets[&lane.target];
+    let timeout_ms = w.cfg.request_timeout_ms as i64;
+    // A call may only start if it ends, timeout included, with a tenth of
+    // the lease to spare: then no other worker can hold the lane meanwhile.
+    let margin_ms = (w.cfg.lease_secs as i64 * 100).max(200);
+    loop {
+        if cancel.is_cancelled() || w.is_halted(&lane.target) {
+            return Stop::Release;
+        }
+        let Some(jobs) = with_db(valid_until, "read the lane", || {
+            w.store.open_jobs(lease.lane_id, w.cfg.prefetch)
+        })
+        .await
+        else {
+            return Stop::Lost;
+        };
+        if jobs.is_empty() {
+            return Stop::Release;
+        }
+        for job in jobs {
+            if cancel.is_cancelled() || w.is_halted(&lane.target) {
+                return Stop::Release;
+            }
+            if job.wait_ms > 0 {
+                return Stop::Release;
+            }
+            let send = SendJob {
+                job_id: job.id,
+                body: &job.body,
+                lane_key: &lane.lane_key,
+                attempt: job.attempts,
+            };
+            if job.status == JobStatus::InFlight {
+                // A call whose outcome we never saw: settle it before
+                // anything later in the lane is sent.
+                tracing::debug!(job = job.id, "reconciling an in-doubt call");
+                match target.provider.reconcile(&send).await {
+                    Reconciled::Applied(a) => {
+                        let ids = ProviderIds {
+                            msg_id: a.msg_id,
+                            msg_seq: a.msg_seq,
+                            request_id: a.request_id,
+                        };
+                        match with_db(valid_until, "checkpoint", || {
+                            w.store.record_done(lease, job.id, &ids)
+                        })
+                        .await
+                        {
+                            Some(true) => continue,
+                            _ => return Stop::Lost,
+                        }
+                    }
+                    Reconciled::NotApplied => {}
+                    Reconciled::Unknown { reason } => {
+                        let delay = retry_delay(&w.cfg, job.attempts.max(1));
+                        return retry(
+                            w,
+                            lease,
+                            valid_until,
+                            job.id,
+                            None,
+                            &format!("reconcile: {reason}"),
+                            delay,
+                            true,
+                        )
+                        .await;
+                    }
+                    Reconciled::Halt { code, reason } => {
+                        w.halt(&lane.target, &reason);
+                        let _ = code;
+                        return Stop::Release;
+                    }
+                }
+            }
+            // Wait for a token, then make sure the lease outlives the call.
+            tokio::select! {
+                _ = target.limiter.until_ready() => {}
+                _ = cancel.cancelled() => return Stop::Release,
+            }
+            if valid_until.load(Ordering::Acquire) - lane_now_ms() < timeout_ms + margin_ms {
+                tracing::warn!(
+                    lane = lease.lane_id,
+                    "lease too close to expiry to start a call; giving the lane back"
+                );
+                return Stop::Release;
+            }
+            let attempt = match with_db(valid_until, "mark the job in flight", || {
+                w.store.mark_in_flight(lease, job.id)
+            })
+            .await
+            {
+                Some(Some(a)) => a,
+                _ => return Stop::Lost,
+            };
+            let send = SendJob { attempt, ..send };
+            let outcome = target.provider.send(&send).await;
+            match outcome {
+                Outcome::Accepted(a) => {
+                    let ids = ProviderIds {
+                        msg_id: a.msg_id,
+                        msg_seq: a.msg_seq,
+                        request_id: a.request_id,
+                    };
+                    match with_db(valid_until, "checkpoint", || {
+                        w.store.record_done(lease, job.id, &ids)
+                    })
+                    .await
+                    {
+                        Some(true) => {}
+                        _ => return Stop::Lost,
+                    }
+                }
+                Outcome::RetryLater {
+                    code,
+                    reason,
+                    delay,
+                    throttled,
+                } => {
+                    if w.cfg.max_attempts > 0 && attempt as u32 >= w.cfg.max_attempts {
+                        let why = format!("gave up after {attempt} attempts: {reason}");
+                        return fail(w, lease, valid_until, job.id, code, &why).await;
+                    }
+                    let delay = delay.unwrap_or_else(|| {
+                        if throttled {
+                            Duration::from_secs(1).max(retry_delay(&w.cfg, attempt))
+                        } else {
+                            retry_delay(&w.cfg, attempt)
+                        }
+                    });
+                    tracing::debug!(job = job.id, ?code, reason, ?delay, "retry later");
+                    return retry(w, lease, valid_until, job.id, code, &reason, delay, false).await;
+                }
+                Outcome::Permanent { code, reason } => {
+                    tracing::info!(
+                        job = job.id,
+                        source_id = job.source_id,
+                        ?code,
+                        reason,
+                        "message refused for good"
+                    );
+                    match fail(w, lease, valid_until, job.id, code, &reason).await {
+                        Stop::Release => {}
+                        other => return other,
+                    }
+                }
+                Outcome::Unknown { reason } => {
+                    tracing::debug!(job = job.id, reason, "outcome unknown; will reconcile");
+                    let delay = retry_delay(&w.cfg, attempt).min(Duration::from_secs(5));
+                    return retry(
+                        w,
+                        lease,
+                        valid_until,
+                        job.id,
+                        None,
+                        &format!("outcome unknown: {reason}"),
+                        delay,
+                        true,
+                    )
+                    .await;
+                }
+                Outcome::Halt { code, reason } => {
+                    // Refused before anything was applied: the job goes back
+                    // to pending, untouched, for when the target is fixed.
+                    let r = retry(
+                        w,
+                        lease,
+                        valid_until,
+                        job.id,
+                        code,
+                        &reason,
+                        Duration::ZERO,
+                        false,
+                    )
+                    .await;
+                    w.halt(&lane.target, &reason);
+                    return r;
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn retry(
+    w: &Worker,
+    lease: &Lease,
+    valid_until: &AtomicI64,
+    job: i64,
+    code: Option<i64>,
+    reason: &str,
+    delay: Duration,
+    in_doubt: bool,
+) -> Stop {
+    match with_db(valid_until, "record the retry", || {
+        w.store.record_retry(lease, job, code, reason, delay, in_doubt)
+    })
+    .await
+    {
+        Some(true) => Stop::Release,
+        _ => Stop::Lost,
+    }
+}
+
+/// Fails a job; under "block" the lane stops there, under "skip" it goes on
+/// (returned as `Release` so the caller continues).
+async fn fail(
+    w: &Worker,
+    lease: &Lease,
+    valid_until: &AtomicI64,
+    job: i64,
+    code: Option<i64>,
+    reason: &str,
+) -> Stop {
+    match with_db(valid_until, "record the failure", || {
+        w.store.record_final(lease, job, JobStatus::Failed, code, reason)
+    })
+    .await
+    {
+        Some(true) => {}
+        _ => return Stop::Lost,
+    }
+    match w.cfg.on_permanent_error {
+        crate::config::OnPermanentError::Skip => Stop::Release,
+        crate::config::OnPermanentError::Block => Stop::Block(job),
+    }
+}

@@ -1,0 +1,402 @@
+//! `chatferry run`: claims lanes, runs each strictly in order, and
+//! checkpoints every provider answer.
+//!
+//! One task per claimed lane; at most `worker.concurrency` at once. A
+//! heartbeat task renews every lease this process holds and stops a lane
+//! whose lease was lost. Each lane also keeps a local deadline: it sends
+//! nothing unless its lease outlives the request timeout, so a worker cut
+//! off from the database stops sending before another may take over.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::DefaultDirectRateLimiter;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::{Config, WorkerConfig};
+use crate::providers::Provider;
+use crate::ratelimit;
+use crate::store::{self, Store};
+
+mod lane;
+
+/// Monotonic milliseconds since the process started.
+fn now_ms() -> i64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as i64
+}
+
+/// A lane's lease deadline once the lane is done with it and releasing.
+pub(crate) const FINISHING: i64 = i64::MIN;
+
+/// One provider target as the worker sees it.
+pub struct Target {
+    pub provider: Arc<dyn Provider>,
+    pub limiter: DefaultDirectRateLimiter,
+}
+
+/// How a run ended.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    /// Targets that stopped on an auth or config error, with the reason.
+    pub halted: Vec<(String, String)>,
+}
+
+struct Held {
+    token: i64,
+    cancel: CancellationToken,
+    valid_until: Arc<AtomicI64>,
+}
+
+/// A worker process.
+pub struct Worker {
+    pub(crate) store: Store,
+    pub(crate) cfg: WorkerConfig,
+    pub(crate) targets: HashMap<String, Target>,
+    pub(crate) id: Uuid,
+    halted: Mutex<HashMap<String, String>>,
+    held: Mutex<HashMap<i64, Held>>,
+}
+
+impl Worker {
+    /// Builds a worker for every configured target.
+    pub fn new(store: Store, config: &Config, providers: Vec<(String, Arc<dyn Provider>)>) -> Arc<Worker> {
+        let targets = providers
+            .into_iter()
+            .map(|(name, provider)| {
+                let rate = config.targets[&name].rate_per_sec();
+                (
+                    name,
+                    Target {
+                        provider,
+                        limiter: ratelimit::bucket(rate),
+                    },
+                )
+            })
+            .collect();
+        Arc::new(Worker {
+            store,
+            cfg: config.worker.clone(),
+            targets,
+            id: Uuid::new_v4(),
+            halted: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_secs(self.cfg.lease_secs)
+    }
+
+    pub(crate) fn halt(&self, target: &str, reason: &str) {
+        let mut h = self.halted.lock().unwrap_or_else(|p| p.into_inner());
+        if !h.contains_key(target) {
+            tracing::error!(
+                target_name = target,
+                reason,
+                "target halted: no more calls to it until restart"
+            );
+            h.insert(target.to_string(), reason.to_string());
+        }
+    }
+
+    pub(crate) fn is_halted(&self, target: &str) -> bool {
+        self.halted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(target)
+    }
+
+    fn live_targets(&self) -> Vec<String> {
+        let h = self.halted.lock().unwrap_or_else(|p| p.into_inner());
+        self.targets
+            .keys()
+            .filter(|t| !h.contains_key(*t))
+            .cloned()
+            .collect()
+    }
+
+    /// Runs until `shutdown` fires, or, with `exit_when_idle`, until no
+    /// lane of a live target has work left.
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+        exit_when_idle: bool,
+    ) -> anyhow::Result<RunReport> {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into());
+        db_retry_forever(&shutdown, "register the worker", || {
+            self.store.register_worker(self.id, &host)
+        })
+        .await;
+        if let Some(n) = db_retry_forever(&shutdown, "look for stranded lanes", || {
+            self.store.wake_stranded_lanes()
+        })
+        .await
+        {
+            if n > 0 {
+                tracing::info!(lanes = n, "woke lanes a loader left asleep");
+            }
+        }
+        tracing::info!(worker = %self.id, concurrency = self.cfg.concurrency, targets = ?self.targets.keys().collect::<Vec<_>>(), "worker started");
+
+        let lanes_stop = CancellationToken::new();
+        let heartbeat = tokio::spawn(self.clone().heartbeat(lanes_stop.clone()));
+        let mut tasks: JoinSet<i64> = JoinSet::new();
+        let mut task_lanes: HashMap<tokio::task::Id, i64> = HashMap::new();
+        let poll = Duration::from_millis(self.cfg.poll_interval_ms.max(10));
+        let mut db_backoff = Duration::from_millis(200);
+
+        loop {
+            while let Some(done) = tasks.try_join_next_with_id() {
+                self.finished(done, &mut task_lanes);
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let free = self.cfg.concurrency.saturating_sub(tasks.len());
+            let live = self.live_targets();
+            let mut claimed = 0;
+            if free > 0 && !live.is_empty() {
+                match self
+                    .store
+                    .claim_lanes(self.id, free as i64, self.lease(), &live)
+                    .await
+                {
+                    Ok(lanes) => {
+                        db_backoff = Duration::from_millis(200);
+                        claimed = lanes.len();
+                        for l in lanes {
+                            let cancel = lanes_stop.child_token();
+                            let valid_until =
+                                Arc::new(AtomicI64::new(now_ms() + self.lease().as_millis() as i64));
+                            self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                                l.lease.lane_id,
+                                Held {
+                                    token: l.lease.token,
+                                    cancel: cancel.clone(),
+                                    valid_until: valid_until.clone(),
+                                },
+                            );
+                            let me = self.clone();
+                            let lane_id = l.lease.lane_id;
+                            let handle = tasks.spawn(async move {
+                                lane::run(me, l, cancel, valid_until).await;
+                                lane_id
+                            });
+                            task_lanes.insert(handle.id(), lane_id);
+                        }
+                    }
+                    Err(e) if store::is_transient(&e) => {
+                        tracing::warn!(error = %e, retry_in = ?db_backoff, "database unavailable; waiting");
+                        tokio::select! {
+                            _ = tokio::time::sleep(db_backoff) => {}
+                            _ = shutdown.cancelled() => {}
+                        }
+                        db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                    Err(e) => return Err(anyhow::Error::new(e).context("cannot claim lanes")),
+                }
+            }
+            if claimed > 0 && tasks.len() < self.cfg.concurrency {
+                continue;
+            }
+            if claimed == 0 && tasks.is_empty() && exit_when_idle {
+                let open = if live.is_empty() {
+                    Ok(false)
+                } else {
+                    self.store.has_open_lanes(&live).await
+                };
+                let open = match open {
+                    // Before leaving, make sure no lane with work is asleep.
+                    Ok(false) => self.store.wake_stranded_lanes().await.map(|n| n > 0),
+                    other => other,
+                };
+                match open {
+                    Ok(false) => break,
+                    Ok(true) => {}
+                    Err(e) if store::is_transient(&e) => {}
+                    Err(e) => return Err(anyhow::Error::new(e).context("cannot read the backlog")),
+                }
+            }
+            // Sleep until a lane frees a slot, work may be due, or shutdown.
+            let wait = if tasks.len() >= self.cfg.concurrency {
+                Duration::from_secs(3600)
+            } else {
+                match self.store.next_claim_in_ms(&live).await {
+                    Ok(Some(ms)) => Duration::from_millis(ms.clamp(5, poll.as_millis() as i64) as u64),
+                    _ => poll,
+                }
+            };
+            tokio::select! {
+                Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    self.finished(done, &mut task_lanes);
+                }
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+
+        // Drain: lanes finish the call they are in, checkpoint it and stop.
+        let active = tasks.len();
+        if active > 0 {
+            tracing::info!(
+                lanes = active,
+                grace_secs = self.cfg.shutdown_grace_secs,
+                "stopping: letting in-flight calls finish"
+            );
+        }
+        lanes_stop.cancel();
+        let grace = Duration::from_secs(self.cfg.shutdown_grace_secs);
+        let drained = tokio::time::timeout(grace, async {
+            while let Some(done) = tasks.join_next_with_id().await {
+                self.finished(done, &mut task_lanes);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(lanes = tasks.len(), "grace period over: cutting calls short; they stay in doubt and are reconciled on the next run");
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            let left: Vec<(i64, i64)> = {
+                let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+                held.drain().map(|(id, h)| (id, h.token)).collect()
+            };
+            for (lane_id, token) in left {
+                let lease = store::Lease {
+                    lane_id,
+                    owner: self.id,
+                    token,
+                };
+                let _ = self.store.release_lane(&lease, None).await;
+            }
+        }
+        heartbeat.abort();
+        let _ = self.store.unregister_worker(self.id).await;
+        let halted: Vec<(String, String)> = self
+            .halted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        tracing::info!(worker = %self.id, "worker stopped");
+        Ok(RunReport { halted })
+    }
+
+    /// Drops a finished lane task's lease from the heartbeat. A lane task
+    /// that panicked is logged and its lease left to expire, so another
+    /// worker reconciles whatever it had in flight.
+    fn finished(
+        &self,
+        done: Result<(tokio::task::Id, i64), tokio::task::JoinError>,
+        task_lanes: &mut HashMap<tokio::task::Id, i64>,
+    ) {
+        let id = match &done {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        if let Some(lane_id) = task_lanes.remove(&id) {
+            if let Err(e) = &done {
+                if e.is_panic() {
+                    tracing::error!(
+                        lane = lane_id,
+                        "lane task panicked; its lease will expire and the lane resume elsewhere"
+                    );
+                }
+            }
+            self.held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&lane_id);
+        }
+    }
+
+    /// Renews every lease this process holds, a few times per lease period.
+    async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
+        let every = self.lease() / 3;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => {}
+            }
+            let held: Vec<(i64, i64)> = {
+                let h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+                h.iter().map(|(id, x)| (*id, x.token)).collect()
+            };
+            let started = now_ms();
+            match self.store.renew_leases(self.id, &held, self.lease()).await {
+                Ok(kept) => {
+                    let kept: std::collections::HashSet<i64> = kept.into_iter().collect();
+                    let h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+                    for (id, token) in &held {
+                        let Some(x) = h.get(id).filter(|x| x.token == *token) else {
+                            continue;
+                        };
+                        if kept.contains(id) {
+                            // A lane that is finishing set FINISHING; leave it.
+                            let _ = x
+                                .valid_until
+                                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                                    (v != FINISHING).then_some(started + self.lease().as_millis() as i64)
+                                });
+                        } else if x.valid_until.load(Ordering::Acquire) != FINISHING {
+                            tracing::warn!(lane = id, "lease lost; stopping that lane");
+                            x.cancel.cancel();
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew leases; lanes stop sending before their leases run out")
+                }
+            }
+        }
+    }
+}
+
+/// Retries a database call on transient errors until it works or shutdown.
+async fn db_retry_forever<T, F, Fut>(shutdown: &CancellationToken, what: &str, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot {what}; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Retry delay after `attempt` attempts: exponential from `min` to `max`,
+/// with jitter, from backon.
+pub fn retry_delay(cfg: &WorkerConfig, attempt: i32) -> Duration {
+    use backon::BackoffBuilder;
+    let mut b = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(cfg.retry_min_ms.max(1)))
+        .with_max_delay(Duration::from_millis(
+            cfg.retry_max_ms.max(cfg.retry_min_ms.max(1)),
+        ))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let n = attempt.clamp(1, 64) as usize;
+    b.nth(n - 1).unwrap_or(Duration::from_millis(cfg.retry_max_ms))
+}
+
+pub(crate) fn lane_now_ms() -> i64 {
+    now_ms()
+}
