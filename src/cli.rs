@@ -56,6 +56,55 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve a local stand-in for both providers.
+    Simulate(crate::simulate::SimArgs),
+    /// Register users with a provider.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+    /// Read a batch back from its provider and compare (exit 4 on a mismatch).
+    Verify {
+        #[arg(long)]
+        batch: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop sending a batch (workers park its lanes within seconds).
+    Pause {
+        #[arg(long)]
+        batch: String,
+    },
+    /// Resume a paused batch.
+    Resume {
+        #[arg(long)]
+        batch: String,
+    },
+    /// Put a batch's failed jobs back to pending, in lane order.
+    Retry {
+        #[arg(long)]
+        batch: String,
+        /// Only jobs whose last provider code is this.
+        #[arg(long)]
+        code: Option<i64>,
+    },
+    /// Mark one job skipped: it will not be sent.
+    Skip {
+        #[arg(long)]
+        job: i64,
+    },
+}
+
+/// `chatferry accounts ...`
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// Register every user of a target's conversations (ZIM UserRegister,
+    /// Tencent multiaccount_import), 100 per call, within the rate limit.
+    Import {
+        #[arg(long)]
+        target: String,
+        /// Only the users of this batch.
+        #[arg(long)]
+        batch: Option<String>,
+    },
 }
 
 /// An error with the exit code it maps to.
@@ -119,6 +168,10 @@ pub fn chain(e: &anyhow::Error) -> String {
         }
     }
     parts.join(": ")
+}
+
+fn db_err(e: sqlx::Error) -> Failure {
+    Failure::Runtime(anyhow::Error::new(e).context("database error; did you run `chatferry migrate`?"))
 }
 
 async fn open_store(config: &Config) -> Result<Store, Failure> {
@@ -206,6 +259,95 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 return Ok(ExitCode::from(1));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate(args) => {
+            crate::simulate::run_cli(&config, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Accounts(AccountsCommand::Import { target, batch }) => {
+            config.target(&target)?;
+            let store = open_store(&config).await?;
+            let users = store.users(&target, batch.as_deref()).await.map_err(db_err)?;
+            let providers = crate::providers::build_all(&config)?;
+            let p = &providers.iter().find(|(n, _)| *n == target).expect("target exists").1;
+            let r = p
+                .register_users(&users)
+                .await
+                .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot register users with {target}: {e}")))?;
+            println!("{} users registered with {target}, {} refused", r.ok, r.failed.len());
+            for (u, why) in r.failed.iter().take(20) {
+                eprintln!("refused: {u}: {why}");
+            }
+            Ok(if r.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Verify { batch, json } => {
+            let store = open_store(&config).await?;
+            let providers: std::collections::HashMap<_, _> =
+                crate::providers::build_all(&config)?.into_iter().collect();
+            let r = crate::verify::run(&store, &providers, &batch).await?;
+            if json {
+                println!("{}", serde_json::to_string(&r).map_err(anyhow::Error::new)?);
+            } else {
+                for l in &r.problems {
+                    println!(
+                        "{} {}: expected {}, found {}, missing {}, extra {}, out of order {}{}",
+                        l.target,
+                        l.lane,
+                        l.expected,
+                        l.found,
+                        l.missing.len(),
+                        l.extra,
+                        l.out_of_order,
+                        l.error.as_deref().map(|e| format!(", unreadable: {e}")).unwrap_or_default()
+                    );
+                }
+                println!(
+                    "batch {}: {} of {} lanes match; missing {}, extra {}, out of order {}; \
+                     {} messages older than the provider's read-back window were not checked",
+                    r.batch, r.clean_lanes, r.lanes, r.missing, r.extra, r.out_of_order, r.unverifiable
+                );
+            }
+            Ok(if r.clean() { ExitCode::SUCCESS } else { ExitCode::from(4) })
+        }
+        Command::Pause { batch } => {
+            let store = open_store(&config).await?;
+            match store.set_paused(&batch, true).await.map_err(db_err)? {
+                0 => Err(Failure::Usage(format!("no batch named {batch:?}; see `chatferry status`"))),
+                _ => {
+                    println!("batch {batch} paused; running workers park its lanes after their current call");
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        Command::Resume { batch } => {
+            let store = open_store(&config).await?;
+            match store.set_paused(&batch, false).await.map_err(db_err)? {
+                0 => Err(Failure::Usage(format!("no batch named {batch:?}; see `chatferry status`"))),
+                _ => {
+                    println!("batch {batch} resumed");
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        Command::Retry { batch, code } => {
+            let store = open_store(&config).await?;
+            let n = store.retry_failed(&batch, code).await.map_err(db_err)?;
+            println!("{n} failed jobs of batch {batch} are pending again");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Skip { job } => {
+            let store = open_store(&config).await?;
+            match store.skip_job(job).await.map_err(db_err)? {
+                None => Err(Failure::Usage(format!("job {job} does not exist or is already done or skipped"))),
+                Some(crate::store::JobStatus::InFlight) => {
+                    println!("job {job} skipped; it was in doubt, so the provider may hold it already");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(_) => {
+                    println!("job {job} skipped");
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
         }
         Command::Status { batch, json } => {
             let store = open_store(&config).await?;

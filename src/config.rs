@@ -301,6 +301,13 @@ pub struct TencentTarget {
     /// Import missing accounts and retry when the provider says they are missing.
     #[serde(default)]
     pub ensure_accounts: bool,
+    /// Days of history `admin_getroammsg` can read back (the app's roaming period).
+    #[serde(default = "tim_roaming_days")]
+    pub roaming_days: u32,
+}
+
+fn tim_roaming_days() -> u32 {
+    7
 }
 
 fn tim_rate() -> f64 {

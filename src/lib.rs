@@ -7,7 +7,9 @@
 //! - `worker`: lanes, leases, the ordered send loop and its checkpoints.
 //! - `ratelimit`: per-target token buckets.
 //! - `providers`: the provider trait, and `zim` and `tencent` wire formats.
-//! - `ops`: signals.
+//! - `simulate`: the local stand-in for both providers.
+//! - `verify`: reading a batch back from its provider.
+//! - `ops`: signals, health and metrics.
 
 pub mod cli;
 pub mod config;
@@ -19,4 +21,5 @@ pub mod simulate;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod verify;
 pub mod worker;

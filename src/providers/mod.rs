@@ -66,6 +66,36 @@ pub struct SendJob<'a> {
     pub body: &'a str,
     pub lane_key: &'a str,
     pub attempt: i32,
+    /// For reconcile: provider message ids already checkpointed in this
+    /// lane, newest first, so an identical earlier message is not taken
+    /// for the one in doubt.
+    pub known_ids: &'a [String],
+}
+
+/// What registering users found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registered {
+    /// Users now known to the provider (new or already there).
+    pub ok: usize,
+    /// Users refused, with the provider's reason.
+    pub failed: Vec<(String, String)>,
+}
+
+/// One message read back from a provider, for `verify`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadBack {
+    /// What identifies the message's content (sender, type, body, time).
+    pub fingerprint: String,
+    pub msg_id: Option<String>,
+}
+
+/// What a provider could read back of one lane.
+#[derive(Debug, Clone, Default)]
+pub struct LaneReadBack {
+    /// Messages in the provider's display order, oldest first.
+    pub messages: Vec<ReadBack>,
+    /// Messages older than this (Unix ms) cannot be read back at all.
+    pub readable_from_ms: Option<i64>,
 }
 
 /// A chat service chatferry imports into.
@@ -79,6 +109,15 @@ pub trait Provider: Send + Sync + 'static {
     async fn reconcile(&self, _job: &SendJob<'_>) -> Reconciled {
         Reconciled::NotApplied
     }
+
+    /// Registers users with the provider, within its rate limits.
+    async fn register_users(&self, users: &[String]) -> Result<Registered, String>;
+
+    /// The content fingerprint of a frozen body, as [`ReadBack`] has it.
+    fn fingerprint(&self, body: &str) -> Option<String>;
+
+    /// Reads a lane back from the provider (`verify`), oldest first.
+    async fn read_back(&self, lane_key: &str) -> Result<LaneReadBack, String>;
 }
 
 /// One job the loader derives from an input message.

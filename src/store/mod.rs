@@ -46,6 +46,17 @@ pub struct ClaimedLane {
     pub lane_key: String,
 }
 
+/// Whether a released lane is parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Park {
+    /// Claimable again when its head job is due.
+    No,
+    /// Stopped at this failed job (`on_permanent_error = "block"`).
+    Blocked(i64),
+    /// Its head job's batch is paused.
+    Paused(i64),
+}
+
 /// Status of one job, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, Serialize)]
 #[sqlx(type_name = "job_status", rename_all = "snake_case")]
@@ -69,6 +80,9 @@ pub struct OpenJob {
     /// Milliseconds until the job may be tried again (<= 0: now).
     pub wait_ms: i64,
     pub sent_at_ms: i64,
+    pub batch_id: i64,
+    /// The job's batch is paused: the lane parks here.
+    pub paused: bool,
 }
 
 /// One job to insert, as the loader built it.
@@ -298,7 +312,8 @@ impl Store {
         distinct.sort_unstable();
         sqlx::query(
             "UPDATE lanes SET available_at = now()
-             WHERE id = ANY($1) AND available_at IS NULL AND blocked_job IS NULL",
+             WHERE id = ANY($1) AND available_at IS NULL AND blocked_job IS NULL
+               AND paused_batch IS NULL",
         )
         .bind(&distinct)
         .execute(&self.pool)
@@ -312,7 +327,7 @@ impl Store {
     pub async fn wake_stranded_lanes(&self) -> Result<u64, sqlx::Error> {
         Ok(sqlx::query(
             "UPDATE lanes l SET available_at = now()
-             WHERE l.available_at IS NULL AND l.blocked_job IS NULL
+             WHERE l.available_at IS NULL AND l.blocked_job IS NULL AND l.paused_batch IS NULL
                AND EXISTS (SELECT 1 FROM jobs j
                            WHERE j.lane_id = l.id AND j.status IN ('pending', 'in_flight'))",
         )
@@ -428,7 +443,7 @@ impl Store {
     /// Gives a lane back. Its next claim time is its head job's retry time,
     /// or NULL when nothing is left; `block_at` parks it at that job.
     /// Returns false when the lease had already moved on.
-    pub async fn release_lane(&self, lease: &Lease, block_at: Option<i64>) -> Result<bool, sqlx::Error> {
+    pub async fn release_lane(&self, lease: &Lease, park: Park) -> Result<bool, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         // Lock first, then read the head in a fresh statement: a loader
         // holding the lane lock has committed its jobs by then.
@@ -443,10 +458,15 @@ impl Store {
         if held.is_none() {
             return Ok(false);
         }
+        let (block_at, paused_by) = match park {
+            Park::No => (None, None),
+            Park::Blocked(job) => (Some(job), None),
+            Park::Paused(batch) => (None, Some(batch)),
+        };
         sqlx::query(
             "UPDATE lanes SET lease_owner = NULL, lease_until = NULL,
-                    blocked_job = $2,
-                    available_at = CASE WHEN $2::bigint IS NULL THEN
+                    blocked_job = $2, paused_batch = $3,
+                    available_at = CASE WHEN $2::bigint IS NULL AND $3::bigint IS NULL THEN
                         (SELECT next_attempt_at FROM jobs
                          WHERE lane_id = $1 AND status IN ('pending', 'in_flight')
                          ORDER BY sent_at_ms, input_seq LIMIT 1)
@@ -455,6 +475,7 @@ impl Store {
         )
         .bind(lease.lane_id)
         .bind(block_at)
+        .bind(paused_by)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -488,13 +509,26 @@ impl Store {
     /// The next open jobs of a lane, in lane order.
     pub async fn open_jobs(&self, lane_id: i64, limit: i64) -> Result<Vec<OpenJob>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT id, source_id, body, status, attempts,
-                    (extract(epoch FROM (next_attempt_at - now())) * 1000)::bigint AS wait_ms,
-                    sent_at_ms
-             FROM jobs
-             WHERE lane_id = $1 AND status IN ('pending', 'in_flight')
-             ORDER BY sent_at_ms, input_seq
+            "SELECT j.id, j.source_id, j.body, j.status, j.attempts,
+                    (extract(epoch FROM (j.next_attempt_at - now())) * 1000)::bigint AS wait_ms,
+                    j.sent_at_ms, j.batch_id, b.paused
+             FROM jobs j JOIN batches b ON b.id = j.batch_id
+             WHERE j.lane_id = $1 AND j.status IN ('pending', 'in_flight')
+             ORDER BY j.sent_at_ms, j.input_seq
              LIMIT $2",
+        )
+        .bind(lane_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Provider message ids already recorded in a lane, newest first.
+    pub async fn recent_msg_ids(&self, lane_id: i64, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT provider_msg_id FROM jobs
+             WHERE lane_id = $1 AND status = 'done' AND provider_msg_id IS NOT NULL
+             ORDER BY sent_at_ms DESC, input_seq DESC LIMIT $2",
         )
         .bind(lane_id)
         .bind(limit)
@@ -611,6 +645,149 @@ impl Store {
         .await?
         .rows_affected();
         Ok(n == 1)
+    }
+
+    // ----- operators -----------------------------------------------------
+
+    /// Pauses or resumes a batch (every target it was loaded for). Pausing
+    /// parks the unleased lanes holding its open jobs; leased lanes park
+    /// at their next job. Resuming wakes them. Returns the batches touched.
+    pub async fn set_paused(&self, batch: &str, paused: bool) -> Result<u64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<i64> = sqlx::query_scalar("UPDATE batches SET paused = $2 WHERE name = $1 RETURNING id")
+            .bind(batch)
+            .bind(paused)
+            .fetch_all(&mut *tx)
+            .await?;
+        if paused {
+            sqlx::query(
+                "UPDATE lanes l SET available_at = NULL, paused_batch = j.batch_id
+                 FROM (SELECT DISTINCT lane_id, batch_id FROM jobs
+                       WHERE batch_id = ANY($1) AND status IN ('pending', 'in_flight')) j
+                 WHERE l.id = j.lane_id AND l.lease_owner IS NULL AND l.blocked_job IS NULL
+                   AND l.paused_batch IS NULL",
+            )
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query(
+                "UPDATE lanes SET paused_batch = NULL,
+                        available_at = CASE WHEN blocked_job IS NULL THEN now() END
+                 WHERE paused_batch = ANY($1)",
+            )
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    }
+
+    /// Puts a batch's failed jobs (optionally of one code) back to pending
+    /// and wakes their lanes, unblocking lanes parked at them.
+    pub async fn retry_failed(&self, batch: &str, code: Option<i64>) -> Result<u64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let lanes: Vec<(i64, i64)> = sqlx::query_as(
+            "UPDATE jobs j SET status = 'pending', next_attempt_at = now(), updated_at = now(),
+                    finished_at = NULL
+             FROM batches b
+             WHERE b.id = j.batch_id AND b.name = $1 AND j.status = 'failed'
+               AND ($2::bigint IS NULL OR j.last_code = $2)
+             RETURNING j.lane_id, j.id",
+        )
+        .bind(batch)
+        .bind(code)
+        .fetch_all(&mut *tx)
+        .await?;
+        let lane_ids: Vec<i64> = lanes.iter().map(|l| l.0).collect();
+        let job_ids: Vec<i64> = lanes.iter().map(|l| l.1).collect();
+        sqlx::query(
+            "UPDATE lanes SET blocked_job = CASE WHEN blocked_job = ANY($2) THEN NULL ELSE blocked_job END,
+                    available_at = CASE WHEN lease_owner IS NULL AND paused_batch IS NULL
+                                         AND (blocked_job IS NULL OR blocked_job = ANY($2))
+                                        THEN now() ELSE available_at END
+             WHERE id = ANY($1)",
+        )
+        .bind(&lane_ids)
+        .bind(&job_ids)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(job_ids.len() as u64)
+    }
+
+    /// Marks one job skipped (it will not be sent); unblocks its lane if
+    /// the lane was parked at it. Returns the job's previous status.
+    pub async fn skip_job(&self, job_id: i64) -> Result<Option<JobStatus>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let prev: Option<JobStatus> = sqlx::query_scalar(
+            "WITH old AS (SELECT id, status FROM jobs WHERE id = $1 FOR UPDATE)
+             UPDATE jobs j SET status = 'skipped', finished_at = now(), updated_at = now(),
+                    last_error = coalesce(j.last_error || '; ', '') || 'skipped by an operator'
+             FROM old WHERE j.id = old.id AND old.status IN ('pending', 'in_flight', 'failed')
+             RETURNING old.status",
+        )
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if prev.is_some() {
+            sqlx::query(
+                "UPDATE lanes SET blocked_job = NULL,
+                        available_at = CASE WHEN paused_batch IS NULL THEN now() END
+                 WHERE blocked_job = $1 AND lease_owner IS NULL",
+            )
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(prev)
+    }
+
+    /// Every user id in the conversations of a target (optionally of one batch).
+    pub async fn users(&self, target: &str, batch: Option<&str>) -> Result<Vec<String>, sqlx::Error> {
+        let convs: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT l.conversation FROM lanes l
+             WHERE l.target = $1
+               AND ($2::text IS NULL OR EXISTS (
+                    SELECT 1 FROM jobs j JOIN batches b ON b.id = j.batch_id
+                    WHERE j.lane_id = l.id AND b.name = $2))",
+        )
+        .bind(target)
+        .bind(batch)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut users: Vec<String> = convs
+            .iter()
+            .flat_map(|c| c.split('\u{1f}').map(str::to_string))
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        Ok(users)
+    }
+
+    /// The lanes holding jobs of a batch: (lane id, target, lane key, conversation, view user).
+    pub async fn batch_lanes(&self, batch: &str) -> Result<Vec<(i64, String, String)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT DISTINCT l.id, l.target, l.lane_key FROM lanes l
+             JOIN jobs j ON j.lane_id = l.id JOIN batches b ON b.id = j.batch_id
+             WHERE b.name = $1 ORDER BY l.id",
+        )
+        .bind(batch)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// A lane's done jobs in lane order: (source id, sent_at_ms, body).
+    pub async fn lane_done(&self, lane_id: i64) -> Result<Vec<(String, i64, String)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT source_id, sent_at_ms, body FROM jobs
+             WHERE lane_id = $1 AND status = 'done' ORDER BY sent_at_ms, input_seq",
+        )
+        .bind(lane_id)
+        .fetch_all(&self.pool)
+        .await
     }
 
     // ----- progress ------------------------------------------------------

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{lane_now_ms, retry_delay, Worker};
 use crate::providers::{Outcome, Reconciled, SendJob};
-use crate::store::{self, ClaimedLane, JobStatus, Lease, ProviderIds};
+use crate::store::{self, ClaimedLane, JobStatus, Lease, Park, ProviderIds};
 
 /// Why a lane stopped before it ran out of work.
 enum Stop {
@@ -18,6 +18,8 @@ enum Stop {
     Release,
     /// Park the lane at this failed job (`on_permanent_error = "block"`).
     Block(i64),
+    /// Park the lane: its next job's batch is paused.
+    Paused(i64),
     /// The lease is gone: touch nothing.
     Lost,
 }
@@ -31,16 +33,17 @@ pub(super) async fn run(
 ) {
     let lease = lane.lease.clone();
     let stop = work(&w, &lane, &cancel, &valid_until).await;
-    let block_at = match stop {
+    let park = match stop {
         Stop::Lost => return,
-        Stop::Release => None,
-        Stop::Block(job) => Some(job),
+        Stop::Release => Park::No,
+        Stop::Block(job) => Park::Blocked(job),
+        Stop::Paused(batch) => Park::Paused(batch),
     };
     // From here on the lane needs no fence: it only gives the lease back.
     let deadline = valid_until.swap(super::FINISHING, Ordering::AcqRel);
     let valid_until = AtomicI64::new(deadline);
     let released = with_db(&valid_until, "release the lane", || {
-        w.store.release_lane(&lease, block_at)
+        w.store.release_lane(&lease, park)
     })
     .await;
     if released == Some(false) {
@@ -101,6 +104,9 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
             if cancel.is_cancelled() || w.is_halted(&lane.target) {
                 return Stop::Release;
             }
+            if job.paused {
+                return Stop::Paused(job.batch_id);
+            }
             if job.wait_ms > 0 {
                 return Stop::Release;
             }
@@ -109,12 +115,21 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                 body: &job.body,
                 lane_key: &lane.lane_key,
                 attempt: job.attempts,
+                known_ids: &[],
             };
             if job.status == JobStatus::InFlight {
                 // A call whose outcome we never saw: settle it before
                 // anything later in the lane is sent.
                 tracing::debug!(job = job.id, "reconciling an in-doubt call");
-                match target.provider.reconcile(&send).await {
+                let Some(known) = with_db(valid_until, "read the lane's checkpoints", || {
+                    w.store.recent_msg_ids(lease.lane_id, 200)
+                })
+                .await
+                else {
+                    return Stop::Lost;
+                };
+                let reconcile_job = SendJob { known_ids: &known, ..send.clone() };
+                match target.provider.reconcile(&reconcile_job).await {
                     Reconciled::Applied(a) => {
                         let ids = ProviderIds {
                             msg_id: a.msg_id,

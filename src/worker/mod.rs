@@ -272,7 +272,7 @@ impl Worker {
                     owner: self.id,
                     token,
                 };
-                let _ = self.store.release_lane(&lease, None).await;
+                let _ = self.store.release_lane(&lease, store::Park::No).await;
             }
         }
         heartbeat.abort();

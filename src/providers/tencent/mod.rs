@@ -7,12 +7,17 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use governor::DefaultDirectRateLimiter;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use super::{read_capped, snippet, transport_outcome, Accepted, Outcome, Provider, SendJob};
+use super::{
+    read_capped, snippet, transport_outcome, Accepted, LaneReadBack, Outcome, Provider, ReadBack, Registered,
+    SendJob,
+};
 use crate::config::{tencent_base_url, TencentTarget};
-use crate::providers::zim::int_field;
+use crate::providers::zim::{describe_outcome, int_field};
+use crate::ratelimit;
 
 pub mod body;
 pub mod codes;
@@ -35,7 +40,14 @@ pub struct TencentClient {
     base: reqwest::Url,
     http: reqwest::Client,
     sig: Mutex<Option<CachedSig>>,
+    ensure_accounts: bool,
+    roaming_days: u32,
+    query_bucket: DefaultDirectRateLimiter,
+    account_bucket: DefaultDirectRateLimiter,
 }
+
+/// Accounts per multiaccount_import call.
+const ACCOUNT_BATCH: usize = 100;
 
 impl TencentClient {
     /// Builds a client from a target's configuration.
@@ -50,6 +62,10 @@ impl TencentClient {
             base: reqwest::Url::parse(&base)?,
             http,
             sig: Mutex::new(None),
+            ensure_accounts: cfg.ensure_accounts,
+            roaming_days: cfg.roaming_days,
+            query_bucket: ratelimit::bucket(cfg.query_rate_per_sec),
+            account_bucket: ratelimit::bucket(cfg.account_rate_per_sec),
         })
     }
 
@@ -199,12 +215,66 @@ pub fn classify_answer(v: &Value, sent_seq: Option<i64>) -> Outcome {
     }
 }
 
+/// Sender and the dedup triple: what identifies an imported message.
+fn fingerprint_of(v: &Value) -> Option<String> {
+    Some(format!(
+        "{}|{}|{}|{}",
+        v.get("From_Account")?.as_str()?,
+        int_field(v, "MsgSeq")?,
+        int_field(v, "MsgRandom")?,
+        int_field(v, "MsgTimeStamp")?
+    ))
+}
+
+impl TencentClient {
+    /// Posts to an API and classifies the answer; a `RetryLater` or an
+    /// unknown outcome is retried a few times (these calls are idempotent).
+    async fn idempotent_call(&self, api: &str, body: &str, bucket: &DefaultDirectRateLimiter) -> Result<Value, String> {
+        let mut attempt = 0u32;
+        loop {
+            bucket.until_ready().await;
+            let r = self.call(api, body, attempt > 0).await.map(|v| (classify_answer(&v, None), v));
+            match r {
+                Ok((Outcome::Accepted(_), v)) => return Ok(v),
+                Ok((Outcome::RetryLater { .. } | Outcome::Unknown { .. }, _))
+                | Err(Outcome::RetryLater { .. } | Outcome::Unknown { .. })
+                    if attempt < 5 =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                }
+                Ok((o, _)) | Err(o) => return Err(describe_outcome(&o)),
+            }
+        }
+    }
+
+    async fn import_accounts(&self, users: &[String]) -> Result<Registered, String> {
+        let mut out = Registered::default();
+        for chunk in users.chunks(ACCOUNT_BATCH) {
+            let list: Vec<Value> = chunk.iter().map(|u| json!({"UserID": u})).collect();
+            let body = json!({"AccountList": list}).to_string();
+            let v = self
+                .idempotent_call("v4/im_open_login_svc/multiaccount_import", &body, &self.account_bucket)
+                .await?;
+            let failed: Vec<String> = v
+                .get("FailAccounts")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect();
+            out.ok += chunk.len() - failed.len();
+            out.failed.extend(failed.into_iter().map(|u| (u, "refused by multiaccount_import".to_string())));
+        }
+        Ok(out)
+    }
+}
+
 #[async_trait]
 impl Provider for TencentClient {
     async fn send(&self, job: &SendJob<'_>) -> Outcome {
-        let sent_seq = serde_json::from_str::<Value>(job.body)
-            .ok()
-            .and_then(|v| int_field(&v, "MsgSeq"));
+        let parsed = serde_json::from_str::<Value>(job.body).ok();
+        let sent_seq = parsed.as_ref().and_then(|v| int_field(v, "MsgSeq"));
         let mut regenerated = false;
         loop {
             let outcome = match self.call("v4/openim/importmsg", job.body, regenerated).await {
@@ -213,17 +283,92 @@ impl Provider for TencentClient {
             };
             // An expired or invalidated UserSig is refused before anything
             // is applied: regenerate it once, then fail loudly.
-            if let Outcome::Halt {
-                code: Some(70001 | 70052),
-                ..
-            } = outcome
-            {
+            if let Outcome::Halt { code: Some(70001 | 70052), .. } = outcome {
                 if !regenerated {
                     regenerated = true;
                     continue;
                 }
             }
+            if let Outcome::Permanent { code: Some(c), .. } = &outcome {
+                if self.ensure_accounts && codes::classify(*c) == codes::Class::AccountMissing {
+                    let users: Vec<String> = ["From_Account", "To_Account"]
+                        .iter()
+                        .filter_map(|k| parsed.as_ref()?.get(*k)?.as_str().map(str::to_string))
+                        .collect();
+                    return match self.import_accounts(&users).await {
+                        Ok(r) if r.failed.is_empty() => Outcome::RetryLater {
+                            code: Some(*c),
+                            reason: "accounts were missing; imported them".into(),
+                            delay: Some(Duration::ZERO),
+                            throttled: false,
+                        },
+                        Ok(r) => Outcome::Permanent {
+                            code: Some(*c),
+                            reason: format!("cannot import accounts: {:?}", r.failed),
+                        },
+                        Err(e) => Outcome::RetryLater {
+                            code: Some(*c),
+                            reason: format!("accounts missing and importing failed: {e}"),
+                            delay: None,
+                            throttled: false,
+                        },
+                    };
+                }
+            }
             return outcome;
         }
+    }
+
+    async fn register_users(&self, users: &[String]) -> Result<Registered, String> {
+        self.import_accounts(users).await
+    }
+
+    fn fingerprint(&self, body: &str) -> Option<String> {
+        fingerprint_of(&serde_json::from_str::<Value>(body).ok()?)
+    }
+
+    /// Pages a conversation backwards with admin_getroammsg and returns it
+    /// in display order (time, then MsgSeq).
+    async fn read_back(&self, lane_key: &str) -> Result<LaneReadBack, String> {
+        let (a, b) = lane_key.split_once('\u{1f}').ok_or("not a Tencent lane")?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let min_time = now - i64::from(self.roaming_days) * 86_400;
+        let mut max_time = now + 60;
+        let mut last_key: Option<String> = None;
+        let mut out: Vec<(i64, i64, ReadBack)> = Vec::new();
+        for _page in 0..100_000 {
+            let mut body = json!({"Operator_Account": a, "Peer_Account": b, "MaxCnt": 100,
+                                  "MinTime": min_time, "MaxTime": max_time});
+            if let Some(k) = &last_key {
+                body["LastMsgKey"] = json!(k);
+            }
+            let v = self
+                .idempotent_call("v4/openim/admin_getroammsg", &body.to_string(), &self.query_bucket)
+                .await?;
+            for m in v.get("MsgList").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(fp) = fingerprint_of(m) {
+                    out.push((
+                        int_field(m, "MsgTimeStamp").unwrap_or(0),
+                        int_field(m, "MsgSeq").unwrap_or(0),
+                        ReadBack { fingerprint: fp, msg_id: m.get("MsgKey").and_then(Value::as_str).map(str::to_string) },
+                    ));
+                }
+            }
+            let complete = int_field(&v, "Complete").unwrap_or(1) == 1;
+            let key = v.get("LastMsgKey").and_then(Value::as_str).map(str::to_string);
+            if complete || key.is_none() || key == last_key {
+                break;
+            }
+            max_time = int_field(&v, "LastMsgTime").unwrap_or(max_time);
+            last_key = key;
+        }
+        out.sort_by_key(|(t, s, _)| (*t, *s));
+        Ok(LaneReadBack {
+            messages: out.into_iter().map(|x| x.2).collect(),
+            readable_from_ms: Some(min_time * 1000),
+        })
     }
 }

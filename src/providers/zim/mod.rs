@@ -4,11 +4,16 @@
 //! `codes`.
 
 use async_trait::async_trait;
+use governor::DefaultDirectRateLimiter;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use super::{read_capped, snippet, transport_outcome, Accepted, Outcome, Provider, SendJob};
+use super::{
+    read_capped, snippet, transport_outcome, Accepted, LaneReadBack, Outcome, Provider, ReadBack, Reconciled,
+    Registered, SendJob,
+};
 use crate::config::{zim_base_url, ZimTarget};
+use crate::ratelimit;
 
 pub mod body;
 pub mod codes;
@@ -24,7 +29,16 @@ pub struct ZimClient {
     secret: SecretString,
     base: reqwest::Url,
     http: reqwest::Client,
+    ensure_users: bool,
+    /// QueryPeerMsg has its own 20/s budget (reconcile and verify).
+    query_bucket: DefaultDirectRateLimiter,
+    register_bucket: DefaultDirectRateLimiter,
 }
+
+/// Users per UserRegister call.
+const REGISTER_BATCH: usize = 100;
+/// QueryPeerMsg page size.
+const QUERY_PAGE: u32 = 100;
 
 impl ZimClient {
     /// Builds a client from a target's configuration.
@@ -36,6 +50,9 @@ impl ZimClient {
             secret: cfg.server_secret.clone().expect("resolved at config load"),
             base: reqwest::Url::parse(&base)?,
             http,
+            ensure_users: cfg.ensure_users,
+            query_bucket: ratelimit::bucket(cfg.query_rate_per_sec),
+            register_bucket: ratelimit::bucket(cfg.register_rate_per_sec),
         })
     }
 
@@ -168,6 +185,121 @@ pub fn classify_answer(v: &Value) -> Outcome {
     }
 }
 
+/// The parts of an ImportPeerMsg body that identify its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Content {
+    sender: String,
+    msg_type: i64,
+    sub_type: Option<i64>,
+    body: String,
+    time_ms: i64,
+    view: String,
+    peer: String,
+}
+
+impl Content {
+    fn of_body(body: &str) -> Option<Content> {
+        let v: Value = serde_json::from_str(body).ok()?;
+        let from = v.get("FromUserId")?.as_str()?.to_string();
+        let to = v.get("ToUserId")?.as_str()?.to_string();
+        let view = v.get("ImportedUserId")?.as_str()?.to_string();
+        let peer = if view == from { to } else { from.clone() };
+        Some(Content {
+            sender: from,
+            msg_type: int_field(&v, "MessageType")?,
+            sub_type: int_field(&v, "SubMsgType"),
+            body: v.get("MessageBody")?.get("Message")?.as_str()?.to_string(),
+            time_ms: int_field(&v, "SendMessageTime").unwrap_or(0),
+            view,
+            peer,
+        })
+    }
+
+    /// Same sender, type and body as a QueryPeerMsg list item.
+    fn matches(&self, item: &Value) -> bool {
+        item.get("Sender").and_then(Value::as_str) == Some(self.sender.as_str())
+            && int_field(item, "MsgType") == Some(self.msg_type)
+            && item.get("MsgBody").and_then(Value::as_str) == Some(self.body.as_str())
+            && (self.msg_type != 200 || int_field(item, "SubMsgType") == self.sub_type)
+    }
+
+    fn fingerprint(sender: &str, msg_type: i64, body: &str, time_ms: i64) -> String {
+        format!("{sender}\u{1f}{msg_type}\u{1f}{time_ms}\u{1f}{body}")
+    }
+}
+
+impl ZimClient {
+    /// One page of a user's view, newest first, and the next cursor (0: done).
+    async fn query_page(&self, view: &str, peer: &str, next: u64) -> Result<(Vec<Value>, u64), Outcome> {
+        self.query_bucket.until_ready().await;
+        let body = json!({"FromUserId": view, "ToUserId": peer, "Limit": QUERY_PAGE, "Next": next, "WithEmptyMsg": 0});
+        let v = self.call("QueryPeerMsg", &body.to_string()).await?;
+        match classify_answer(&v) {
+            Outcome::Accepted(_) => {}
+            other => return Err(other),
+        }
+        let list = v.get("List").and_then(Value::as_array).cloned().unwrap_or_default();
+        let next = v
+            .get("Next")
+            .and_then(|n| n.as_u64().or_else(|| n.as_str().and_then(|s| s.parse().ok())))
+            .unwrap_or(0);
+        Ok((list, next))
+    }
+
+    /// Registers users (UserRegister), 100 per call; "already exists"
+    /// counts as success.
+    async fn register(&self, users: &[String]) -> Result<Registered, String> {
+        let mut out = Registered::default();
+        for chunk in users.chunks(REGISTER_BATCH) {
+            let infos: Vec<Value> = chunk.iter().map(|u| json!({"UserId": u})).collect();
+            let body = json!({"UserInfo": infos}).to_string();
+            let mut attempt = 0u32;
+            let v = loop {
+                self.register_bucket.until_ready().await;
+                match self.call("UserRegister", &body).await.map(|v| (classify_answer(&v), v)) {
+                    Ok((Outcome::Accepted(_), v)) => break v,
+                    Ok((Outcome::RetryLater { .. }, _)) | Err(Outcome::RetryLater { .. } | Outcome::Unknown { .. })
+                        if attempt < 5 =>
+                    {
+                        // Registering twice is harmless, so an unknown
+                        // outcome is simply retried.
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                    }
+                    Ok((o, _)) | Err(o) => return Err(describe_outcome(&o)),
+                }
+            };
+            let mut failed_here = 0;
+            for e in v.get("ErrorList").and_then(Value::as_array).into_iter().flatten() {
+                let code = int_field(e, "SubCode").unwrap_or(-1);
+                if code == 660700002 {
+                    continue;
+                }
+                let user = e.get("UserId").and_then(Value::as_str).unwrap_or("?").to_string();
+                let msg = e.get("SubMessage").and_then(Value::as_str).unwrap_or("").to_string();
+                out.failed.push((user, format!("code {code}: {msg}")));
+                failed_here += 1;
+            }
+            out.ok += chunk.len() - failed_here;
+        }
+        Ok(out)
+    }
+}
+
+/// An outcome as one line for an error message.
+pub(crate) fn describe_outcome(o: &Outcome) -> String {
+    match o {
+        Outcome::Accepted(_) => "accepted".into(),
+        Outcome::RetryLater { code, reason, .. }
+        | Outcome::Permanent { code, reason }
+        | Outcome::Halt { code, reason } => match code {
+            Some(c) => format!("code {c}: {reason}"),
+            None => reason.clone(),
+        },
+        Outcome::Unknown { reason } => reason.clone(),
+    }
+}
+
 #[async_trait]
 impl Provider for ZimClient {
     async fn send(&self, job: &SendJob<'_>) -> Outcome {
@@ -179,17 +311,118 @@ impl Provider for ZimClient {
             };
             // A skewed timestamp is refused before anything is applied, so
             // one retry with a fresh signature is safe.
-            if let Outcome::Halt {
-                code: Some(100000004),
-                ..
-            } = outcome
-            {
+            if let Outcome::Halt { code: Some(100000004), .. } = outcome {
                 if !fresh_signature_tried {
                     fresh_signature_tried = true;
                     continue;
                 }
             }
+            if let Outcome::Permanent { code: Some(c), .. } = &outcome {
+                if self.ensure_users && codes::classify(*c) == codes::Class::UserMissing {
+                    if let Some(content) = Content::of_body(job.body) {
+                        let users = [content.view.clone(), content.peer.clone()];
+                        return match self.register(&users).await {
+                            Ok(r) if r.failed.is_empty() => Outcome::RetryLater {
+                                code: Some(*c),
+                                reason: "users were missing; registered them".into(),
+                                delay: Some(std::time::Duration::ZERO),
+                                throttled: false,
+                            },
+                            Ok(r) => Outcome::Permanent {
+                                code: Some(*c),
+                                reason: format!("cannot register users: {:?}", r.failed),
+                            },
+                            Err(e) => Outcome::RetryLater {
+                                code: Some(*c),
+                                reason: format!("users missing and registering failed: {e}"),
+                                delay: None,
+                                throttled: false,
+                            },
+                        };
+                    }
+                }
+            }
             return outcome;
         }
+    }
+
+    /// ImportPeerMsg has no idempotency key: find out whether the in-doubt
+    /// message reached the view before sending it again.
+    ///
+    /// Nothing later in the lane was sent, so if the message was applied
+    /// it is among the newest of that user's view. A candidate matches on
+    /// sender, type and body, must not carry a MsgId already checkpointed
+    /// in this lane (an identical earlier message), and, among several,
+    /// the one whose MsgTime equals SendMessageTime wins. Assumes nothing
+    /// but chatferry writes to that view during the import.
+    async fn reconcile(&self, job: &SendJob<'_>) -> Reconciled {
+        let Some(content) = Content::of_body(job.body) else {
+            return Reconciled::NotApplied;
+        };
+        let (list, _) = match self.query_page(&content.view, &content.peer, 0).await {
+            Ok(x) => x,
+            Err(Outcome::Halt { code, reason }) => return Reconciled::Halt { code, reason },
+            Err(o) => return Reconciled::Unknown { reason: format!("QueryPeerMsg: {}", describe_outcome(&o)) },
+        };
+        let known: std::collections::HashSet<&str> = job.known_ids.iter().map(String::as_str).collect();
+        let mut best: Option<(&Value, bool)> = None;
+        for item in &list {
+            if !content.matches(item) {
+                continue;
+            }
+            let id = id_field(item, "MsgId");
+            if id.as_deref().is_some_and(|i| known.contains(i)) {
+                continue;
+            }
+            let same_time = int_field(item, "MsgTime") == Some(content.time_ms);
+            match best {
+                Some((_, true)) => {}
+                Some((_, false)) if !same_time => {}
+                _ => best = Some((item, same_time)),
+            }
+        }
+        match best {
+            Some((item, _)) => Reconciled::Applied(Accepted {
+                msg_id: id_field(item, "MsgId"),
+                msg_seq: int_field(item, "MsgSeq"),
+                request_id: None,
+            }),
+            None => Reconciled::NotApplied,
+        }
+    }
+
+    async fn register_users(&self, users: &[String]) -> Result<Registered, String> {
+        self.register(users).await
+    }
+
+    fn fingerprint(&self, body: &str) -> Option<String> {
+        let c = Content::of_body(body)?;
+        Some(Content::fingerprint(&c.sender, c.msg_type, &c.body, c.time_ms))
+    }
+
+    async fn read_back(&self, lane_key: &str) -> Result<LaneReadBack, String> {
+        let (view, peer) = lane_key.split_once('\u{1f}').ok_or("not a ZIM lane")?;
+        let mut out = Vec::new();
+        let mut next = 0u64;
+        loop {
+            let (list, n) = self.query_page(view, peer, next).await.map_err(|o| describe_outcome(&o))?;
+            for item in &list {
+                out.push(ReadBack {
+                    fingerprint: Content::fingerprint(
+                        item.get("Sender").and_then(Value::as_str).unwrap_or(""),
+                        int_field(item, "MsgType").unwrap_or(-1),
+                        item.get("MsgBody").and_then(Value::as_str).unwrap_or(""),
+                        int_field(item, "MsgTime").unwrap_or(0),
+                    ),
+                    msg_id: id_field(item, "MsgId"),
+                });
+            }
+            if n == 0 || list.is_empty() {
+                break;
+            }
+            next = n;
+        }
+        out.reverse();
+        Ok(LaneReadBack { messages: out, readable_from_ms: None })
     }
 }

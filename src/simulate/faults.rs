@@ -1,0 +1,550 @@
+//! Fault injection, seeded and per provider.
+//!
+//! Every provider call (never a `/_sim/*` call) goes through [`Faults::plan`]:
+//!
+//! 1. **Outage**: while `down` is true, or while the time since the
+//!    simulator started falls in one of `outages` (`[start_s, end_s)`), the
+//!    call is not applied and gets HTTP 503 with an HTML body
+//!    (`outage_mode = "http503"`) or a TCP reset (`"reset"`). Outages cover
+//!    the whole provider, whatever `apis` says.
+//! 2. **Latency**: `latency_ms` plus a uniform jitter in
+//!    `[0, latency_jitter_ms)` is slept before the call is handled.
+//! 3. **One mode** is drawn from a single uniform number, the rates taking
+//!    consecutive slices of `[0, 1)` in this order (so each rate is exact and
+//!    their sum must be at most 1):
+//!    - `reset_rate`: the connection is reset, nothing applied;
+//!    - `http_5xx_rate`: an HTML 5xx from `http_5xx_statuses`, nothing applied;
+//!    - `transient_rate`: the provider's own error answer with a code from
+//!      `transient_codes` (empty: every documented transient code), nothing
+//!      applied;
+//!    - `apply_then_drop_rate`: the call is handled (and applied when valid),
+//!      then the connection is reset without an answer;
+//!    - `slow_rate`: the call is handled, then the answer waits `slow_ms`.
+//!
+//! `apis`, when not empty, limits latency and the modes to those APIs
+//! (`ImportPeerMsg`, `QueryPeerMsg`, `UserRegister`, `importmsg`,
+//! `admin_getroammsg`, `account_import`, `multiaccount_import`).
+//!
+//! Each provider draws from its own `StdRng` seeded from `seed`, so a run
+//! whose calls arrive in the same order sees the same faults.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// ZIM's documented transient codes (providers.md).
+pub const ZIM_TRANSIENT_CODES: &[i64] = &[1, 105001, 100000015, 660000001, 660000003];
+/// Tencent's documented transient codes (providers.md).
+pub const TENCENT_TRANSIENT_CODES: &[i64] = &[
+    60008, 20004, 20005, 70169, 70202, 70500, 90992, 90994, 90995, 91000,
+];
+
+/// What an outage looks like to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OutageMode {
+    /// HTTP 503 with an HTML body.
+    #[default]
+    Http503,
+    /// The connection is reset without an answer.
+    Reset,
+}
+
+/// The faults of one provider (see the module doc).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderFaults {
+    pub latency_ms: u64,
+    pub latency_jitter_ms: u64,
+    pub transient_rate: f64,
+    pub transient_codes: Vec<i64>,
+    pub http_5xx_rate: f64,
+    pub http_5xx_statuses: Vec<u16>,
+    pub reset_rate: f64,
+    pub apply_then_drop_rate: f64,
+    pub slow_rate: f64,
+    pub slow_ms: u64,
+    /// `[start_s, end_s)` offsets from the simulator's start.
+    pub outages: Vec<[f64; 2]>,
+    /// A manual outage, e.g. flipped through `POST /_sim/faults`.
+    pub down: bool,
+    pub outage_mode: OutageMode,
+    pub apis: Vec<String>,
+}
+
+impl Default for ProviderFaults {
+    fn default() -> Self {
+        Self {
+            latency_ms: 0,
+            latency_jitter_ms: 0,
+            transient_rate: 0.0,
+            transient_codes: Vec::new(),
+            http_5xx_rate: 0.0,
+            http_5xx_statuses: Vec::new(),
+            reset_rate: 0.0,
+            apply_then_drop_rate: 0.0,
+            slow_rate: 0.0,
+            slow_ms: 15_000,
+            outages: Vec::new(),
+            down: false,
+            outage_mode: OutageMode::Http503,
+            apis: Vec::new(),
+        }
+    }
+}
+
+impl ProviderFaults {
+    fn is_active(&self) -> bool {
+        self.latency_ms > 0
+            || self.latency_jitter_ms > 0
+            || self.mode_rate_sum() > 0.0
+            || !self.outages.is_empty()
+            || self.down
+    }
+
+    fn mode_rate_sum(&self) -> f64 {
+        self.reset_rate
+            + self.http_5xx_rate
+            + self.transient_rate
+            + self.apply_then_drop_rate
+            + self.slow_rate
+    }
+
+    fn validate(&self, side: &str) -> anyhow::Result<()> {
+        for (name, r) in [
+            ("reset_rate", self.reset_rate),
+            ("http_5xx_rate", self.http_5xx_rate),
+            ("transient_rate", self.transient_rate),
+            ("apply_then_drop_rate", self.apply_then_drop_rate),
+            ("slow_rate", self.slow_rate),
+        ] {
+            if !(0.0..=1.0).contains(&r) {
+                bail!("faults: {side}.{name} is {r}; a rate is between 0 and 1");
+            }
+        }
+        if self.mode_rate_sum() > 1.0 + 1e-9 {
+            bail!(
+                "faults: the {side} rates (reset, http_5xx, transient, apply_then_drop, slow) add up \
+                 to more than 1"
+            );
+        }
+        if let Some(s) = self
+            .http_5xx_statuses
+            .iter()
+            .find(|s| !(500..=599).contains(*s))
+        {
+            bail!("faults: {side}.http_5xx_statuses has {s}, which is not a 5xx status");
+        }
+        for [a, b] in &self.outages {
+            if !(a.is_finite() && b.is_finite() && *a >= 0.0 && a < b) {
+                bail!("faults: {side}.outages has [{a}, {b}]; each is [start_s, end_s) with 0 <= start < end");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every fault setting, per provider, and the seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultConfig {
+    pub seed: u64,
+    pub zim: ProviderFaults,
+    pub tencent: ProviderFaults,
+}
+
+impl FaultConfig {
+    /// Checks rates, statuses and windows.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.zim.validate("zim")?;
+        self.tencent.validate("tencent")
+    }
+
+    /// Whether any fault is configured.
+    pub fn is_active(&self) -> bool {
+        self.zim.is_active() || self.tencent.is_active()
+    }
+
+    /// Reads a fault table from a JSON value. The table may also sit under
+    /// `simulate.faults`, `simulate` or `faults` (so a `[simulate.faults]`
+    /// table of a daemon.toml works too).
+    pub fn from_value(v: Value) -> anyhow::Result<Self> {
+        let mut v = v;
+        for key in ["simulate", "faults"] {
+            if let Some(inner) = v.get(key) {
+                if inner.is_object() {
+                    v = inner.clone();
+                }
+            }
+        }
+        let cfg: FaultConfig = serde_json::from_value(v).context("invalid fault configuration")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses a JSON fault table.
+    pub fn from_json(text: &str) -> anyhow::Result<Self> {
+        let v: Value =
+            serde_json::from_str(text).context("fault configuration is not valid JSON")?;
+        Self::from_value(v)
+    }
+
+    /// Parses a TOML fault table.
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let v: Value = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .context("fault configuration is not valid TOML")?;
+        Self::from_value(v)
+    }
+
+    /// `--faults FILE|JSON`: inline JSON when it starts with `{`, else a
+    /// file, read as TOML when it ends in `.toml` and as JSON otherwise.
+    pub fn load(arg: &str) -> anyhow::Result<Self> {
+        let trimmed = arg.trim_start();
+        if trimmed.starts_with('{') {
+            return Self::from_json(trimmed);
+        }
+        let path = Path::new(arg);
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the fault file {}", path.display()))?;
+        let is_toml = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+        if is_toml {
+            Self::from_toml(&text).with_context(|| format!("in {}", path.display()))
+        } else {
+            Self::from_json(&text).with_context(|| format!("in {}", path.display()))
+        }
+    }
+
+    /// Applies one `KEY=VALUE` flag: `seed=7`, `zim.reset_rate=0.1`,
+    /// `tencent.outages=[[5,10]]`, or a bare key (`slow_rate=0.01`) for both
+    /// providers. The value is read as JSON, else as a string.
+    pub fn apply_flag(&mut self, flag: &str) -> anyhow::Result<()> {
+        let Some((key, raw)) = flag.split_once('=') else {
+            bail!("fault flag {flag:?} is not KEY=VALUE (e.g. zim.reset_rate=0.1)");
+        };
+        let value: Value = serde_json::from_str(raw.trim())
+            .unwrap_or_else(|_| Value::String(raw.trim().to_string()));
+        let key = key.trim();
+        let patch = match key.split_once('.') {
+            _ if key == "seed" => serde_json::json!({ "seed": value }),
+            Some((side @ ("zim" | "tencent"), field)) => {
+                serde_json::json!({ side: { field: value } })
+            }
+            Some(_) => bail!("fault flag key {key:?} must start with zim. or tencent., or be bare"),
+            None => serde_json::json!({ "zim": { key: value.clone() }, "tencent": { key: value } }),
+        };
+        self.merge_patch(&patch)
+            .with_context(|| format!("fault flag {flag:?}"))
+    }
+
+    /// Applies a JSON merge patch (RFC 7386): objects merge, other values
+    /// replace, `null` restores the default.
+    pub fn merge_patch(&mut self, patch: &Value) -> anyhow::Result<()> {
+        let mut current = serde_json::to_value(&*self).expect("fault config serializes");
+        merge(&mut current, patch);
+        let next: FaultConfig =
+            serde_json::from_value(current).context("invalid fault configuration")?;
+        next.validate()?;
+        *self = next;
+        Ok(())
+    }
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// Which provider a call is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Zim = 0,
+    Tencent = 1,
+}
+
+/// The fault kinds counted in the stats, by index.
+pub(crate) const FAULT_KINDS: [&str; 7] = [
+    "latency",
+    "transient",
+    "http_5xx",
+    "reset",
+    "apply_then_drop",
+    "slow",
+    "outage",
+];
+pub(crate) const F_LATENCY: usize = 0;
+pub(crate) const F_TRANSIENT: usize = 1;
+pub(crate) const F_HTTP_5XX: usize = 2;
+pub(crate) const F_RESET: usize = 3;
+pub(crate) const F_APPLY_THEN_DROP: usize = 4;
+pub(crate) const F_SLOW: usize = 5;
+pub(crate) const F_OUTAGE: usize = 6;
+
+/// What to do to one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    Outage(OutageMode),
+    Reset,
+    Http5xx(u16),
+    Transient(i64),
+    ApplyThenDrop,
+    Slow(Duration),
+}
+
+/// The faults drawn for one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub latency: Duration,
+    pub action: Option<Action>,
+}
+
+struct Inner {
+    cfg: FaultConfig,
+    rngs: [StdRng; 2],
+}
+
+fn rngs(seed: u64) -> [StdRng; 2] {
+    [
+        StdRng::seed_from_u64(seed),
+        StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
+    ]
+}
+
+/// The live fault settings and their random streams.
+pub(crate) struct Faults {
+    inner: Mutex<Inner>,
+    /// Per side: whether anything is configured (the fast path skips the lock).
+    active: [AtomicBool; 2],
+    start_ns: i64,
+}
+
+impl Faults {
+    pub(crate) fn new(cfg: FaultConfig, start_ns: i64) -> anyhow::Result<Self> {
+        cfg.validate()?;
+        let f = Faults {
+            active: [
+                AtomicBool::new(cfg.zim.is_active()),
+                AtomicBool::new(cfg.tencent.is_active()),
+            ],
+            inner: Mutex::new(Inner {
+                rngs: rngs(cfg.seed),
+                cfg,
+            }),
+            start_ns,
+        };
+        Ok(f)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn config(&self) -> FaultConfig {
+        self.lock().cfg.clone()
+    }
+
+    /// Replaces the settings; the random streams restart only when the seed
+    /// changes.
+    pub(crate) fn replace(&self, cfg: FaultConfig) -> anyhow::Result<()> {
+        cfg.validate()?;
+        let mut inner = self.lock();
+        if cfg.seed != inner.cfg.seed {
+            inner.rngs = rngs(cfg.seed);
+        }
+        self.active[Side::Zim as usize].store(cfg.zim.is_active(), Ordering::SeqCst);
+        self.active[Side::Tencent as usize].store(cfg.tencent.is_active(), Ordering::SeqCst);
+        inner.cfg = cfg;
+        Ok(())
+    }
+
+    /// Draws the faults of one call; `None` when the provider has none.
+    pub(crate) fn plan(&self, side: Side, api: &str, now_ns: i64) -> Option<Plan> {
+        if !self.active[side as usize].load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut guard = self.lock();
+        let Inner { cfg, rngs } = &mut *guard;
+        let pf = match side {
+            Side::Zim => &cfg.zim,
+            Side::Tencent => &cfg.tencent,
+        };
+        let offset_s = now_ns.saturating_sub(self.start_ns) as f64 / 1e9;
+        if pf.down
+            || pf
+                .outages
+                .iter()
+                .any(|[a, b]| offset_s >= *a && offset_s < *b)
+        {
+            return Some(Plan {
+                latency: Duration::ZERO,
+                action: Some(Action::Outage(pf.outage_mode)),
+            });
+        }
+        if !pf.apis.is_empty() && !pf.apis.iter().any(|a| a.eq_ignore_ascii_case(api)) {
+            return None;
+        }
+        let rng = &mut rngs[side as usize];
+        let jitter = if pf.latency_jitter_ms > 0 {
+            rng.gen_range(0..pf.latency_jitter_ms)
+        } else {
+            0
+        };
+        let latency = Duration::from_millis(pf.latency_ms + jitter);
+        let u: f64 = rng.gen();
+        let mut edge = 0.0;
+        let slot = [
+            pf.reset_rate,
+            pf.http_5xx_rate,
+            pf.transient_rate,
+            pf.apply_then_drop_rate,
+            pf.slow_rate,
+        ]
+        .iter()
+        .position(|r| {
+            edge += r;
+            u < edge
+        });
+        let action = match slot {
+            Some(0) => Some(Action::Reset),
+            Some(1) => {
+                let statuses: &[u16] = if pf.http_5xx_statuses.is_empty() {
+                    &[500, 502, 503, 504]
+                } else {
+                    &pf.http_5xx_statuses
+                };
+                Some(Action::Http5xx(statuses[rng.gen_range(0..statuses.len())]))
+            }
+            Some(2) => {
+                let codes: &[i64] = if !pf.transient_codes.is_empty() {
+                    &pf.transient_codes
+                } else if side == Side::Zim {
+                    ZIM_TRANSIENT_CODES
+                } else {
+                    TENCENT_TRANSIENT_CODES
+                };
+                Some(Action::Transient(codes[rng.gen_range(0..codes.len())]))
+            }
+            Some(3) => Some(Action::ApplyThenDrop),
+            Some(_) => Some(Action::Slow(Duration::from_millis(pf.slow_ms))),
+            None => None,
+        };
+        Some(Plan { latency, action })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_inactive_and_plans_nothing() {
+        let f = Faults::new(FaultConfig::default(), 0).unwrap();
+        assert!(f.plan(Side::Zim, "ImportPeerMsg", 0).is_none());
+        assert!(!FaultConfig::default().is_active());
+    }
+
+    #[test]
+    fn same_seed_same_faults() {
+        let mut cfg = FaultConfig {
+            seed: 42,
+            ..Default::default()
+        };
+        cfg.apply_flag("reset_rate=0.2").unwrap();
+        cfg.apply_flag("zim.transient_rate=0.3").unwrap();
+        cfg.apply_flag("latency_jitter_ms=7").unwrap();
+        let draw = |cfg: &FaultConfig| {
+            let f = Faults::new(cfg.clone(), 0).unwrap();
+            (0..200)
+                .map(|_| f.plan(Side::Zim, "ImportPeerMsg", 0).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let a = draw(&cfg);
+        assert_eq!(a, draw(&cfg));
+        let resets = a.iter().filter(|p| p.action == Some(Action::Reset)).count();
+        let transients = a
+            .iter()
+            .filter(|p| matches!(p.action, Some(Action::Transient(_))))
+            .count();
+        assert!((20..=60).contains(&resets), "{resets}");
+        assert!((35..=85).contains(&transients), "{transients}");
+        cfg.seed = 43;
+        assert_ne!(a, draw(&cfg));
+    }
+
+    #[test]
+    fn rate_one_always_fires_and_apis_filter() {
+        let cfg = FaultConfig::from_json(
+            r#"{"tencent": {"slow_rate": 1, "slow_ms": 5, "apis": ["importmsg"]}}"#,
+        )
+        .unwrap();
+        let f = Faults::new(cfg, 0).unwrap();
+        let p = f.plan(Side::Tencent, "importmsg", 0).unwrap();
+        assert_eq!(p.action, Some(Action::Slow(Duration::from_millis(5))));
+        assert!(f.plan(Side::Tencent, "admin_getroammsg", 0).is_none());
+        assert!(f.plan(Side::Zim, "ImportPeerMsg", 0).is_none());
+    }
+
+    #[test]
+    fn outage_windows_are_offsets_from_start() {
+        let cfg = FaultConfig::from_json(r#"{"zim": {"outages": [[10, 20]]}}"#).unwrap();
+        let start = 5_000_000_000;
+        let f = Faults::new(cfg, start).unwrap();
+        let s = 1_000_000_000;
+        assert_eq!(f.plan(Side::Zim, "x", start + 9 * s).unwrap().action, None);
+        assert_eq!(
+            f.plan(Side::Zim, "x", start + 10 * s).unwrap().action,
+            Some(Action::Outage(OutageMode::Http503))
+        );
+        assert_eq!(f.plan(Side::Zim, "x", start + 20 * s).unwrap().action, None);
+    }
+
+    #[test]
+    fn formats_and_validation() {
+        let t = FaultConfig::from_toml(
+            "[simulate.faults]\nseed = 9\n[simulate.faults.zim]\nreset_rate = 0.5\noutages = [[1, 2.5]]\noutage_mode = \"reset\"\n",
+        )
+        .unwrap();
+        assert_eq!(t.seed, 9);
+        assert_eq!(t.zim.reset_rate, 0.5);
+        assert_eq!(t.zim.outages, vec![[1.0, 2.5]]);
+        assert_eq!(t.zim.outage_mode, OutageMode::Reset);
+        assert!(FaultConfig::from_json(r#"{"zim": {"reset_rate": 1.5}}"#).is_err());
+        assert!(
+            FaultConfig::from_json(r#"{"zim": {"reset_rate": 0.6, "slow_rate": 0.6}}"#).is_err()
+        );
+        assert!(FaultConfig::from_json(r#"{"zim": {"typo_rate": 0.1}}"#).is_err());
+        let mut c = FaultConfig::default();
+        c.merge_patch(&serde_json::json!({"tencent": {"down": true}}))
+            .unwrap();
+        assert!(c.tencent.down && !c.zim.down);
+        c.merge_patch(&serde_json::json!({"tencent": {"down": null}}))
+            .unwrap();
+        assert!(!c.tencent.down);
+        c.apply_flag("tencent.outages=[[5,10]]").unwrap();
+        assert_eq!(c.tencent.outages, vec![[5.0, 10.0]]);
+        c.apply_flag("seed=12").unwrap();
+        assert_eq!(c.seed, 12);
+        assert!(c.apply_flag("nope").is_err());
+    }
+}

@@ -1,0 +1,735 @@
+//! The Tencent Cloud IM REST API as the simulator serves it:
+//! `v4/openim/importmsg`, `v4/openim/admin_getroammsg`,
+//! `v4/im_open_login_svc/account_import` and `multiaccount_import`.
+//!
+//! Every answer is HTTP 200 with `ActionStatus`/`ErrorCode`/`ErrorInfo`.
+//!
+//! - Auth: `sdkappid` missing 60012, unknown 70020; `identifier` or
+//!   `usersig` missing 60004; UserSig malformed 70003, wrong key 70009,
+//!   expired 70001, for another identifier 70013, for another app 70014;
+//!   an identifier that is not the configured admin 60010. A UserSig that
+//!   verified once is cached (its expiry is still checked on every call).
+//! - `importmsg`: the whole body over the target's `max_message_bytes`
+//!   93000; not JSON 90001; `MsgBody` not an array 90007, empty or with a
+//!   bad element (unknown `MsgType`, `MsgContent` not an object, a text
+//!   without `Text`, two `TIMCustomElem`) 90002; `To_Account` missing
+//!   90003; `MsgRandom` missing or not a u32 90005; `MsgTimeStamp` missing
+//!   or not positive 90006; `From_Account` missing 90008; `MsgSeq` not a
+//!   u32, `CloudCustomData` not a string 90010; `SyncFromOldSystem` not 1,
+//!   2 or 5 90030; sender not imported 20003, recipient not imported 90012.
+//! - Dedup: in a conversation (either direction), a (MsgSeq, MsgRandom,
+//!   MsgTimeStamp) seen before is answered OK and stores nothing; the first
+//!   import wins. A missing `MsgSeq` gets a random one. Conversations read
+//!   back in (MsgTimeStamp, MsgSeq) order.
+//! - The success answer also carries `MsgKey` (`{MsgSeq}_{MsgRandom}_{MsgTimeStamp}`),
+//!   the key `admin_getroammsg` uses; do not rely on it from the real API.
+//! - `admin_getroammsg` pages backwards: each page holds the newest
+//!   messages in `[MinTime, MaxTime]` older than `LastMsgKey`, newest
+//!   first, at most `MaxCnt` and about 13 KB; `LastMsgTime`/`LastMsgKey`
+//!   name the page's oldest message, `Complete` is 1 when nothing older is
+//!   left. Only the last `roaming_days` (7) days can be read back.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::ops::Bound;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::ratelimit::RateWindow;
+use super::state::Api;
+use super::{Answer, Ctx, Query, Reply};
+use crate::config::TencentTarget;
+use crate::providers::tencent::usersig::{self, Fields, UserSigError};
+
+const ROAM_ANSWER_CAP: usize = 13 * 1024;
+const SIG_CACHE_MAX: usize = 4096;
+
+/// One stored message of a conversation.
+#[derive(Debug, Clone)]
+struct TimMsg {
+    from: String,
+    to: String,
+    seq: u32,
+    random: u32,
+    ts: i64,
+    /// `MsgBody` as compact JSON: a tenth of a `Value`'s memory.
+    body: Box<str>,
+    custom: Option<String>,
+    sync: i64,
+    seq_assigned: bool,
+    arrival: u64,
+}
+
+impl TimMsg {
+    fn key(&self) -> String {
+        format!("{}_{}_{}", self.seq, self.random, self.ts)
+    }
+
+    fn body(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "From_Account": self.from,
+            "To_Account": self.to,
+            "MsgSeq": self.seq,
+            "MsgRandom": self.random,
+            "MsgTimeStamp": self.ts,
+            "MsgKey": self.key(),
+            "MsgBody": self.body(),
+            "CloudCustomData": self.custom,
+            "SyncFromOldSystem": self.sync,
+            "MsgSeqAssigned": self.seq_assigned,
+            "Arrival": self.arrival,
+        })
+    }
+
+    fn roam_json(&self) -> Value {
+        json!({
+            "From_Account": self.from,
+            "To_Account": self.to,
+            "MsgSeq": self.seq,
+            "MsgRandom": self.random,
+            "MsgTimeStamp": self.ts,
+            "MsgFlagBits": 0,
+            "MsgKey": self.key(),
+            "MsgBody": self.body(),
+            "CloudCustomData": self.custom.as_deref().unwrap_or(""),
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Conv {
+    /// Arrival order.
+    msgs: Vec<TimMsg>,
+    /// (MsgTimeStamp, MsgSeq, MsgRandom) → index in `msgs`: the display
+    /// order and the dedup set at once.
+    order: BTreeMap<(i64, u32, u32), usize>,
+    content: HashSet<u64>,
+    inversions: u64,
+}
+
+#[derive(Debug)]
+struct TimState {
+    accounts: HashSet<String>,
+    /// (smaller id, larger id) → conversation.
+    convs: HashMap<(String, String), Conv>,
+    arrivals: u64,
+}
+
+impl TimState {
+    fn new(users: &[String]) -> Self {
+        Self {
+            accounts: users.iter().cloned().collect(),
+            convs: HashMap::new(),
+            arrivals: 0,
+        }
+    }
+}
+
+fn conv_key(a: &str, b: &str) -> (String, String) {
+    if a <= b {
+        (a.to_string(), b.to_string())
+    } else {
+        (b.to_string(), a.to_string())
+    }
+}
+
+/// One simulated Tencent IM app.
+pub(crate) struct TimApp {
+    pub sdk_app_id: u32,
+    admin: String,
+    key: String,
+    max_message: usize,
+    roaming_days: u32,
+    /// importmsg, admin_getroammsg, account_import, multiaccount_import.
+    limits: [RateWindow; 4],
+    sig_cache: Mutex<HashMap<String, Fields>>,
+    state: Mutex<TimState>,
+}
+
+fn fail(code: i64, info: &str) -> Answer {
+    Answer::json(
+        200,
+        json!({"ActionStatus": "FAIL", "ErrorCode": code, "ErrorInfo": info}).to_string(),
+    )
+}
+
+/// The answer of a fault-injected transient error.
+pub(crate) fn transient(code: i64) -> Answer {
+    fail(code, "simulated transient server error, retry later")
+}
+
+/// The answer to a body over the simulator's read limit.
+pub(crate) fn too_large() -> Answer {
+    fail(93000, "the JSON packet is too long")
+}
+
+/// The answer to a path under `/v4/` that is not served.
+pub(crate) fn unknown_api() -> Answer {
+    fail(60009, "request resource error: unknown REST API")
+}
+
+type Refusal = (i64, String);
+
+fn bad(code: i64, msg: impl Into<String>) -> Refusal {
+    (code, msg.into())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl TimApp {
+    pub(crate) fn new(
+        t: &TencentTarget,
+        key: String,
+        rate_override: Option<f64>,
+        roaming_days: u32,
+        users: &[String],
+    ) -> Self {
+        let rate = |r: f64| rate_override.unwrap_or(r);
+        Self {
+            sdk_app_id: t.sdk_app_id,
+            admin: t.admin_identifier.clone(),
+            key,
+            max_message: t.max_message_bytes,
+            roaming_days,
+            limits: [
+                RateWindow::new(rate(t.rate_per_sec)),
+                RateWindow::new(rate(t.query_rate_per_sec)),
+                RateWindow::new(rate(t.account_rate_per_sec)),
+                RateWindow::new(rate(t.account_rate_per_sec)),
+            ],
+            sig_cache: Mutex::new(HashMap::new()),
+            state: Mutex::new(TimState::new(users)),
+        }
+    }
+
+    pub(crate) fn same_credentials(&self, admin: &str, key: &str) -> bool {
+        self.admin == admin && self.key == key
+    }
+
+    pub(crate) fn reset(&self, users: &[String]) {
+        *lock(&self.state) = TimState::new(users);
+        for l in &self.limits {
+            l.reset();
+        }
+    }
+
+    /// One conversation in display order (or arrival order), or None.
+    pub(crate) fn conv_json(&self, a: &str, b: &str, arrival_order: bool) -> Option<Value> {
+        let st = lock(&self.state);
+        let c = st.convs.get(&conv_key(a, b))?;
+        let msgs: Vec<Value> = if arrival_order {
+            c.msgs.iter().map(TimMsg::json).collect()
+        } else {
+            c.order.values().map(|&i| c.msgs[i].json()).collect()
+        };
+        let (a, b) = conv_key(a, b);
+        Some(json!({
+            "provider": "tencent",
+            "app": self.sdk_app_id,
+            "a": a,
+            "b": b,
+            "count": msgs.len(),
+            "order": if arrival_order { "arrival" } else { "display" },
+            "order_inversions": c.inversions,
+            "messages": msgs,
+        }))
+    }
+
+    /// Every conversation with its size; with `full`, its messages in
+    /// display order too.
+    pub(crate) fn convs_json(&self, full: bool) -> Value {
+        let st = lock(&self.state);
+        let mut keys: Vec<&(String, String)> = st.convs.keys().collect();
+        keys.sort();
+        let convs: Vec<Value> = keys
+            .into_iter()
+            .map(|k| {
+                let c = &st.convs[k];
+                let mut o = json!({
+                    "a": k.0,
+                    "b": k.1,
+                    "count": c.msgs.len(),
+                    "order_inversions": c.inversions,
+                });
+                if full {
+                    o["messages"] = c.order.values().map(|&i| c.msgs[i].json()).collect();
+                }
+                o
+            })
+            .collect();
+        json!({
+            "provider": "tencent",
+            "app": self.sdk_app_id,
+            "accounts": st.accounts.len(),
+            "conversations": convs,
+        })
+    }
+
+    fn authenticate(&self, q: &Query, now_secs: i64) -> Result<(), Refusal> {
+        let identifier = match q.get("identifier") {
+            None | Some("") => return Err(bad(60004, "identifier is missing from the URL")),
+            Some(i) => i,
+        };
+        let sig = match q.get("usersig") {
+            None | Some("") => return Err(bad(60004, "usersig is missing from the URL")),
+            Some(s) => s,
+        };
+        // A sig that verified once is only checked for its identifier and
+        // expiry (under the lock, without copying it).
+        let cached = lock(&self.sig_cache)
+            .get(sig)
+            .map(|f| (f.identifier == identifier, f.time.saturating_add(f.expire)));
+        let (same_identifier, expires_at) = match cached {
+            Some(c) => c,
+            None => {
+                // Verify against the sig's own identifier; whether it is the
+                // request's is checked below, as for a cached sig.
+                let f = usersig::decode(sig).map_err(|e| sig_refusal(&e))?;
+                let f = usersig::verify(
+                    sig,
+                    u64::from(self.sdk_app_id),
+                    &f.identifier,
+                    &self.key,
+                    i64::MIN,
+                )
+                .map_err(|e| sig_refusal(&e))?;
+                let checked = (f.identifier == identifier, f.time.saturating_add(f.expire));
+                let mut cache = lock(&self.sig_cache);
+                if cache.len() >= SIG_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(sig.to_string(), f);
+                checked
+            }
+        };
+        if !same_identifier {
+            return Err(sig_refusal(&UserSigError::WrongIdentifier));
+        }
+        if now_secs > expires_at {
+            return Err(sig_refusal(&UserSigError::Expired));
+        }
+        if identifier != self.admin {
+            return Err(bad(60010, "the request needs the App admin's identity"));
+        }
+        Ok(())
+    }
+}
+
+fn sig_refusal(e: &UserSigError) -> Refusal {
+    let code = match e {
+        UserSigError::Malformed => 70003,
+        UserSigError::BadSignature => 70009,
+        UserSigError::Expired => 70001,
+        UserSigError::WrongIdentifier => 70013,
+        UserSigError::WrongApp => 70014,
+    };
+    (code, e.to_string())
+}
+
+/// Handles one Tencent call to `api`.
+pub(crate) fn handle(
+    apps: &HashMap<u32, TimApp>,
+    api: Api,
+    q: &Query,
+    body: &[u8],
+    cx: &Ctx,
+) -> Answer {
+    let stats = cx.stats;
+    let auth_fail = |code: i64, msg: &str| {
+        stats.auth_failure(code);
+        fail(code, msg)
+    };
+    let app_id = match q.get("sdkappid") {
+        None | Some("") => return auth_fail(60012, "the REST API needs sdkappid in the URL"),
+        Some(s) => s.parse::<u32>().ok(),
+    };
+    let Some(app) = app_id.and_then(|id| apps.get(&id)) else {
+        return auth_fail(
+            70020,
+            "SDKAppID does not exist: UserSig verification failed",
+        );
+    };
+    if !cx.no_auth {
+        if let Err((code, msg)) = app.authenticate(q, cx.now_ms / 1000) {
+            return auth_fail(code, &msg);
+        }
+    }
+    let limit = match api {
+        Api::ImportMsg => &app.limits[0],
+        Api::GetRoamMsg => &app.limits[1],
+        Api::AccountImport => &app.limits[2],
+        _ => &app.limits[3],
+    };
+    if !limit.try_acquire(cx.mono_ns) {
+        stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return fail(60007, "REST API call frequency exceeds the limit");
+    }
+    let result = match api {
+        Api::ImportMsg => app.import(body, cx),
+        Api::GetRoamMsg => app.roam(body, cx),
+        Api::AccountImport => app.account_import(body),
+        _ => app.multiaccount_import(body),
+    };
+    match result {
+        Ok(Reply::Text(text)) => Answer::json(200, text),
+        Ok(Reply::Fields(mut v)) => {
+            v["ActionStatus"] = json!("OK");
+            v["ErrorCode"] = json!(0);
+            v["ErrorInfo"] = json!("");
+            Answer::json(200, v.to_string())
+        }
+        Err((code, msg)) => {
+            stats.validation_failure(code);
+            fail(code, &msg)
+        }
+    }
+}
+
+fn u32_field(v: &Value) -> Option<u32> {
+    v.as_u64().and_then(|n| u32::try_from(n).ok())
+}
+
+fn account(v: Option<Value>) -> Option<String> {
+    match v {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 32 => Some(s),
+        _ => None,
+    }
+}
+
+fn check_body(body: &Value) -> Result<(), Refusal> {
+    let Some(elems) = body.as_array() else {
+        return Err(bad(90007, "MsgBody is not an array"));
+    };
+    if elems.is_empty() {
+        return Err(bad(90002, "MsgBody is empty"));
+    }
+    let mut customs = 0;
+    for e in elems {
+        let (Some(kind), Some(content)) = (
+            e.get("MsgType").and_then(Value::as_str),
+            e.get("MsgContent").and_then(Value::as_object),
+        ) else {
+            return Err(bad(
+                90002,
+                "a MsgBody element needs MsgType and a MsgContent object",
+            ));
+        };
+        match kind {
+            "TIMTextElem" => {
+                if !content.get("Text").is_some_and(Value::is_string) {
+                    return Err(bad(90002, "TIMTextElem needs MsgContent.Text"));
+                }
+            }
+            "TIMCustomElem" => {
+                customs += 1;
+                if customs > 1 {
+                    return Err(bad(90002, "a message holds at most one TIMCustomElem"));
+                }
+            }
+            "TIMFaceElem" | "TIMLocationElem" | "TIMSoundElem" | "TIMImageElem" | "TIMFileElem"
+            | "TIMVideoFileElem" => {}
+            _ => return Err(bad(90002, "unknown MsgBody element MsgType")),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct ImportBody {
+    #[serde(rename = "SyncFromOldSystem")]
+    sync: Option<Value>,
+    #[serde(rename = "From_Account")]
+    from: Option<Value>,
+    #[serde(rename = "To_Account")]
+    to: Option<Value>,
+    #[serde(rename = "MsgSeq")]
+    seq: Option<Value>,
+    #[serde(rename = "MsgRandom")]
+    random: Option<Value>,
+    #[serde(rename = "MsgTimeStamp")]
+    ts: Option<Value>,
+    #[serde(rename = "MsgBody")]
+    body: Option<Value>,
+    #[serde(rename = "CloudCustomData")]
+    custom: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RoamBody {
+    #[serde(rename = "Operator_Account")]
+    operator: Option<String>,
+    #[serde(rename = "Peer_Account")]
+    peer: Option<String>,
+    #[serde(rename = "MaxCnt")]
+    max_cnt: Option<i64>,
+    #[serde(rename = "MinTime")]
+    min_time: Option<i64>,
+    #[serde(rename = "MaxTime")]
+    max_time: Option<i64>,
+    #[serde(rename = "LastMsgKey")]
+    last_key: Option<String>,
+}
+
+fn content_hash(from: &str, ts: i64, body: &str, custom: &Option<String>) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (from, ts, body, custom).hash(&mut h);
+    h.finish()
+}
+
+impl TimApp {
+    fn import(&self, raw: &[u8], cx: &Ctx) -> Result<Reply, Refusal> {
+        if raw.len() > self.max_message {
+            return Err(bad(
+                93000,
+                format!("the JSON packet is longer than {} bytes", self.max_message),
+            ));
+        }
+        let b: ImportBody = serde_json::from_slice(raw)
+            .map_err(|e| bad(90001, format!("JSON parse failed: {e}")))?;
+        let sync = b.sync.as_ref().and_then(Value::as_i64).unwrap_or(-1);
+        if ![1, 2, 5].contains(&sync) {
+            return Err(bad(
+                90030,
+                "SyncFromOldSystem must be 2 (history) or 5 (live)",
+            ));
+        }
+        let from = account(b.from)
+            .ok_or_else(|| bad(90008, "From_Account is missing or not a valid account"))?;
+        let to = account(b.to)
+            .ok_or_else(|| bad(90003, "To_Account is missing or not a valid account"))?;
+        let seq = match &b.seq {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(u32_field(v).ok_or_else(|| bad(90010, "MsgSeq is not a u32"))?),
+        };
+        let random = b
+            .random
+            .as_ref()
+            .and_then(u32_field)
+            .ok_or_else(|| bad(90005, "MsgRandom is missing or not a u32"))?;
+        let ts =
+            b.ts.as_ref()
+                .and_then(Value::as_i64)
+                .filter(|t| *t > 0)
+                .ok_or_else(|| bad(90006, "MsgTimeStamp is missing or not Unix seconds"))?;
+        let custom = match b.custom {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(_) => return Err(bad(90010, "CloudCustomData is not a string")),
+        };
+        let body = b.body.ok_or_else(|| bad(90007, "MsgBody is missing"))?;
+        check_body(&body)?;
+        // serde_json's maps are ordered, so equal bodies give equal text.
+        let body: Box<str> = body.to_string().into_boxed_str();
+
+        let (seq, seq_assigned) = match seq {
+            Some(s) => (s, false),
+            None => (rand::random::<u32>(), true),
+        };
+        let mut st = lock(&self.state);
+        if !st.accounts.contains(&from) {
+            if cx.auto_register {
+                st.accounts.insert(from.clone());
+            } else {
+                return Err(bad(20003, "the sender's account has not been imported"));
+            }
+        }
+        if !st.accounts.contains(&to) {
+            if cx.auto_register {
+                st.accounts.insert(to.clone());
+            } else {
+                return Err(bad(90012, "To_Account has not been imported"));
+            }
+        }
+        let stats = cx.stats;
+        let msg_key = format!("{seq}_{random}_{ts}");
+        let triple = (ts, seq, random);
+        let arrival = st.arrivals;
+        let key = conv_key(&from, &to);
+        let conv = st.convs.entry(key).or_default();
+        if conv.order.contains_key(&triple) {
+            drop(st);
+            stats.accepted.fetch_add(1, Ordering::Relaxed);
+            stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Reply::Fields(json!({ "MsgKey": msg_key })));
+        }
+        if !conv.content.insert(content_hash(&from, ts, &body, &custom)) {
+            stats.duplicates_stored.fetch_add(1, Ordering::Relaxed);
+        }
+        let lane = if conv.msgs.last().is_some_and(|last| ts < last.ts) {
+            conv.inversions += 1;
+            let (a, b) = conv_key(&from, &to);
+            Some(format!("{}/{a}\u{1f}{b}", self.sdk_app_id))
+        } else {
+            None
+        };
+        conv.order.insert(triple, conv.msgs.len());
+        conv.msgs.push(TimMsg {
+            from,
+            to,
+            seq,
+            random,
+            ts,
+            body,
+            custom,
+            sync,
+            seq_assigned,
+            arrival,
+        });
+        st.arrivals += 1;
+        drop(st);
+        if let Some(lane) = lane {
+            stats.inversion(lane);
+        }
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats.stored.fetch_add(1, Ordering::Relaxed);
+        Ok(Reply::Text(format!(
+            r#"{{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":"","MsgKey":"{msg_key}"}}"#
+        )))
+    }
+
+    fn roam(&self, raw: &[u8], cx: &Ctx) -> Result<Reply, Refusal> {
+        let b: RoamBody = serde_json::from_slice(raw)
+            .map_err(|e| bad(90001, format!("JSON parse failed: {e}")))?;
+        let (Some(op), Some(peer)) = (b.operator, b.peer) else {
+            return Err(bad(90001, "Operator_Account and Peer_Account are required"));
+        };
+        let max_cnt = b
+            .max_cnt
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| bad(90001, "MaxCnt must be at least 1"))?;
+        let (Some(min_t), Some(max_t)) = (b.min_time, b.max_time) else {
+            return Err(bad(90001, "MinTime and MaxTime are required"));
+        };
+        let last = match b.last_key.as_deref() {
+            None | Some("") => None,
+            Some(k) => {
+                Some(parse_key(k).ok_or_else(|| bad(90001, "LastMsgKey is not a message key"))?)
+            }
+        };
+        let lo = min_t.max(cx.now_ms / 1000 - i64::from(self.roaming_days) * 86_400);
+        let hi_key = (max_t, u32::MAX, u32::MAX);
+        let upper = match last {
+            Some(k) if k <= hi_key => Bound::Excluded(k),
+            _ => Bound::Included(hi_key),
+        };
+        let st = lock(&self.state);
+        let mut page: Vec<Value> = Vec::new();
+        let mut complete = 1;
+        let mut last_time = 0;
+        let mut last_key = String::new();
+        if let Some(conv) = st.convs.get(&conv_key(&op, &peer)).filter(|_| lo <= max_t) {
+            let mut bytes = 0;
+            let mut iter = conv.order.range((Bound::Included((lo, 0, 0)), upper)).rev();
+            for (_, &i) in iter.by_ref() {
+                let m = &conv.msgs[i];
+                let v = m.roam_json();
+                let len = v.to_string().len();
+                if !page.is_empty()
+                    && (page.len() as i64 >= max_cnt || bytes + len > ROAM_ANSWER_CAP)
+                {
+                    complete = 0;
+                    break;
+                }
+                bytes += len;
+                last_time = m.ts;
+                last_key = m.key();
+                page.push(v);
+            }
+            if complete == 1 && page.len() as i64 >= max_cnt && iter.next().is_some() {
+                complete = 0;
+            }
+        }
+        Ok(Reply::Fields(json!({
+            "Complete": complete,
+            "MsgCnt": page.len(),
+            "LastMsgTime": last_time,
+            "LastMsgKey": last_key,
+            "MsgList": page,
+        })))
+    }
+
+    fn account_import(&self, raw: &[u8]) -> Result<Reply, Refusal> {
+        let v: Value = serde_json::from_slice(raw)
+            .map_err(|e| bad(90001, format!("JSON parse failed: {e}")))?;
+        let id = account(v.get("UserID").cloned())
+            .ok_or_else(|| bad(70402, "UserID is missing or longer than 32 bytes"))?;
+        lock(&self.state).accounts.insert(id);
+        Ok(Reply::Fields(json!({})))
+    }
+
+    fn multiaccount_import(&self, raw: &[u8]) -> Result<Reply, Refusal> {
+        let v: Value = serde_json::from_slice(raw)
+            .map_err(|e| bad(90001, format!("JSON parse failed: {e}")))?;
+        // The current form is AccountList[{UserID}], the old one Accounts[id].
+        let entries: Vec<&Value> = match (v.get("AccountList"), v.get("Accounts")) {
+            (Some(Value::Array(a)), _) => a
+                .iter()
+                .map(|e| e.get("UserID").unwrap_or(&Value::Null))
+                .collect(),
+            (None, Some(Value::Array(a))) => a.iter().collect(),
+            _ => return Err(bad(70402, "AccountList is missing")),
+        };
+        if entries.is_empty() || entries.len() > 100 {
+            return Err(bad(70402, "AccountList must hold 1 to 100 accounts"));
+        }
+        let mut failed = Vec::new();
+        let mut st = lock(&self.state);
+        for e in entries {
+            match account(Some(e.clone())) {
+                Some(id) => {
+                    st.accounts.insert(id);
+                }
+                None => failed.push(e.clone()),
+            }
+        }
+        Ok(Reply::Fields(json!({ "FailAccounts": failed })))
+    }
+}
+
+fn parse_key(k: &str) -> Option<(i64, u32, u32)> {
+    let mut it = k.split('_');
+    let seq = it.next()?.parse().ok()?;
+    let random = it.next()?.parse().ok()?;
+    let ts = it.next()?.parse().ok()?;
+    it.next().is_none().then_some((ts, seq, random))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_in_display_order() {
+        assert_eq!(parse_key("7_9_1700000000"), Some((1_700_000_000, 7, 9)));
+        assert_eq!(parse_key("7_9"), None);
+        assert_eq!(parse_key("7_9_1_2"), None);
+        assert!(parse_key("1_1_5").unwrap() < parse_key("0_0_6").unwrap());
+    }
+
+    #[test]
+    fn body_rules() {
+        assert_eq!(check_body(&json!({})).unwrap_err().0, 90007);
+        assert_eq!(check_body(&json!([])).unwrap_err().0, 90002);
+        assert_eq!(
+            check_body(&json!([{"MsgType": "TIMTextElem", "MsgContent": {}}]))
+                .unwrap_err()
+                .0,
+            90002
+        );
+        let custom = json!({"MsgType": "TIMCustomElem", "MsgContent": {"Data": "x"}});
+        assert!(check_body(&json!([custom.clone()])).is_ok());
+        assert_eq!(
+            check_body(&json!([custom.clone(), custom])).unwrap_err().0,
+            90002
+        );
+    }
+}

@@ -1,0 +1,717 @@
+//! The ZIM server API as the simulator serves it: `ImportPeerMsg`,
+//! `QueryPeerMsg` and `UserRegister`, with the rules of providers.md.
+//!
+//! - Public parameters: `AppId` (100000001), `Timestamp` (100000002 missing,
+//!   100000003 malformed, 100000004 more than 600 s from now),
+//!   `SignatureNonce` (100000008 missing or reused within the window: a
+//!   replay), `Signature` (100000009 missing, 100000005 wrong),
+//!   `SignatureVersion` (100000013 missing, 100000014 not `2.0`), an
+//!   unknown app (100000010: no ServerSecret for it).
+//! - Each `ImportedUserId` has its own view of a conversation, an ordered
+//!   list in arrival order. There is no dedup: the same body sent twice is
+//!   stored twice (and counted in `duplicates_stored`).
+//! - `MsgId` is a u64 above 2^53 (consecutive ids differ by 1, so a client
+//!   that goes through f64 loses them): a **string** in the import answer, a
+//!   **number** in `QueryPeerMsg`. `MsgSeq` counts from 1 per view.
+//! - `QueryPeerMsg` pages newest (latest arrival) first; `Next` is the
+//!   `MsgSeq` of the next older message, 0 when done.
+//! - Validation codes: not JSON / missing or mistyped field / `MessageType`
+//!   2 or unknown / `Priority` outside 1..=3 / `SubMsgType` missing or
+//!   outside 0..=200 for type 200 / `ImportedUserId` neither From nor To /
+//!   bad user id characters: 660000002; user id over 32 bytes: 660000012;
+//!   From == To: 660600030; `SendMessageTime` in the future: 660800046,
+//!   older than the target's `retention_days`: 660600023 (the code is the
+//!   simulator's guess); `Message`, `ExtendedData`, `SearchedContent`, a
+//!   media URL or file name over its limit: 660400001; a user who is not
+//!   registered: 660500002.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::ratelimit::RateWindow;
+use super::state::{Api, ProviderStats};
+use super::{Answer, Ctx, Query, Reply};
+use crate::config::ZimTarget;
+
+/// How far a signature's `Timestamp` may be from now, in seconds.
+pub const SKEW_SECS: i64 = 600;
+/// The first `MsgId` handed out: above 2^53 on purpose.
+const FIRST_MSG_ID: u64 = (1 << 60) + 1;
+const DAY_MS: i64 = 86_400_000;
+
+/// A refused signature: ZIM's code and message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthRefusal {
+    pub code: i64,
+    pub message: &'static str,
+}
+
+fn refuse(code: i64, message: &'static str) -> AuthRefusal {
+    AuthRefusal { code, message }
+}
+
+/// Checks a ZIM signature and its timestamp against `now_secs` (the replay
+/// check needs state and is done by the caller).
+pub fn check_signature(
+    app_id: u32,
+    nonce: &str,
+    secret: &str,
+    timestamp: i64,
+    signature: &str,
+    now_secs: i64,
+) -> Result<(), AuthRefusal> {
+    if (now_secs - timestamp).abs() > SKEW_SECS {
+        return Err(refuse(
+            100000004,
+            "signature expired: Timestamp is more than 10 minutes from the server's clock",
+        ));
+    }
+    let expected = crate::providers::zim::sign::signature(app_id, nonce, secret, timestamp);
+    if expected != signature {
+        return Err(refuse(100000005, "signature error"));
+    }
+    Ok(())
+}
+
+/// One stored message of a view.
+#[derive(Debug, Clone)]
+pub(crate) struct ZimMsg {
+    msg_id: u64,
+    seq: u64,
+    from: String,
+    to: String,
+    msg_type: i64,
+    sub_type: Option<i64>,
+    priority: i64,
+    body: String,
+    ext: Option<String>,
+    searched: Option<String>,
+    time: i64,
+}
+
+impl ZimMsg {
+    fn json(&self, imported: &str) -> Value {
+        json!({
+            "MsgId": self.msg_id,
+            "MsgSeq": self.seq,
+            "Sender": self.from,
+            "FromUserId": self.from,
+            "ToUserId": self.to,
+            "ImportedUserId": imported,
+            "MsgType": self.msg_type,
+            "SubMsgType": self.sub_type,
+            "Priority": self.priority,
+            "MsgBody": self.body,
+            "ExtendedData": self.ext,
+            "SearchedContent": self.searched,
+            "MsgTime": self.time,
+        })
+    }
+
+    fn content_hash(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            &self.from,
+            self.msg_type,
+            self.sub_type,
+            &self.body,
+            &self.ext,
+            self.time,
+        )
+            .hash(&mut h);
+        h.finish()
+    }
+}
+
+#[derive(Debug, Default)]
+struct View {
+    msgs: Vec<ZimMsg>,
+    content: HashSet<u64>,
+    inversions: u64,
+}
+
+#[derive(Debug)]
+struct ZimState {
+    users: HashSet<String>,
+    /// (ImportedUserId, peer) → that user's view.
+    views: HashMap<(String, String), View>,
+    nonces: HashSet<String>,
+    nonce_expiry: VecDeque<(i64, String)>,
+    next_msg_id: u64,
+}
+
+impl ZimState {
+    fn new(users: &[String]) -> Self {
+        Self {
+            users: users.iter().cloned().collect(),
+            views: HashMap::new(),
+            nonces: HashSet::new(),
+            nonce_expiry: VecDeque::new(),
+            next_msg_id: FIRST_MSG_ID,
+        }
+    }
+}
+
+/// One simulated ZIM app.
+pub(crate) struct ZimApp {
+    pub app_id: u32,
+    secret: String,
+    retention_days: u32,
+    max_message: usize,
+    max_multi: usize,
+    max_ext: usize,
+    /// ImportPeerMsg, QueryPeerMsg, UserRegister.
+    limits: [RateWindow; 3],
+    state: Mutex<ZimState>,
+}
+
+type Refusal = (i64, String);
+
+fn bad(code: i64, msg: impl Into<String>) -> Refusal {
+    (code, msg.into())
+}
+
+impl ZimApp {
+    pub(crate) fn new(
+        t: &ZimTarget,
+        secret: String,
+        rate_override: Option<f64>,
+        users: &[String],
+    ) -> Self {
+        let rate = |r: f64| rate_override.unwrap_or(r);
+        Self {
+            app_id: t.app_id,
+            secret,
+            retention_days: t.retention_days,
+            max_message: t.max_message_bytes,
+            max_multi: t.max_multi_message_bytes,
+            max_ext: t.max_extended_bytes,
+            limits: [
+                RateWindow::new(rate(t.rate_per_sec)),
+                RateWindow::new(rate(t.query_rate_per_sec)),
+                RateWindow::new(rate(t.register_rate_per_sec)),
+            ],
+            state: Mutex::new(ZimState::new(users)),
+        }
+    }
+
+    pub(crate) fn same_secret(&self, secret: &str) -> bool {
+        self.secret == secret
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ZimState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn reset(&self, users: &[String]) {
+        *self.lock() = ZimState::new(users);
+        for l in &self.limits {
+            l.reset();
+        }
+    }
+
+    /// One view in stored order, or None when it does not exist.
+    pub(crate) fn view_json(&self, user: &str, peer: &str) -> Option<Value> {
+        let st = self.lock();
+        let v = st.views.get(&(user.to_string(), peer.to_string()))?;
+        Some(json!({
+            "provider": "zim",
+            "app": self.app_id,
+            "user": user,
+            "peer": peer,
+            "count": v.msgs.len(),
+            "order_inversions": v.inversions,
+            "messages": v.msgs.iter().map(|m| m.json(user)).collect::<Vec<_>>(),
+        }))
+    }
+
+    /// Every view with its size; with `full`, with its messages too.
+    pub(crate) fn views_json(&self, full: bool) -> Value {
+        let st = self.lock();
+        let mut keys: Vec<&(String, String)> = st.views.keys().collect();
+        keys.sort();
+        let views: Vec<Value> = keys
+            .into_iter()
+            .map(|k| {
+                let v = &st.views[k];
+                let mut o = json!({
+                    "user": k.0,
+                    "peer": k.1,
+                    "count": v.msgs.len(),
+                    "order_inversions": v.inversions,
+                });
+                if full {
+                    o["messages"] = v.msgs.iter().map(|m| m.json(&k.0)).collect();
+                }
+                o
+            })
+            .collect();
+        json!({
+            "provider": "zim",
+            "app": self.app_id,
+            "users": st.users.len(),
+            "views": views,
+        })
+    }
+}
+
+fn error(code: i64, message: &str, rid: u64) -> Answer {
+    Answer::json(
+        200,
+        json!({"Code": code, "Message": message, "RequestId": rid.to_string()}).to_string(),
+    )
+}
+
+/// The answer of a fault-injected transient error.
+pub(crate) fn transient(code: i64, rid: u64) -> Answer {
+    error(code, "simulated transient server error, retry later", rid)
+}
+
+/// The answer of an unknown or missing `Action`.
+pub(crate) fn bad_action(action: Option<&str>, rid: u64) -> Answer {
+    match action {
+        None | Some("") => error(100000006, "Action is empty", rid),
+        Some(_) => error(100000007, "unsupported Action", rid),
+    }
+}
+
+/// Handles one ZIM call whose `Action` is `api`.
+pub(crate) fn handle(
+    apps: &HashMap<u32, ZimApp>,
+    api: Api,
+    q: &Query,
+    body: &[u8],
+    cx: &Ctx,
+) -> Answer {
+    let stats = cx.stats;
+    let auth_fail = |code: i64, msg: &str| {
+        stats.auth_failure(code);
+        error(code, msg, cx.rid)
+    };
+    let Some(app_id) = q.get("AppId").and_then(|s| s.parse::<u32>().ok()) else {
+        return auth_fail(100000001, "AppId is missing or not a u32");
+    };
+    let Some(app) = apps.get(&app_id) else {
+        return auth_fail(100000010, "failed to get the ServerSecret: unknown AppId");
+    };
+    if !cx.no_auth {
+        if let Err(r) = app.authenticate(q, cx.now_ms / 1000) {
+            return auth_fail(r.code, r.message);
+        }
+    }
+    let (limit, limited_code) = match api {
+        Api::ImportPeerMsg => (&app.limits[0], 660300005),
+        Api::QueryPeerMsg => (&app.limits[1], 660300005),
+        _ => (&app.limits[2], 660700001),
+    };
+    if !limit.try_acquire(cx.mono_ns) {
+        stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return error(
+            limited_code,
+            "too many requests: the API's rate limit is exceeded",
+            cx.rid,
+        );
+    }
+    let result = match api {
+        Api::ImportPeerMsg => app.import(body, cx),
+        Api::QueryPeerMsg => app.query(body),
+        _ => app.register_call(body),
+    };
+    match result {
+        Ok(Reply::Fields(mut v)) => {
+            v["Code"] = json!(0);
+            v["Message"] = json!("success");
+            v["RequestId"] = json!(cx.rid.to_string());
+            Answer::json(200, v.to_string())
+        }
+        Ok(Reply::Text(text)) => Answer::json(200, text),
+        Err((code, msg)) => {
+            stats.validation_failure(code);
+            error(code, &msg, cx.rid)
+        }
+    }
+}
+
+fn user_id(field: &str, v: &Option<String>) -> Result<String, Refusal> {
+    let Some(id) = v.as_deref() else {
+        return Err(bad(660000002, format!("{field} is missing")));
+    };
+    if id.is_empty() {
+        return Err(bad(660000002, format!("{field} is empty")));
+    }
+    if id.len() > 32 {
+        return Err(bad(660000012, format!("{field} is longer than 32 bytes")));
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || " !#$%&()+-:;<=.>?@[]^_{}|~".contains(c))
+    {
+        return Err(bad(
+            660000002,
+            format!("{field} has a character ZIM refuses"),
+        ));
+    }
+    Ok(id.to_string())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ImportBody {
+    from_user_id: Option<String>,
+    to_user_id: Option<String>,
+    message_type: Option<i64>,
+    priority: Option<i64>,
+    message_body: Option<MessageBody>,
+    sub_msg_type: Option<i64>,
+    searched_content: Option<String>,
+    send_message_time: Option<i64>,
+    imported_user_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct MessageBody {
+    message: Option<String>,
+    extended_data: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct QueryBody {
+    from_user_id: Option<String>,
+    to_user_id: Option<String>,
+    limit: Option<i64>,
+    next: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RegisterBody {
+    #[serde(rename = "UserInfo")]
+    user_info: Option<Vec<RegisterUser>>,
+}
+
+#[derive(Deserialize)]
+struct RegisterUser {
+    #[serde(rename = "UserId")]
+    user_id: Option<String>,
+}
+
+/// Checks media `Message` JSON: URLs at most 500 bytes, file names 150.
+fn check_media(message: &str) -> Result<(), Refusal> {
+    let v: Value = serde_json::from_str(message).map_err(|_| {
+        bad(
+            660000002,
+            "a media message's Message must be a JSON object string",
+        )
+    })?;
+    if !v.is_object() {
+        return Err(bad(
+            660000002,
+            "a media message's Message must be a JSON object string",
+        ));
+    }
+    fn walk(v: &Value) -> Result<(), Refusal> {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("Url" | "Thumbnail", Value::String(s)) if s.len() > 500 => {
+                            return Err(bad(660400001, format!("{k} is longer than 500 bytes")))
+                        }
+                        ("FileName", Value::String(s)) if s.len() > 150 => {
+                            return Err(bad(660400001, "FileName is longer than 150 bytes"))
+                        }
+                        _ => walk(v)?,
+                    }
+                }
+                Ok(())
+            }
+            Value::Array(a) => a.iter().try_for_each(walk),
+            _ => Ok(()),
+        }
+    }
+    walk(&v)
+}
+
+impl ZimApp {
+    fn authenticate(&self, q: &Query, now_secs: i64) -> Result<(), AuthRefusal> {
+        let ts = match q.get("Timestamp") {
+            None | Some("") => return Err(refuse(100000002, "Timestamp is empty")),
+            Some(t) => t
+                .parse::<i64>()
+                .map_err(|_| refuse(100000003, "Timestamp is not Unix seconds"))?,
+        };
+        let nonce = match q.get("SignatureNonce") {
+            None | Some("") => return Err(refuse(100000008, "SignatureNonce is empty")),
+            Some(n) => n,
+        };
+        let sig = match q.get("Signature") {
+            None | Some("") => return Err(refuse(100000009, "Signature is empty")),
+            Some(s) => s,
+        };
+        match q.get("SignatureVersion") {
+            None | Some("") => return Err(refuse(100000013, "SignatureVersion is empty")),
+            Some("2.0") => {}
+            Some(_) => return Err(refuse(100000014, "unsupported SignatureVersion")),
+        }
+        check_signature(self.app_id, nonce, &self.secret, ts, sig, now_secs)?;
+        let mut st = self.lock();
+        while let Some((exp, _)) = st.nonce_expiry.front() {
+            if *exp < now_secs {
+                let (_, n) = st.nonce_expiry.pop_front().expect("front exists");
+                st.nonces.remove(&n);
+            } else {
+                break;
+            }
+        }
+        if !st.nonces.insert(nonce.to_string()) {
+            return Err(refuse(
+                100000008,
+                "SignatureNonce was already used within the signature window (replay)",
+            ));
+        }
+        st.nonce_expiry
+            .push_back((ts + SKEW_SECS, nonce.to_string()));
+        Ok(())
+    }
+
+    fn import(&self, body: &[u8], cx: &Ctx) -> Result<Reply, Refusal> {
+        let b: ImportBody = serde_json::from_slice(body).map_err(|e| {
+            bad(
+                660000002,
+                format!("the body is not a valid ImportPeerMsg: {e}"),
+            )
+        })?;
+        let from = user_id("FromUserId", &b.from_user_id)?;
+        let to = user_id("ToUserId", &b.to_user_id)?;
+        if from == to {
+            return Err(bad(660600030, "FromUserId and ToUserId are the same user"));
+        }
+        let imported = user_id("ImportedUserId", &b.imported_user_id)?;
+        if imported != from && imported != to {
+            return Err(bad(
+                660000002,
+                "ImportedUserId must be FromUserId or ToUserId",
+            ));
+        }
+        let msg_type = b
+            .message_type
+            .ok_or_else(|| bad(660000002, "MessageType is missing"))?;
+        match msg_type {
+            1 | 10 | 11 | 12 | 13 | 14 | 200 => {}
+            2 => {
+                return Err(bad(
+                    660000002,
+                    "signalling messages (MessageType 2) cannot be imported",
+                ))
+            }
+            _ => return Err(bad(660000002, "unsupported MessageType")),
+        }
+        let priority = b
+            .priority
+            .ok_or_else(|| bad(660000002, "Priority is missing"))?;
+        if !(1..=3).contains(&priority) {
+            return Err(bad(660000002, "Priority must be 1, 2 or 3"));
+        }
+        let mb = b
+            .message_body
+            .ok_or_else(|| bad(660000002, "MessageBody is missing"))?;
+        let message = mb
+            .message
+            .ok_or_else(|| bad(660000002, "MessageBody.Message is missing"))?;
+        let limit = if msg_type == 10 {
+            self.max_multi
+        } else {
+            self.max_message
+        };
+        if message.len() > limit {
+            return Err(bad(
+                660400001,
+                format!("Message is longer than {limit} bytes"),
+            ));
+        }
+        if let Some(ext) = &mb.extended_data {
+            if ext.len() > self.max_ext {
+                return Err(bad(
+                    660400001,
+                    format!("ExtendedData is longer than {} bytes", self.max_ext),
+                ));
+            }
+        }
+        if (11..=14).contains(&msg_type) {
+            check_media(&message)?;
+        }
+        let (sub_type, searched) = if msg_type == 200 {
+            let sub = b
+                .sub_msg_type
+                .ok_or_else(|| bad(660000002, "SubMsgType is required for MessageType 200"))?;
+            if !(0..=200).contains(&sub) {
+                return Err(bad(660000002, "SubMsgType must be within 0..=200"));
+            }
+            if b.searched_content.as_ref().is_some_and(|s| s.len() > 64) {
+                return Err(bad(660400001, "SearchedContent is longer than 64 bytes"));
+            }
+            (Some(sub), b.searched_content)
+        } else {
+            (None, None)
+        };
+        let time = match b.send_message_time {
+            None | Some(0) => cx.now_ms,
+            Some(t) if t > cx.now_ms => {
+                return Err(bad(660800046, "SendMessageTime is in the future"));
+            }
+            Some(t) if t < cx.now_ms - i64::from(self.retention_days) * DAY_MS => {
+                return Err(bad(
+                    660600023,
+                    "SendMessageTime is older than the plan's history retention",
+                ));
+            }
+            Some(t) => t,
+        };
+
+        let mut st = self.lock();
+        for u in [&from, &to] {
+            if !st.users.contains(u.as_str()) {
+                if cx.auto_register {
+                    st.users.insert(u.clone());
+                } else {
+                    return Err(bad(660500002, format!("user {u} is not registered")));
+                }
+            }
+        }
+        let msg_id = st.next_msg_id;
+        st.next_msg_id += 1;
+        let imported_is_from = imported == from;
+        let peer = if imported_is_from {
+            to.clone()
+        } else {
+            from.clone()
+        };
+        let view = st.views.entry((imported, peer)).or_default();
+        let seq = view.msgs.len() as u64 + 1;
+        let msg = ZimMsg {
+            msg_id,
+            seq,
+            from,
+            to,
+            msg_type,
+            sub_type,
+            priority,
+            body: message,
+            ext: mb.extended_data,
+            searched,
+            time,
+        };
+        let stats: &ProviderStats = cx.stats;
+        if !view.content.insert(msg.content_hash()) {
+            stats.duplicates_stored.fetch_add(1, Ordering::Relaxed);
+        }
+        let lane = if view.msgs.last().is_some_and(|last| time < last.time) {
+            view.inversions += 1;
+            let (u, p) = if imported_is_from {
+                (&msg.from, &msg.to)
+            } else {
+                (&msg.to, &msg.from)
+            };
+            Some(format!("{}/{u}\u{1f}{p}", self.app_id))
+        } else {
+            None
+        };
+        view.msgs.push(msg);
+        drop(st);
+        if let Some(lane) = lane {
+            stats.inversion(lane);
+        }
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats.stored.fetch_add(1, Ordering::Relaxed);
+        Ok(Reply::Text(format!(
+            r#"{{"Code":0,"Message":"success","RequestId":"{}","MsgId":"{msg_id}","MsgSeq":{seq}}}"#,
+            cx.rid
+        )))
+    }
+
+    fn query(&self, body: &[u8]) -> Result<Reply, Refusal> {
+        let b: QueryBody = serde_json::from_slice(body).map_err(|e| {
+            bad(
+                660000002,
+                format!("the body is not a valid QueryPeerMsg: {e}"),
+            )
+        })?;
+        let from = user_id("FromUserId", &b.from_user_id)?;
+        let to = user_id("ToUserId", &b.to_user_id)?;
+        let limit = b.limit.unwrap_or(0);
+        if !(1..=100).contains(&limit) {
+            return Err(bad(660000002, "Limit must be within 1..=100"));
+        }
+        let limit = limit as usize;
+        let st = self.lock();
+        let Some(view) = st.views.get(&(from, to)) else {
+            return Ok(Reply::Fields(json!({ "Next": 0, "List": [] })));
+        };
+        let len = view.msgs.len();
+        let start = match b.next.unwrap_or(0) {
+            0 => len,
+            n => (n as usize).min(len),
+        };
+        let lo = start.saturating_sub(limit);
+        let list: Vec<Value> = view.msgs[lo..start]
+            .iter()
+            .rev()
+            .map(|m| {
+                json!({
+                    "Sender": m.from,
+                    "MsgType": m.msg_type,
+                    "SubMsgType": m.sub_type.unwrap_or(0),
+                    "MsgBody": m.body,
+                    "MsgId": m.msg_id,
+                    "MsgSeq": m.seq,
+                    "Payload": m.ext.as_deref().unwrap_or(""),
+                    "MsgTime": m.time,
+                    "IsEmpty": false,
+                })
+            })
+            .collect();
+        Ok(Reply::Fields(json!({ "Next": lo as u64, "List": list })))
+    }
+
+    fn register_call(&self, body: &[u8]) -> Result<Reply, Refusal> {
+        let b: RegisterBody = serde_json::from_slice(body).map_err(|e| {
+            bad(
+                660000002,
+                format!("the body is not a valid UserRegister: {e}"),
+            )
+        })?;
+        let users = b.user_info.unwrap_or_default();
+        if users.is_empty() || users.len() > 100 {
+            return Err(bad(660000002, "UserInfo must hold 1 to 100 users"));
+        }
+        let mut errors = Vec::new();
+        let mut st = self.lock();
+        for u in users {
+            match user_id("UserId", &u.user_id) {
+                Err((code, msg)) => errors.push(json!({
+                    "UserId": u.user_id.unwrap_or_default(),
+                    "SubCode": code,
+                    "SubMessage": msg,
+                })),
+                Ok(id) => {
+                    if st.users.contains(&id) {
+                        errors.push(json!({
+                            "UserId": id,
+                            "SubCode": 660700002,
+                            "SubMessage": "user already exists",
+                        }));
+                    } else {
+                        st.users.insert(id);
+                    }
+                }
+            }
+        }
+        Ok(Reply::Fields(json!({ "ErrorList": errors })))
+    }
+}
