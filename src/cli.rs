@@ -248,10 +248,41 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             }
             let store = open_store(&config).await?;
             let providers = crate::providers::build_all(&config)?;
-            let worker = crate::worker::Worker::new(store, &config, providers);
+            crate::ops::metrics::install();
+            let worker = crate::worker::Worker::new(store.clone(), &config, providers);
             let shutdown = CancellationToken::new();
-            crate::ops::signals::spawn(shutdown.clone())?;
-            let report = worker.run(shutdown, exit_when_idle).await?;
+            let ops_stop = CancellationToken::new();
+            if let Some(listen) = &config.http.listen {
+                let health = crate::ops::http::Health { store, draining: worker.draining.clone() };
+                crate::ops::http::serve(listen, health, ops_stop.clone()).await.map_err(|e| Failure::Usage(e.to_string()))?;
+            }
+            if let Some(every) = crate::ops::notify::watchdog_interval() {
+                let stop = ops_stop.clone();
+                tokio::spawn(async move {
+                    loop {
+                        crate::ops::notify::notify("WATCHDOG=1");
+                        tokio::select! {
+                            _ = tokio::time::sleep(every) => {}
+                            _ = stop.cancelled() => return,
+                        }
+                    }
+                });
+            }
+            let reload_worker = worker.clone();
+            let config_path = loaded.path.clone();
+            crate::ops::signals::spawn(shutdown.clone(), move || {
+                match Config::load(config_path.as_deref()) {
+                    Ok(l) => {
+                        reload_worker.set_limits(&l.config);
+                        crate::telemetry::set_level(&l.config.log.level);
+                        tracing::info!("configuration reloaded");
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot reload the configuration; keeping the old one"),
+                }
+            })?;
+            let report = worker.run(shutdown, exit_when_idle).await;
+            ops_stop.cancel();
+            let report = report?;
             if !report.halted.is_empty() {
                 for (t, why) in &report.halted {
                     eprintln!("error: target {t} halted: {why}");

@@ -118,6 +118,12 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Reads a lane back from the provider (`verify`), oldest first.
     async fn read_back(&self, lane_key: &str) -> Result<LaneReadBack, String>;
+
+    /// The provider's own buckets (query, registration APIs), so the worker
+    /// can give them the same replica share as the send bucket.
+    fn buckets(&self) -> Vec<&crate::ratelimit::Bucket> {
+        Vec::new()
+    }
 }
 
 /// One job the loader derives from an input message.

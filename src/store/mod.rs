@@ -358,6 +358,58 @@ impl Store {
             .map(|_| ())
     }
 
+    /// Heartbeats this worker, forgets workers silent for a minute, and
+    /// returns how many workers are live (heartbeat within `live_within`).
+    pub async fn worker_heartbeat(&self, id: Uuid, live_within: Duration) -> Result<u32, sqlx::Error> {
+        sqlx::query("UPDATE workers SET heartbeat_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM workers WHERE heartbeat_at < now() - interval '60 seconds'")
+            .execute(&self.pool)
+            .await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM workers WHERE heartbeat_at > now() - $1 * interval '1 millisecond'",
+        )
+        .bind(live_within.as_millis() as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.max(1) as u32)
+    }
+
+    /// The shared AIMD factor of each target: the factor left by the last
+    /// rate-limit answer, recovering by `recover_per_sec` per second since.
+    pub async fn rate_factors(&self, recover_per_sec: f64) -> Result<Vec<(String, f64)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT target, least(1.0, factor + $1 * extract(epoch FROM (now() - throttled_at)))::float8
+             FROM target_rates WHERE throttled_at > '-infinity'",
+        )
+        .bind(recover_per_sec)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Halves a target's shared factor after a rate-limit answer (at most
+    /// once a second, however many replicas saw it); returns the new factor.
+    pub async fn throttle(&self, target: &str, recover_per_sec: f64) -> Result<f64, sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO target_rates (target, factor, throttled_at) VALUES ($1, 0.5, now())
+             ON CONFLICT (target) DO UPDATE
+                SET factor = greatest(0.05, least(1.0, target_rates.factor
+                              + $2 * extract(epoch FROM (now() - target_rates.throttled_at))) * 0.5),
+                    throttled_at = now()
+                WHERE target_rates.throttled_at < now() - interval '1 second'",
+        )
+        .bind(target)
+        .bind(recover_per_sec)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query_scalar("SELECT factor FROM target_rates WHERE target = $1")
+            .bind(target)
+            .fetch_one(&self.pool)
+            .await
+    }
+
     // ----- lanes ---------------------------------------------------------
 
     /// Claims up to `n` lanes of the given targets whose time has come,
@@ -791,6 +843,13 @@ impl Store {
     }
 
     // ----- progress ------------------------------------------------------
+
+    /// Jobs per status over all batches (the backlog gauge).
+    pub async fn backlog(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        sqlx::query_as("SELECT status::text, count(*) FROM jobs GROUP BY status")
+            .fetch_all(&self.pool)
+            .await
+    }
 
     /// Progress per batch, optionally of one batch name.
     pub async fn status(&self, batch: Option<&str>) -> Result<Vec<BatchStatus>, sqlx::Error> {

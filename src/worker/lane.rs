@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{lane_now_ms, retry_delay, Worker};
+use crate::ops::metrics as om;
 use crate::providers::{Outcome, Reconciled, SendJob};
 use crate::store::{self, ClaimedLane, JobStatus, Lease, Park, ProviderIds};
 
@@ -129,7 +130,16 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                     return Stop::Lost;
                 };
                 let reconcile_job = SendJob { known_ids: &known, ..send.clone() };
-                match target.provider.reconcile(&reconcile_job).await {
+                let result = target.provider.reconcile(&reconcile_job).await;
+                let label = match &result {
+                    Reconciled::Applied(_) => "applied",
+                    Reconciled::NotApplied => "not_applied",
+                    Reconciled::Unknown { .. } => "unknown",
+                    Reconciled::Halt { .. } => "halt",
+                };
+                metrics::counter!(om::RECONCILES, "target" => lane.target.clone(), "result" => label)
+                    .increment(1);
+                match result {
                     Reconciled::Applied(a) => {
                         let ids = ProviderIds {
                             msg_id: a.msg_id,
@@ -168,10 +178,13 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                 }
             }
             // Wait for a token, then make sure the lease outlives the call.
+            let waited = std::time::Instant::now();
             tokio::select! {
-                _ = target.limiter.until_ready() => {}
+                _ = target.bucket.until_ready() => {}
                 _ = cancel.cancelled() => return Stop::Release,
             }
+            metrics::counter!(om::RATE_WAIT_MS, "target" => lane.target.clone())
+                .increment(waited.elapsed().as_micros() as u64 / 1000);
             if valid_until.load(Ordering::Acquire) - lane_now_ms() < timeout_ms + margin_ms {
                 tracing::warn!(
                     lane = lease.lane_id,
@@ -188,7 +201,20 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                 _ => return Stop::Lost,
             };
             let send = SendJob { attempt, ..send };
+            let started = std::time::Instant::now();
             let outcome = target.provider.send(&send).await;
+            let (code, label) = match &outcome {
+                Outcome::Accepted(_) => (Some(0), "accepted"),
+                Outcome::RetryLater { code, throttled: true, .. } => (*code, "throttled"),
+                Outcome::RetryLater { code, .. } => (*code, "retry_later"),
+                Outcome::Permanent { code, .. } => (*code, "permanent"),
+                Outcome::Unknown { .. } => (None, "unknown"),
+                Outcome::Halt { code, .. } => (*code, "halt"),
+            };
+            om::call(&lane.target, "send", code, label, started.elapsed());
+            if label == "throttled" {
+                w.throttled(&lane.target).await;
+            }
             match outcome {
                 Outcome::Accepted(a) => {
                     let ids = ProviderIds {

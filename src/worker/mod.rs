@@ -8,11 +8,10 @@
 //! off from the database stops sending before another may take over.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use governor::DefaultDirectRateLimiter;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -33,10 +32,25 @@ fn now_ms() -> i64 {
 /// A lane's lease deadline once the lane is done with it and releasing.
 pub(crate) const FINISHING: i64 = i64::MIN;
 
+/// How fast a throttled target's shared factor recovers, per second.
+pub const RECOVER_PER_SEC: f64 = 0.05;
+/// How often the rate split and backlog metrics are refreshed.
+const RATE_EVERY: Duration = Duration::from_secs(2);
+
 /// One provider target as the worker sees it.
 pub struct Target {
     pub provider: Arc<dyn Provider>,
-    pub limiter: DefaultDirectRateLimiter,
+    /// The send API's bucket; the provider holds its other APIs' buckets.
+    pub bucket: ratelimit::Bucket,
+}
+
+impl Target {
+    fn set_share(&self, live: u32, factor: f64) {
+        self.bucket.set_share(live, factor);
+        for b in self.provider.buckets() {
+            b.set_share(live, factor);
+        }
+    }
 }
 
 /// How a run ended.
@@ -60,6 +74,10 @@ pub struct Worker {
     pub(crate) id: Uuid,
     halted: Mutex<HashMap<String, String>>,
     held: Mutex<HashMap<i64, Held>>,
+    /// Live workers sharing the targets' rates (this one included).
+    live: AtomicU32,
+    /// Set once shutdown began (`/readyz` says not ready).
+    pub draining: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -73,7 +91,7 @@ impl Worker {
                     name,
                     Target {
                         provider,
-                        limiter: ratelimit::bucket(rate),
+                        bucket: ratelimit::Bucket::new(rate),
                     },
                 )
             })
@@ -85,7 +103,66 @@ impl Worker {
             id: Uuid::new_v4(),
             halted: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
+            live: AtomicU32::new(1),
+            draining: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Applies reloaded limits (SIGHUP): target name → documented rate.
+    pub fn set_limits(&self, config: &Config) {
+        for (name, t) in &self.targets {
+            if let Some(tc) = config.targets.get(name) {
+                t.bucket.set_limit(tc.rate_per_sec());
+            }
+        }
+    }
+
+    /// Called on a rate-limit answer: slows the target down for every
+    /// replica (AIMD), here at once and elsewhere at their next refresh.
+    pub(crate) async fn throttled(&self, target: &str) {
+        match self.store.throttle(target, RECOVER_PER_SEC).await {
+            Ok(factor) => {
+                if let Some(t) = self.targets.get(target) {
+                    t.set_share(self.live.load(Ordering::Acquire), factor);
+                    tracing::info!(target_name = target, factor, rate = t.bucket.effective(), "rate-limit answer: slowing down");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot record a rate-limit answer"),
+        }
+    }
+
+    /// Keeps the rate split current: live workers and the shared AIMD
+    /// factors, every couple of seconds; also refreshes the backlog gauge.
+    async fn rate_control(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = 0u64;
+        loop {
+            let live = self.store.worker_heartbeat(self.id, RATE_EVERY * 3).await;
+            let factors = self.store.rate_factors(RECOVER_PER_SEC).await;
+            if let (Ok(live), Ok(factors)) = (live, factors) {
+                let prev = self.live.swap(live, Ordering::AcqRel);
+                if prev != live {
+                    tracing::info!(live_workers = live, "rate split changed");
+                }
+                let factors: HashMap<String, f64> = factors.into_iter().collect();
+                for (name, t) in &self.targets {
+                    t.set_share(live, factors.get(name).copied().unwrap_or(1.0));
+                    metrics::gauge!(crate::ops::metrics::RATE_SHARE, "target" => name.clone())
+                        .set(t.bucket.effective());
+                }
+            }
+            if tick % 15 == 0 {
+                if let Ok(counts) = self.store.backlog().await {
+                    for (status, n) in counts {
+                        metrics::gauge!(crate::ops::metrics::BACKLOG, "status" => status).set(n as f64);
+                    }
+                }
+            }
+            tick += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(RATE_EVERY) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
     }
 
     fn lease(&self) -> Duration {
@@ -145,6 +222,9 @@ impl Worker {
 
         let lanes_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(self.clone().heartbeat(lanes_stop.clone()));
+        let rates_stop = CancellationToken::new();
+        let rates = tokio::spawn(self.clone().rate_control(rates_stop.clone()));
+        crate::ops::notify::notify("READY=1");
         let mut tasks: JoinSet<i64> = JoinSet::new();
         let mut task_lanes: HashMap<tokio::task::Id, i64> = HashMap::new();
         let poll = Duration::from_millis(self.cfg.poll_interval_ms.max(10));
@@ -242,6 +322,8 @@ impl Worker {
         }
 
         // Drain: lanes finish the call they are in, checkpoint it and stop.
+        self.draining.store(true, Ordering::Release);
+        crate::ops::notify::notify("STOPPING=1");
         let active = tasks.len();
         if active > 0 {
             tracing::info!(
@@ -276,6 +358,8 @@ impl Worker {
             }
         }
         heartbeat.abort();
+        rates_stop.cancel();
+        let _ = rates.await;
         let _ = self.store.unregister_worker(self.id).await;
         let halted: Vec<(String, String)> = self
             .halted
@@ -346,6 +430,7 @@ impl Worker {
                                 });
                         } else if x.valid_until.load(Ordering::Acquire) != FINISHING {
                             tracing::warn!(lane = id, "lease lost; stopping that lane");
+                            metrics::counter!(crate::ops::metrics::LEASES_LOST).increment(1);
                             x.cancel.cancel();
                         }
                     }

@@ -7,7 +7,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use governor::DefaultDirectRateLimiter;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
@@ -18,6 +17,7 @@ use super::{
 use crate::config::{tencent_base_url, TencentTarget};
 use crate::providers::zim::{describe_outcome, int_field};
 use crate::ratelimit;
+
 
 pub mod body;
 pub mod codes;
@@ -42,8 +42,8 @@ pub struct TencentClient {
     sig: Mutex<Option<CachedSig>>,
     ensure_accounts: bool,
     roaming_days: u32,
-    query_bucket: DefaultDirectRateLimiter,
-    account_bucket: DefaultDirectRateLimiter,
+    query_bucket: ratelimit::Bucket,
+    account_bucket: ratelimit::Bucket,
 }
 
 /// Accounts per multiaccount_import call.
@@ -229,7 +229,7 @@ fn fingerprint_of(v: &Value) -> Option<String> {
 impl TencentClient {
     /// Posts to an API and classifies the answer; a `RetryLater` or an
     /// unknown outcome is retried a few times (these calls are idempotent).
-    async fn idempotent_call(&self, api: &str, body: &str, bucket: &DefaultDirectRateLimiter) -> Result<Value, String> {
+    async fn idempotent_call(&self, api: &str, body: &str, bucket: &ratelimit::Bucket) -> Result<Value, String> {
         let mut attempt = 0u32;
         loop {
             bucket.until_ready().await;
@@ -321,6 +321,10 @@ impl Provider for TencentClient {
 
     async fn register_users(&self, users: &[String]) -> Result<Registered, String> {
         self.import_accounts(users).await
+    }
+
+    fn buckets(&self) -> Vec<&ratelimit::Bucket> {
+        vec![&self.query_bucket, &self.account_bucket]
     }
 
     fn fingerprint(&self, body: &str) -> Option<String> {

@@ -4,7 +4,6 @@
 //! `codes`.
 
 use async_trait::async_trait;
-use governor::DefaultDirectRateLimiter;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
@@ -14,6 +13,7 @@ use super::{
 };
 use crate::config::{zim_base_url, ZimTarget};
 use crate::ratelimit;
+
 
 pub mod body;
 pub mod codes;
@@ -31,8 +31,8 @@ pub struct ZimClient {
     http: reqwest::Client,
     ensure_users: bool,
     /// QueryPeerMsg has its own 20/s budget (reconcile and verify).
-    query_bucket: DefaultDirectRateLimiter,
-    register_bucket: DefaultDirectRateLimiter,
+    query_bucket: ratelimit::Bucket,
+    register_bucket: ratelimit::Bucket,
 }
 
 /// Users per UserRegister call.
@@ -393,6 +393,10 @@ impl Provider for ZimClient {
 
     async fn register_users(&self, users: &[String]) -> Result<Registered, String> {
         self.register(users).await
+    }
+
+    fn buckets(&self) -> Vec<&ratelimit::Bucket> {
+        vec![&self.query_bucket, &self.register_bucket]
     }
 
     fn fingerprint(&self, body: &str) -> Option<String> {
