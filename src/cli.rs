@@ -253,8 +253,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             let shutdown = CancellationToken::new();
             let ops_stop = CancellationToken::new();
             if let Some(listen) = &config.http.listen {
-                let health = crate::ops::http::Health { store, draining: worker.draining.clone() };
-                crate::ops::http::serve(listen, health, ops_stop.clone()).await.map_err(|e| Failure::Usage(e.to_string()))?;
+                let health = crate::ops::http::Health {
+                    store,
+                    draining: worker.draining.clone(),
+                };
+                crate::ops::http::serve(listen, health, ops_stop.clone())
+                    .await
+                    .map_err(|e| Failure::Usage(e.to_string()))?;
             }
             if let Some(every) = crate::ops::notify::watchdog_interval() {
                 let stop = ops_stop.clone();
@@ -277,7 +282,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                         crate::telemetry::set_level(&l.config.log.level);
                         tracing::info!("configuration reloaded");
                     }
-                    Err(e) => tracing::error!(error = %e, "cannot reload the configuration; keeping the old one"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reload the configuration; keeping the old one")
+                    }
                 }
             })?;
             let report = worker.run(shutdown, exit_when_idle).await;
@@ -300,16 +307,28 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             let store = open_store(&config).await?;
             let users = store.users(&target, batch.as_deref()).await.map_err(db_err)?;
             let providers = crate::providers::build_all(&config)?;
-            let p = &providers.iter().find(|(n, _)| *n == target).expect("target exists").1;
+            let p = &providers
+                .iter()
+                .find(|(n, _)| *n == target)
+                .expect("target exists")
+                .1;
             let r = p
                 .register_users(&users)
                 .await
                 .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot register users with {target}: {e}")))?;
-            println!("{} users registered with {target}, {} refused", r.ok, r.failed.len());
+            println!(
+                "{} users registered with {target}, {} refused",
+                r.ok,
+                r.failed.len()
+            );
             for (u, why) in r.failed.iter().take(20) {
                 eprintln!("refused: {u}: {why}");
             }
-            Ok(if r.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if r.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Verify { batch, json } => {
             let store = open_store(&config).await?;
@@ -329,7 +348,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                         l.missing.len(),
                         l.extra,
                         l.out_of_order,
-                        l.error.as_deref().map(|e| format!(", unreadable: {e}")).unwrap_or_default()
+                        l.error
+                            .as_deref()
+                            .map(|e| format!(", unreadable: {e}"))
+                            .unwrap_or_default()
                     );
                 }
                 println!(
@@ -338,12 +360,18 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                     r.batch, r.clean_lanes, r.lanes, r.missing, r.extra, r.out_of_order, r.unverifiable
                 );
             }
-            Ok(if r.clean() { ExitCode::SUCCESS } else { ExitCode::from(4) })
+            Ok(if r.clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(4)
+            })
         }
         Command::Pause { batch } => {
             let store = open_store(&config).await?;
             match store.set_paused(&batch, true).await.map_err(db_err)? {
-                0 => Err(Failure::Usage(format!("no batch named {batch:?}; see `chatferry status`"))),
+                0 => Err(Failure::Usage(format!(
+                    "no batch named {batch:?}; see `chatferry status`"
+                ))),
                 _ => {
                     println!("batch {batch} paused; running workers park its lanes after their current call");
                     Ok(ExitCode::SUCCESS)
@@ -353,7 +381,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Resume { batch } => {
             let store = open_store(&config).await?;
             match store.set_paused(&batch, false).await.map_err(db_err)? {
-                0 => Err(Failure::Usage(format!("no batch named {batch:?}; see `chatferry status`"))),
+                0 => Err(Failure::Usage(format!(
+                    "no batch named {batch:?}; see `chatferry status`"
+                ))),
                 _ => {
                     println!("batch {batch} resumed");
                     Ok(ExitCode::SUCCESS)
@@ -369,7 +399,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Skip { job } => {
             let store = open_store(&config).await?;
             match store.skip_job(job).await.map_err(db_err)? {
-                None => Err(Failure::Usage(format!("job {job} does not exist or is already done or skipped"))),
+                None => Err(Failure::Usage(format!(
+                    "job {job} does not exist or is already done or skipped"
+                ))),
                 Some(crate::store::JobStatus::InFlight) => {
                     println!("job {job} skipped; it was in doubt, so the provider may hold it already");
                     Ok(ExitCode::SUCCESS)

@@ -461,7 +461,8 @@ impl Config {
                     "target name {name:?} may only use letters, digits, '-' and '_'"
                 )));
             }
-            if !(t.rate_per_sec() > 0.0) {
+            let rate = t.rate_per_sec();
+            if !rate.is_finite() || rate <= 0.0 {
                 return Err(err(format!("targets.{name}.rate_per_sec must be above 0")));
             }
             match t {

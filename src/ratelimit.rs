@@ -131,7 +131,10 @@ mod tests {
             for live in 1..=5u32 {
                 let each = share(limit, live, 1.0);
                 // Worst case per window: each replica's rate plus one.
-                assert!(each * f64::from(live) + f64::from(live - 1) <= limit, "{limit} {live}");
+                assert!(
+                    each * f64::from(live) + f64::from(live - 1) <= limit,
+                    "{limit} {live}"
+                );
             }
         }
         assert!((share(500.0, 1, 1.0) - 490.0).abs() < 1e-9);

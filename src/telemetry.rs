@@ -27,7 +27,12 @@ pub fn init(cfg: &LogConfig) {
     let registry = tracing_subscriber::registry().with(layer);
     let ok = match cfg.format {
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
             .is_ok(),
         LogFormat::Text => registry

@@ -195,7 +195,10 @@ mod tests {
     use super::compare;
 
     fn e(items: &[(&str, i64)]) -> Vec<(String, i64, String)> {
-        items.iter().map(|(f, t)| (format!("id-{f}"), *t, f.to_string())).collect()
+        items
+            .iter()
+            .map(|(f, t)| (format!("id-{f}"), *t, f.to_string()))
+            .collect()
     }
 
     #[test]

@@ -23,7 +23,10 @@ fn conv(a: &str, b: &str) -> (String, String) {
 /// interleaved, time-shuffled order so the loader must sort by sent_at_ms
 /// and then input order. Returns the lines and the expected text order per
 /// conversation.
-fn corpus(n: usize, base: i64) -> (Vec<String>, HashMap<(String, String), Vec<String>>) {
+/// Texts in order per conversation.
+type Expected = HashMap<(String, String), Vec<String>>;
+
+fn corpus(n: usize, base: i64) -> (Vec<String>, Expected) {
     let mut per_conv: Vec<Vec<(i64, String, String)>> = Vec::new();
     let mut expected = HashMap::new();
     for i in 0..n {
@@ -56,7 +59,7 @@ fn corpus(n: usize, base: i64) -> (Vec<String>, HashMap<(String, String), Vec<St
     (lines.into_iter().map(|(_, m)| m.2).collect(), expected)
 }
 
-fn assert_order(rec: &Recorder, expected: &HashMap<(String, String), Vec<String>>) {
+fn assert_order(rec: &Recorder, expected: &Expected) {
     let got = rec.applied();
     assert_eq!(got.len(), expected.len(), "conversations received");
     for (c, want) in expected {

@@ -10,7 +10,11 @@ use std::time::Duration;
 use common::*;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A TCP proxy to the test Postgres that can be cut.
@@ -27,14 +31,18 @@ impl Proxy {
         let d = down.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { continue };
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
                 if d.load(Ordering::Acquire) {
                     continue; // dropped: connection closed at once
                 }
                 let d = d.clone();
                 let upstream = upstream.clone();
                 tokio::spawn(async move {
-                    let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
                         _ = async { while !d.load(Ordering::Acquire) { tokio::time::sleep(Duration::from_millis(20)).await } } => {}
@@ -49,12 +57,21 @@ impl Proxy {
 fn write_config(db_url: &str, extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("daemon.toml");
-    std::fs::write(&path, format!("[database]\nurl = \"{db_url}\"\n{FAST_WORKER}{extra}")).unwrap();
+    std::fs::write(
+        &path,
+        format!("[database]\nurl = \"{db_url}\"\n{FAST_WORKER}{extra}"),
+    )
+    .unwrap();
     (dir, path)
 }
 
 async fn http_get(url: &str) -> Option<(u16, String)> {
-    let r = reqwest::Client::new().get(url).timeout(Duration::from_secs(5)).send().await.ok()?;
+    let r = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
     let status = r.status().as_u16();
     Some((status, r.text().await.unwrap_or_default()))
 }
@@ -83,13 +100,28 @@ async fn sigterm_drains_within_the_grace_and_a_restart_completes() {
     let pid = child.id().unwrap() as i32;
     let sent_at = std::time::Instant::now();
     send_signal(pid, "TERM");
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.expect("exits within the grace").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("exits within the grace")
+        .unwrap();
     assert!(status.success(), "exit status {status:?}");
     assert!(sent_at.elapsed() < Duration::from_secs(5));
-    assert_eq!(db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'in_flight'").await, 0, "nothing left in doubt");
-    assert_eq!(db.scalar("SELECT count(*) FROM chatferry.lanes WHERE lease_owner IS NOT NULL").await, 0, "leases released");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'in_flight'")
+            .await,
+        0,
+        "nothing left in doubt"
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM chatferry.lanes WHERE lease_owner IS NOT NULL")
+            .await,
+        0,
+        "leases released"
+    );
     assert_eq!(db.scalar("SELECT count(*) FROM chatferry.workers").await, 0);
-    let done_before = db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'done'").await;
+    let done_before = db
+        .scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'done'")
+        .await;
     assert!(done_before < 400, "stopped part-way");
 
     let out = tokio::process::Command::new(bin)
@@ -99,12 +131,20 @@ async fn sigterm_drains_within_the_grace_and_a_restart_completes() {
         .await
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'done'").await, 400);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'done'")
+            .await,
+        400
+    );
     assert_eq!(rec.received(), 400, "a drained stop resends nothing");
 }
 
 fn send_signal(pid: i32, sig: &str) {
-    std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
+    std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -113,8 +153,12 @@ async fn pause_parks_a_batch_and_resume_finishes_it() {
     let db = TestDb::new().await;
     let cfg = config(&db, &format!("{FAST_WORKER}{}", tencent_target("tim", rec.addr)));
     let now = now_ms() - 600_000;
-    let a: Vec<String> = (0..50).map(|i| text_line(&format!("a{i}"), &format!("p{}", i % 5), "q", now + i, "a")).collect();
-    let b: Vec<String> = (0..50).map(|i| text_line(&format!("b{i}"), &format!("r{}", i % 5), "s", now + i, "b")).collect();
+    let a: Vec<String> = (0..50)
+        .map(|i| text_line(&format!("a{i}"), &format!("p{}", i % 5), "q", now + i, "a"))
+        .collect();
+    let b: Vec<String> = (0..50)
+        .map(|i| text_line(&format!("b{i}"), &format!("r{}", i % 5), "s", now + i, "b"))
+        .collect();
     load(&db, &cfg, "tim", "one", &[jsonl(&a).path()], None).await;
     load(&db, &cfg, "tim", "two", &[jsonl(&b).path()], None).await;
     assert_eq!(db.store.set_paused("one", true).await.unwrap(), 1);
@@ -146,10 +190,15 @@ async fn metrics_parse_and_readyz_follows_the_database() {
     let ops = free_port();
     let (_dir, cfg_path) = write_config(
         via.as_str(),
-        &format!("[http]\nlisten = \"127.0.0.1:{ops}\"\n{}", tencent_target("tim", rec.addr)),
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:{ops}\"\n{}",
+            tencent_target("tim", rec.addr)
+        ),
     );
     let cfg = config(&db, &tencent_target("tim", rec.addr));
-    let lines: Vec<String> = (0..30).map(|i| text_line(&format!("m{i}"), "x", "y", now_ms() - 1000 + i, "m")).collect();
+    let lines: Vec<String> = (0..30)
+        .map(|i| text_line(&format!("m{i}"), "x", "y", now_ms() - 1000 + i, "m"))
+        .collect();
     load(&db, &cfg, "tim", "b", &[jsonl(&lines).path()], None).await;
 
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatferry"))
@@ -195,17 +244,27 @@ async fn metrics_parse_and_readyz_follows_the_database() {
     proxy.down.store(true, Ordering::Release);
     let mut seen = 0;
     for _ in 0..300 {
-        seen = http_get(&format!("{base}/readyz")).await.map(|r| r.0).unwrap_or(0);
+        seen = http_get(&format!("{base}/readyz"))
+            .await
+            .map(|r| r.0)
+            .unwrap_or(0);
         if seen == 503 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(seen, 503, "not ready without the database");
-    assert_eq!(http_get(&format!("{base}/healthz")).await.unwrap().0, 200, "still alive");
+    assert_eq!(
+        http_get(&format!("{base}/healthz")).await.unwrap().0,
+        200,
+        "still alive"
+    );
     proxy.down.store(false, Ordering::Release);
     for _ in 0..500 {
-        seen = http_get(&format!("{base}/readyz")).await.map(|r| r.0).unwrap_or(0);
+        seen = http_get(&format!("{base}/readyz"))
+            .await
+            .map(|r| r.0)
+            .unwrap_or(0);
         if seen == 200 {
             break;
         }

@@ -82,26 +82,23 @@ async fn zim_published_signature_vector_verifies() {
     let now = s.sim.clock().now_secs();
     let wrong = chatferry::providers::zim::sign::signature(app, "aaaa", "not-the-secret", now);
     assert_eq!(
-        s.post(
-            &s.zim_url_with("ImportPeerMsg", app, "aaaa", now, &wrong),
-            &body
-        )
-        .await
-        .unwrap()
-        .code(),
+        s.post(&s.zim_url_with("ImportPeerMsg", app, "aaaa", now, &wrong), &body)
+            .await
+            .unwrap()
+            .code(),
         100000005
     );
     assert_eq!(
-        s.post(
-            &s.zim_url_with("ImportPeerMsg", 999, "bbbb", now, "x"),
-            &body
-        )
-        .await
-        .unwrap()
-        .code(),
+        s.post(&s.zim_url_with("ImportPeerMsg", 999, "bbbb", now, "x"), &body)
+            .await
+            .unwrap()
+            .code(),
         100000010
     );
-    let no_sig = format!("{}?Action=ImportPeerMsg&AppId={app}&SignatureNonce=cc&Timestamp={now}&SignatureVersion=2.0", s.base);
+    let no_sig = format!(
+        "{}?Action=ImportPeerMsg&AppId={app}&SignatureNonce=cc&Timestamp={now}&SignatureVersion=2.0",
+        s.base
+    );
     assert_eq!(s.post(&no_sig, &body).await.unwrap().code(), 100000009);
 
     let st = s.stats().await;
@@ -116,13 +113,7 @@ async fn tencent_usersig_official_algorithm_verifies_and_bad_sigs_get_their_code
     // The vector's identifier is the admin here, and the clock is its time.
     let cfg = config_with_admin("xiaojun");
     let s = TestSim::start(&cfg, pinned(1_700_000_000_000)).await;
-    let good = usersig::generate(
-        u64::from(TIM_APP),
-        "xiaojun",
-        TIM_KEY,
-        1_700_000_000,
-        15_552_000,
-    );
+    let good = usersig::generate(u64::from(TIM_APP), "xiaojun", TIM_KEY, 1_700_000_000, 15_552_000);
     assert_eq!(
         usersig::decode(&good).unwrap().sig,
         "LvA7d/Iw7gSsnskvVzBDPOCCDbuNCw4GHwTC0bip+B4="
@@ -149,13 +140,7 @@ async fn tencent_usersig_official_algorithm_verifies_and_bad_sigs_get_their_code
     assert_eq!((r.status, r.code()), (200, 70009), "{}", r.json);
     assert_eq!(r.json["ActionStatus"], "FAIL");
 
-    let short = usersig::generate(
-        u64::from(TIM_APP),
-        "xiaojun",
-        TIM_KEY,
-        1_700_000_000 - 7200,
-        3600,
-    );
+    let short = usersig::generate(u64::from(TIM_APP), "xiaojun", TIM_KEY, 1_700_000_000 - 7200, 3600);
     assert_eq!(call(short, "xiaojun").await.code(), 70001);
     // The good sig itself expires with the clock.
     s.sim.clock().advance_ms(15_552_001_000);
@@ -203,10 +188,7 @@ async fn fault_transient_code_is_answered_and_not_applied() {
         r.json
     );
     let r = s
-        .tim(
-            "importmsg",
-            &tim_text("a", "b", Some(1), 1, now / 1000, "x"),
-        )
+        .tim("importmsg", &tim_text("a", "b", Some(1), 1, now / 1000, "x"))
         .await;
     assert_eq!((r.status, r.code()), (200, 90994));
     assert_eq!(r.json["ActionStatus"], "FAIL");
@@ -283,10 +265,8 @@ async fn fault_reset_before_apply_fails_the_client_and_stores_nothing() {
 #[tokio::test]
 async fn fault_apply_then_drop_fails_the_client_but_stores_the_message() {
     let s = TestSim::start(&config(), opts()).await;
-    s.faults(
-        json!({"zim": {"apply_then_drop_rate": 1.0}, "tencent": {"apply_then_drop_rate": 1.0}}),
-    )
-    .await;
+    s.faults(json!({"zim": {"apply_then_drop_rate": 1.0}, "tencent": {"apply_then_drop_rate": 1.0}}))
+        .await;
     let now = s.sim.clock().now_ms();
     let e = s
         .post(
@@ -328,9 +308,7 @@ async fn fault_slow_answer_times_the_client_out_after_applying() {
     .unwrap_err();
     assert!(e.is_timeout(), "{e:?}");
     let st = s
-        .wait_for_stats("the slow call to be stored", |st| {
-            st["tencent"]["stored"] == 1
-        })
+        .wait_for_stats("the slow call to be stored", |st| st["tencent"]["stored"] == 1)
         .await;
     assert_eq!(st["tencent"]["faults"]["slow"], 1);
     assert_eq!(
@@ -491,12 +469,9 @@ async fn rate_limit_refuses_exactly_the_excess_with_the_provider_code() {
         0
     );
     assert_eq!(
-        s.tim(
-            "importmsg",
-            &tim_text("a", "b", Some(9), 9, T0_MS / 1000, "t")
-        )
-        .await
-        .code(),
+        s.tim("importmsg", &tim_text("a", "b", Some(9), 9, T0_MS / 1000, "t"))
+            .await
+            .code(),
         0
     );
 
@@ -550,10 +525,7 @@ async fn rate_override_applies_to_every_api_and_zero_is_unlimited() {
     .await;
     for i in 0..300 {
         let r = s
-            .tim(
-                "importmsg",
-                &tim_text("a", "b", Some(i), 1, T0_MS / 1000, "x"),
-            )
+            .tim("importmsg", &tim_text("a", "b", Some(i), 1, T0_MS / 1000, "x"))
             .await;
         assert_eq!(r.code(), 0);
     }
@@ -582,19 +554,13 @@ async fn tencent_dedups_on_the_triple_in_either_direction() {
     assert_eq!(r.json["MsgKey"], format!("11_22_{ts}"));
     let conv = s.tim_conv("bob", "alice").await;
     assert_eq!(conv["count"], 1);
-    assert_eq!(
-        conv["messages"][0]["MsgBody"][0]["MsgContent"]["Text"],
-        "first"
-    );
+    assert_eq!(conv["messages"][0]["MsgBody"][0]["MsgContent"]["Text"], "first");
     assert_eq!(conv["messages"][0]["From_Account"], "alice");
     // Same content under another triple is stored, and counted as a content duplicate.
     assert_eq!(
-        s.tim(
-            "importmsg",
-            &tim_text("alice", "bob", Some(12), 22, ts, "first")
-        )
-        .await
-        .code(),
+        s.tim("importmsg", &tim_text("alice", "bob", Some(12), 22, ts, "first"))
+            .await
+            .code(),
         0
     );
     let st = s.stats().await;
@@ -769,10 +735,7 @@ async fn zim_validation_and_registration_codes() {
     };
     let cases: Vec<(i64, Value)> = vec![
         (660600030, with(&|b| b["ToUserId"] = json!("alice"))),
-        (
-            660800046,
-            with(&|b| b["SendMessageTime"] = json!(T0_MS + 1)),
-        ),
+        (660800046, with(&|b| b["SendMessageTime"] = json!(T0_MS + 1))),
         (
             660600023,
             with(&|b| b["SendMessageTime"] = json!(T0_MS - 3 * 86_400_000)),
@@ -837,9 +800,7 @@ async fn tencent_validation_and_account_codes() {
     let ok = tim_text("alice", "bob", Some(1), 1, ts, "fine");
     assert_eq!(s.tim("importmsg", &ok).await.code(), 20003);
     assert_eq!(
-        s.tim("account_import", &json!({"UserID": "alice"}))
-            .await
-            .code(),
+        s.tim("account_import", &json!({"UserID": "alice"})).await.code(),
         0
     );
     assert_eq!(s.tim("importmsg", &ok).await.code(), 90012);
@@ -925,11 +886,8 @@ async fn control_endpoints_list_reset_and_dump() {
         .await;
     s.zim("ImportPeerMsg", &zim_text("a", "b", "b", now - 1, "x"))
         .await;
-    s.tim(
-        "importmsg",
-        &tim_text("a", "b", Some(1), 1, now / 1000, "x"),
-    )
-    .await;
+    s.tim("importmsg", &tim_text("a", "b", Some(1), 1, now / 1000, "x"))
+        .await;
 
     let all = s.get("_sim/messages?provider=zim").await;
     let views = all["apps"][0]["views"].as_array().unwrap();
@@ -954,12 +912,7 @@ async fn control_endpoints_list_reset_and_dump() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
-    let unknown = s
-        .http
-        .get(format!("{}_sim/nope", s.base))
-        .send()
-        .await
-        .unwrap();
+    let unknown = s.http.get(format!("{}_sim/nope", s.base)).send().await.unwrap();
     assert_eq!(unknown.status(), 404);
     let replaced: Value = s
         .http
@@ -1003,12 +956,7 @@ async fn reset_forgets_messages_users_and_counters() {
             .code(),
         0
     );
-    let r = s
-        .http
-        .post(format!("{}_sim/reset", s.base))
-        .send()
-        .await
-        .unwrap();
+    let r = s.http.post(format!("{}_sim/reset", s.base)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(s.stats().await["total"]["calls"], 0);
     assert_eq!(s.zim_view("a", "b").await["count"], 0);

@@ -25,7 +25,10 @@ pub struct Health {
 fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(ctype));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(ctype),
+    );
     r
 }
 
@@ -38,7 +41,11 @@ async fn handle(h: Health, req: Request<Incoming>) -> Result<Response<Full<Bytes
             } else {
                 match tokio::time::timeout(Duration::from_secs(2), h.store.ping()).await {
                     Ok(Ok(())) => reply(StatusCode::OK, "text/plain", "ready\n"),
-                    _ => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "database unreachable\n"),
+                    _ => reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        "database unreachable\n",
+                    ),
                 }
             }
         }

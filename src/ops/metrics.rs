@@ -30,7 +30,9 @@ pub fn install() -> &'static PrometheusHandle {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Full(CALL_SECONDS.into()),
-                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+                &[
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ],
             )
             .expect("static buckets are valid")
             .build_recorder();
@@ -47,5 +49,6 @@ pub fn call(target: &str, api: &'static str, code: Option<i64>, outcome: &'stati
     let code = code.map(|c| c.to_string()).unwrap_or_else(|| "none".into());
     metrics::counter!(CALLS, "target" => target.to_string(), "api" => api, "code" => code, "outcome" => outcome)
         .increment(1);
-    metrics::histogram!(CALL_SECONDS, "target" => target.to_string(), "api" => api).record(took.as_secs_f64());
+    metrics::histogram!(CALL_SECONDS, "target" => target.to_string(), "api" => api)
+        .record(took.as_secs_f64());
 }

@@ -5,8 +5,12 @@ use std::time::Duration;
 
 /// Sends one state line; errors are ignored (systemd may not be there).
 pub fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
     let bytes = path.as_encoded_bytes();
     let result = if bytes.first() == Some(&b'@') {
         #[cfg(target_os = "linux")]

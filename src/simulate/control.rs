@@ -76,10 +76,7 @@ fn messages(sh: &Shared, q: &Query) -> Answer {
             match (q.get("user"), q.get("peer")) {
                 (Some(user), Some(peer)) => {
                     let Some(id) = app.or_else(|| (ids.len() == 1).then(|| ids[0])) else {
-                        return err(
-                            400,
-                            "app is required: several (or no) ZIM apps are configured",
-                        );
+                        return err(400, "app is required: several (or no) ZIM apps are configured");
                     };
                     let Some(a) = sh.zim.get(&id) else {
                         return err(404, format!("ZIM app {id} is not configured"));
@@ -97,10 +94,7 @@ fn messages(sh: &Shared, q: &Query) -> Answer {
                         .collect();
                     ok(json!({ "provider": "zim", "apps": apps }))
                 }
-                _ => err(
-                    400,
-                    "give both user and peer (one view), or neither (every view)",
-                ),
+                _ => err(400, "give both user and peer (one view), or neither (every view)"),
             }
         }
         Some("tencent") => {

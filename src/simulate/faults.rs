@@ -135,16 +135,14 @@ impl ProviderFaults {
                  to more than 1"
             );
         }
-        if let Some(s) = self
-            .http_5xx_statuses
-            .iter()
-            .find(|s| !(500..=599).contains(*s))
-        {
+        if let Some(s) = self.http_5xx_statuses.iter().find(|s| !(500..=599).contains(*s)) {
             bail!("faults: {side}.http_5xx_statuses has {s}, which is not a 5xx status");
         }
         for [a, b] in &self.outages {
             if !(a.is_finite() && b.is_finite() && *a >= 0.0 && a < b) {
-                bail!("faults: {side}.outages has [{a}, {b}]; each is [start_s, end_s) with 0 <= start < end");
+                bail!(
+                    "faults: {side}.outages has [{a}, {b}]; each is [start_s, end_s) with 0 <= start < end"
+                );
             }
         }
         Ok(())
@@ -191,8 +189,7 @@ impl FaultConfig {
 
     /// Parses a JSON fault table.
     pub fn from_json(text: &str) -> anyhow::Result<Self> {
-        let v: Value =
-            serde_json::from_str(text).context("fault configuration is not valid JSON")?;
+        let v: Value = serde_json::from_str(text).context("fault configuration is not valid JSON")?;
         Self::from_value(v)
     }
 
@@ -216,9 +213,7 @@ impl FaultConfig {
         let path = Path::new(arg);
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the fault file {}", path.display()))?;
-        let is_toml = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+        let is_toml = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml"));
         if is_toml {
             Self::from_toml(&text).with_context(|| format!("in {}", path.display()))
         } else {
@@ -233,8 +228,8 @@ impl FaultConfig {
         let Some((key, raw)) = flag.split_once('=') else {
             bail!("fault flag {flag:?} is not KEY=VALUE (e.g. zim.reset_rate=0.1)");
         };
-        let value: Value = serde_json::from_str(raw.trim())
-            .unwrap_or_else(|_| Value::String(raw.trim().to_string()));
+        let value: Value =
+            serde_json::from_str(raw.trim()).unwrap_or_else(|_| Value::String(raw.trim().to_string()));
         let key = key.trim();
         let patch = match key.split_once('.') {
             _ if key == "seed" => serde_json::json!({ "seed": value }),
@@ -253,8 +248,7 @@ impl FaultConfig {
     pub fn merge_patch(&mut self, patch: &Value) -> anyhow::Result<()> {
         let mut current = serde_json::to_value(&*self).expect("fault config serializes");
         merge(&mut current, patch);
-        let next: FaultConfig =
-            serde_json::from_value(current).context("invalid fault configuration")?;
+        let next: FaultConfig = serde_json::from_value(current).context("invalid fault configuration")?;
         next.validate()?;
         *self = next;
         Ok(())
@@ -390,12 +384,7 @@ impl Faults {
             Side::Tencent => &cfg.tencent,
         };
         let offset_s = now_ns.saturating_sub(self.start_ns) as f64 / 1e9;
-        if pf.down
-            || pf
-                .outages
-                .iter()
-                .any(|[a, b]| offset_s >= *a && offset_s < *b)
-        {
+        if pf.down || pf.outages.iter().any(|[a, b]| offset_s >= *a && offset_s < *b) {
             return Some(Plan {
                 latency: Duration::ZERO,
                 action: Some(Action::Outage(pf.outage_mode)),
@@ -494,10 +483,9 @@ mod tests {
 
     #[test]
     fn rate_one_always_fires_and_apis_filter() {
-        let cfg = FaultConfig::from_json(
-            r#"{"tencent": {"slow_rate": 1, "slow_ms": 5, "apis": ["importmsg"]}}"#,
-        )
-        .unwrap();
+        let cfg =
+            FaultConfig::from_json(r#"{"tencent": {"slow_rate": 1, "slow_ms": 5, "apis": ["importmsg"]}}"#)
+                .unwrap();
         let f = Faults::new(cfg, 0).unwrap();
         let p = f.plan(Side::Tencent, "importmsg", 0).unwrap();
         assert_eq!(p.action, Some(Action::Slow(Duration::from_millis(5))));
@@ -530,9 +518,7 @@ mod tests {
         assert_eq!(t.zim.outages, vec![[1.0, 2.5]]);
         assert_eq!(t.zim.outage_mode, OutageMode::Reset);
         assert!(FaultConfig::from_json(r#"{"zim": {"reset_rate": 1.5}}"#).is_err());
-        assert!(
-            FaultConfig::from_json(r#"{"zim": {"reset_rate": 0.6, "slow_rate": 0.6}}"#).is_err()
-        );
+        assert!(FaultConfig::from_json(r#"{"zim": {"reset_rate": 0.6, "slow_rate": 0.6}}"#).is_err());
         assert!(FaultConfig::from_json(r#"{"zim": {"typo_rate": 0.1}}"#).is_err());
         let mut c = FaultConfig::default();
         c.merge_patch(&serde_json::json!({"tencent": {"down": true}}))

@@ -343,8 +343,7 @@ impl Simulator {
             zim,
             tencent,
             stats: Stats::default(),
-            faults: Faults::new(opts.faults, start_ns)
-                .map_err(|e| ConfigError(format!("{e:#}")))?,
+            faults: Faults::new(opts.faults, start_ns).map_err(|e| ConfigError(format!("{e:#}")))?,
             clock: opts.clock,
             auto_register: opts.auto_register,
             no_auth: opts.no_auth,
@@ -494,9 +493,7 @@ impl SimArgs {
         }
         if let Some(r) = self.rate {
             if !(r.is_finite() && r >= 0.0) {
-                bail!(ConfigError(format!(
-                    "--rate {r} must be 0 (unlimited) or more"
-                )));
+                bail!(ConfigError(format!("--rate {r} must be 0 (unlimited) or more")));
             }
         }
         Ok(SimOptions {
@@ -536,9 +533,7 @@ async fn wait_for_stop() -> anyhow::Result<()> {
         }
     }
     #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot watch Ctrl-C")?;
+    tokio::signal::ctrl_c().await.context("cannot watch Ctrl-C")?;
     Ok(())
 }
 

@@ -200,12 +200,11 @@ async fn handle(
             return Ok(response(zim::bad_action(q.get("Action"), rid)));
         }
         Route::TencentUnknown => return Ok(response(tencent::unknown_api())),
-        Route::NotFound => {
-            return Ok(response(Answer::json(
-                404,
-                r#"{"error":"not a ZIM or Tencent IM API path; the simulator's own endpoints are under /_sim/"}"#.into(),
-            )))
-        }
+        Route::NotFound => return Ok(response(Answer::json(
+            404,
+            r#"{"error":"not a ZIM or Tencent IM API path; the simulator's own endpoints are under /_sim/"}"#
+                .into(),
+        ))),
     };
     let side = api.side();
     let stats = shared.stats.side(side);

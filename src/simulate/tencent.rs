@@ -336,13 +336,7 @@ fn sig_refusal(e: &UserSigError) -> Refusal {
 }
 
 /// Handles one Tencent call to `api`.
-pub(crate) fn handle(
-    apps: &HashMap<u32, TimApp>,
-    api: Api,
-    q: &Query,
-    body: &[u8],
-    cx: &Ctx,
-) -> Answer {
+pub(crate) fn handle(apps: &HashMap<u32, TimApp>, api: Api, q: &Query, body: &[u8], cx: &Ctx) -> Answer {
     let stats = cx.stats;
     let auth_fail = |code: i64, msg: &str| {
         stats.auth_failure(code);
@@ -353,10 +347,7 @@ pub(crate) fn handle(
         Some(s) => s.parse::<u32>().ok(),
     };
     let Some(app) = app_id.and_then(|id| apps.get(&id)) else {
-        return auth_fail(
-            70020,
-            "SDKAppID does not exist: UserSig verification failed",
-        );
+        return auth_fail(70020, "SDKAppID does not exist: UserSig verification failed");
     };
     if !cx.no_auth {
         if let Err((code, msg)) = app.authenticate(q, cx.now_ms / 1000) {
@@ -493,19 +484,15 @@ impl TimApp {
                 format!("the JSON packet is longer than {} bytes", self.max_message),
             ));
         }
-        let b: ImportBody = serde_json::from_slice(raw)
-            .map_err(|e| bad(90001, format!("JSON parse failed: {e}")))?;
+        let b: ImportBody =
+            serde_json::from_slice(raw).map_err(|e| bad(90001, format!("JSON parse failed: {e}")))?;
         let sync = b.sync.as_ref().and_then(Value::as_i64).unwrap_or(-1);
         if ![1, 2, 5].contains(&sync) {
-            return Err(bad(
-                90030,
-                "SyncFromOldSystem must be 2 (history) or 5 (live)",
-            ));
+            return Err(bad(90030, "SyncFromOldSystem must be 2 (history) or 5 (live)"));
         }
-        let from = account(b.from)
-            .ok_or_else(|| bad(90008, "From_Account is missing or not a valid account"))?;
-        let to = account(b.to)
-            .ok_or_else(|| bad(90003, "To_Account is missing or not a valid account"))?;
+        let from =
+            account(b.from).ok_or_else(|| bad(90008, "From_Account is missing or not a valid account"))?;
+        let to = account(b.to).ok_or_else(|| bad(90003, "To_Account is missing or not a valid account"))?;
         let seq = match &b.seq {
             None | Some(Value::Null) => None,
             Some(v) => Some(u32_field(v).ok_or_else(|| bad(90010, "MsgSeq is not a u32"))?),
@@ -597,8 +584,8 @@ impl TimApp {
     }
 
     fn roam(&self, raw: &[u8], cx: &Ctx) -> Result<Reply, Refusal> {
-        let b: RoamBody = serde_json::from_slice(raw)
-            .map_err(|e| bad(90001, format!("JSON parse failed: {e}")))?;
+        let b: RoamBody =
+            serde_json::from_slice(raw).map_err(|e| bad(90001, format!("JSON parse failed: {e}")))?;
         let (Some(op), Some(peer)) = (b.operator, b.peer) else {
             return Err(bad(90001, "Operator_Account and Peer_Account are required"));
         };
@@ -611,9 +598,7 @@ impl TimApp {
         };
         let last = match b.last_key.as_deref() {
             None | Some("") => None,
-            Some(k) => {
-                Some(parse_key(k).ok_or_else(|| bad(90001, "LastMsgKey is not a message key"))?)
-            }
+            Some(k) => Some(parse_key(k).ok_or_else(|| bad(90001, "LastMsgKey is not a message key"))?),
         };
         let lo = min_t.max(cx.now_ms / 1000 - i64::from(self.roaming_days) * 86_400);
         let hi_key = (max_t, u32::MAX, u32::MAX);
@@ -633,9 +618,7 @@ impl TimApp {
                 let m = &conv.msgs[i];
                 let v = m.roam_json();
                 let len = v.to_string().len();
-                if !page.is_empty()
-                    && (page.len() as i64 >= max_cnt || bytes + len > ROAM_ANSWER_CAP)
-                {
+                if !page.is_empty() && (page.len() as i64 >= max_cnt || bytes + len > ROAM_ANSWER_CAP) {
                     complete = 0;
                     break;
                 }
@@ -658,8 +641,8 @@ impl TimApp {
     }
 
     fn account_import(&self, raw: &[u8]) -> Result<Reply, Refusal> {
-        let v: Value = serde_json::from_slice(raw)
-            .map_err(|e| bad(90001, format!("JSON parse failed: {e}")))?;
+        let v: Value =
+            serde_json::from_slice(raw).map_err(|e| bad(90001, format!("JSON parse failed: {e}")))?;
         let id = account(v.get("UserID").cloned())
             .ok_or_else(|| bad(70402, "UserID is missing or longer than 32 bytes"))?;
         lock(&self.state).accounts.insert(id);
@@ -667,8 +650,8 @@ impl TimApp {
     }
 
     fn multiaccount_import(&self, raw: &[u8]) -> Result<Reply, Refusal> {
-        let v: Value = serde_json::from_slice(raw)
-            .map_err(|e| bad(90001, format!("JSON parse failed: {e}")))?;
+        let v: Value =
+            serde_json::from_slice(raw).map_err(|e| bad(90001, format!("JSON parse failed: {e}")))?;
         // The current form is AccountList[{UserID}], the old one Accounts[id].
         let entries: Vec<&Value> = match (v.get("AccountList"), v.get("Accounts")) {
             (Some(Value::Array(a)), _) => a
@@ -727,9 +710,6 @@ mod tests {
         );
         let custom = json!({"MsgType": "TIMCustomElem", "MsgContent": {"Data": "x"}});
         assert!(check_body(&json!([custom.clone()])).is_ok());
-        assert_eq!(
-            check_body(&json!([custom.clone(), custom])).unwrap_err().0,
-            90002
-        );
+        assert_eq!(check_body(&json!([custom.clone(), custom])).unwrap_err().0, 90002);
     }
 }

@@ -177,12 +177,7 @@ fn bad(code: i64, msg: impl Into<String>) -> Refusal {
 }
 
 impl ZimApp {
-    pub(crate) fn new(
-        t: &ZimTarget,
-        secret: String,
-        rate_override: Option<f64>,
-        users: &[String],
-    ) -> Self {
+    pub(crate) fn new(t: &ZimTarget, secret: String, rate_override: Option<f64>, users: &[String]) -> Self {
         let rate = |r: f64| rate_override.unwrap_or(r);
         Self {
             app_id: t.app_id,
@@ -281,13 +276,7 @@ pub(crate) fn bad_action(action: Option<&str>, rid: u64) -> Answer {
 }
 
 /// Handles one ZIM call whose `Action` is `api`.
-pub(crate) fn handle(
-    apps: &HashMap<u32, ZimApp>,
-    api: Api,
-    q: &Query,
-    body: &[u8],
-    cx: &Ctx,
-) -> Answer {
+pub(crate) fn handle(apps: &HashMap<u32, ZimApp>, api: Api, q: &Query, body: &[u8], cx: &Ctx) -> Answer {
     let stats = cx.stats;
     let auth_fail = |code: i64, msg: &str| {
         stats.auth_failure(code);
@@ -351,10 +340,7 @@ fn user_id(field: &str, v: &Option<String>) -> Result<String, Refusal> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || " !#$%&()+-:;<=.>?@[]^_{}|~".contains(c))
     {
-        return Err(bad(
-            660000002,
-            format!("{field} has a character ZIM refuses"),
-        ));
+        return Err(bad(660000002, format!("{field} has a character ZIM refuses")));
     }
     Ok(id.to_string())
 }
@@ -475,18 +461,13 @@ impl ZimApp {
                 "SignatureNonce was already used within the signature window (replay)",
             ));
         }
-        st.nonce_expiry
-            .push_back((ts + SKEW_SECS, nonce.to_string()));
+        st.nonce_expiry.push_back((ts + SKEW_SECS, nonce.to_string()));
         Ok(())
     }
 
     fn import(&self, body: &[u8], cx: &Ctx) -> Result<Reply, Refusal> {
-        let b: ImportBody = serde_json::from_slice(body).map_err(|e| {
-            bad(
-                660000002,
-                format!("the body is not a valid ImportPeerMsg: {e}"),
-            )
-        })?;
+        let b: ImportBody = serde_json::from_slice(body)
+            .map_err(|e| bad(660000002, format!("the body is not a valid ImportPeerMsg: {e}")))?;
         let from = user_id("FromUserId", &b.from_user_id)?;
         let to = user_id("ToUserId", &b.to_user_id)?;
         if from == to {
@@ -494,10 +475,7 @@ impl ZimApp {
         }
         let imported = user_id("ImportedUserId", &b.imported_user_id)?;
         if imported != from && imported != to {
-            return Err(bad(
-                660000002,
-                "ImportedUserId must be FromUserId or ToUserId",
-            ));
+            return Err(bad(660000002, "ImportedUserId must be FromUserId or ToUserId"));
         }
         let msg_type = b
             .message_type
@@ -512,9 +490,7 @@ impl ZimApp {
             }
             _ => return Err(bad(660000002, "unsupported MessageType")),
         }
-        let priority = b
-            .priority
-            .ok_or_else(|| bad(660000002, "Priority is missing"))?;
+        let priority = b.priority.ok_or_else(|| bad(660000002, "Priority is missing"))?;
         if !(1..=3).contains(&priority) {
             return Err(bad(660000002, "Priority must be 1, 2 or 3"));
         }
@@ -530,10 +506,7 @@ impl ZimApp {
             self.max_message
         };
         if message.len() > limit {
-            return Err(bad(
-                660400001,
-                format!("Message is longer than {limit} bytes"),
-            ));
+            return Err(bad(660400001, format!("Message is longer than {limit} bytes")));
         }
         if let Some(ext) = &mb.extended_data {
             if ext.len() > self.max_ext {
@@ -636,12 +609,8 @@ impl ZimApp {
     }
 
     fn query(&self, body: &[u8]) -> Result<Reply, Refusal> {
-        let b: QueryBody = serde_json::from_slice(body).map_err(|e| {
-            bad(
-                660000002,
-                format!("the body is not a valid QueryPeerMsg: {e}"),
-            )
-        })?;
+        let b: QueryBody = serde_json::from_slice(body)
+            .map_err(|e| bad(660000002, format!("the body is not a valid QueryPeerMsg: {e}")))?;
         let from = user_id("FromUserId", &b.from_user_id)?;
         let to = user_id("ToUserId", &b.to_user_id)?;
         let limit = b.limit.unwrap_or(0);
@@ -680,12 +649,8 @@ impl ZimApp {
     }
 
     fn register_call(&self, body: &[u8]) -> Result<Reply, Refusal> {
-        let b: RegisterBody = serde_json::from_slice(body).map_err(|e| {
-            bad(
-                660000002,
-                format!("the body is not a valid UserRegister: {e}"),
-            )
-        })?;
+        let b: RegisterBody = serde_json::from_slice(body)
+            .map_err(|e| bad(660000002, format!("the body is not a valid UserRegister: {e}")))?;
         let users = b.user_info.unwrap_or_default();
         if users.is_empty() || users.len() > 100 {
             return Err(bad(660000002, "UserInfo must hold 1 to 100 users"));

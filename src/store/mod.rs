@@ -17,6 +17,8 @@ use uuid::Uuid;
 
 use crate::config::DatabaseConfig;
 
+pub mod checkpoint;
+
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -586,53 +588,6 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-    }
-
-    /// Marks a job in flight before its request leaves; durable on return.
-    /// Returns the new attempt number, or None when the lease is gone.
-    pub async fn mark_in_flight(&self, lease: &Lease, job_id: i64) -> Result<Option<i32>, sqlx::Error> {
-        sqlx::query_scalar(
-            "UPDATE jobs SET status = 'in_flight', attempts = attempts + 1, updated_at = now()
-             WHERE id = $1 AND status IN ('pending', 'in_flight')
-               AND lane_id = (SELECT id FROM lanes
-                              WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
-                              FOR KEY SHARE)
-             RETURNING attempts",
-        )
-        .bind(job_id)
-        .bind(lease.lane_id)
-        .bind(lease.owner)
-        .bind(lease.token)
-        .fetch_optional(&self.pool)
-        .await
-    }
-
-    /// Checkpoints an accepted job with the provider's ids.
-    pub async fn record_done(
-        &self,
-        lease: &Lease,
-        job_id: i64,
-        ids: &ProviderIds,
-    ) -> Result<bool, sqlx::Error> {
-        let n = sqlx::query(
-            "UPDATE jobs SET status = 'done', provider_msg_id = $5, provider_msg_seq = $6,
-                    provider_request_id = $7, updated_at = now(), finished_at = now()
-             WHERE id = $1 AND status IN ('pending', 'in_flight')
-               AND lane_id = (SELECT id FROM lanes
-                              WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
-                              FOR KEY SHARE)",
-        )
-        .bind(job_id)
-        .bind(lease.lane_id)
-        .bind(lease.owner)
-        .bind(lease.token)
-        .bind(&ids.msg_id)
-        .bind(ids.msg_seq)
-        .bind(&ids.request_id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
     }
 
     /// Schedules another attempt. `in_doubt` keeps the job in_flight so the

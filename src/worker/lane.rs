@@ -129,7 +129,10 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                 else {
                     return Stop::Lost;
                 };
-                let reconcile_job = SendJob { known_ids: &known, ..send.clone() };
+                let reconcile_job = SendJob {
+                    known_ids: &known,
+                    ..send.clone()
+                };
                 let result = target.provider.reconcile(&reconcile_job).await;
                 let label = match &result {
                     Reconciled::Applied(_) => "applied",
@@ -147,7 +150,7 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                             request_id: a.request_id,
                         };
                         match with_db(valid_until, "checkpoint", || {
-                            w.store.record_done(lease, job.id, &ids)
+                            w.checkpoints.record_done(lease, job.id, &ids)
                         })
                         .await
                         {
@@ -193,7 +196,7 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                 return Stop::Release;
             }
             let attempt = match with_db(valid_until, "mark the job in flight", || {
-                w.store.mark_in_flight(lease, job.id)
+                w.checkpoints.mark_in_flight(lease, job.id)
             })
             .await
             {
@@ -205,7 +208,11 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
             let outcome = target.provider.send(&send).await;
             let (code, label) = match &outcome {
                 Outcome::Accepted(_) => (Some(0), "accepted"),
-                Outcome::RetryLater { code, throttled: true, .. } => (*code, "throttled"),
+                Outcome::RetryLater {
+                    code,
+                    throttled: true,
+                    ..
+                } => (*code, "throttled"),
                 Outcome::RetryLater { code, .. } => (*code, "retry_later"),
                 Outcome::Permanent { code, .. } => (*code, "permanent"),
                 Outcome::Unknown { .. } => (None, "unknown"),
@@ -223,7 +230,7 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                         request_id: a.request_id,
                     };
                     match with_db(valid_until, "checkpoint", || {
-                        w.store.record_done(lease, job.id, &ids)
+                        w.checkpoints.record_done(lease, job.id, &ids)
                     })
                     .await
                     {

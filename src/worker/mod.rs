@@ -78,6 +78,8 @@ pub struct Worker {
     live: AtomicU32,
     /// Set once shutdown began (`/readyz` says not ready).
     pub draining: Arc<AtomicBool>,
+    /// Group commit for in-flight marks and done checkpoints.
+    pub(crate) checkpoints: store::checkpoint::Checkpoints,
 }
 
 impl Worker {
@@ -97,6 +99,7 @@ impl Worker {
             })
             .collect();
         Arc::new(Worker {
+            checkpoints: store::checkpoint::Checkpoints::start(store.clone()),
             store,
             cfg: config.worker.clone(),
             targets,
@@ -124,32 +127,46 @@ impl Worker {
             Ok(factor) => {
                 if let Some(t) = self.targets.get(target) {
                     t.set_share(self.live.load(Ordering::Acquire), factor);
-                    tracing::info!(target_name = target, factor, rate = t.bucket.effective(), "rate-limit answer: slowing down");
+                    tracing::info!(
+                        target_name = target,
+                        factor,
+                        rate = t.bucket.effective(),
+                        "rate-limit answer: slowing down"
+                    );
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot record a rate-limit answer"),
         }
     }
 
-    /// Keeps the rate split current: live workers and the shared AIMD
-    /// factors, every couple of seconds; also refreshes the backlog gauge.
+    /// Recomputes the rate split: live workers and the shared AIMD factors.
+    async fn refresh_rates(&self) {
+        let live = self.store.worker_heartbeat(self.id, RATE_EVERY * 3).await;
+        let factors = self.store.rate_factors(RECOVER_PER_SEC).await;
+        if let (Ok(live), Ok(factors)) = (live, factors) {
+            let prev = self.live.swap(live, Ordering::AcqRel);
+            if prev != live {
+                tracing::info!(live_workers = live, "rate split changed");
+            }
+            let factors: HashMap<String, f64> = factors.into_iter().collect();
+            for (name, t) in &self.targets {
+                t.set_share(live, factors.get(name).copied().unwrap_or(1.0));
+                metrics::gauge!(crate::ops::metrics::RATE_SHARE, "target" => name.clone())
+                    .set(t.bucket.effective());
+            }
+        }
+    }
+
+    /// Keeps the rate split current every couple of seconds; also
+    /// refreshes the backlog gauge.
     async fn rate_control(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = 0u64;
         loop {
-            let live = self.store.worker_heartbeat(self.id, RATE_EVERY * 3).await;
-            let factors = self.store.rate_factors(RECOVER_PER_SEC).await;
-            if let (Ok(live), Ok(factors)) = (live, factors) {
-                let prev = self.live.swap(live, Ordering::AcqRel);
-                if prev != live {
-                    tracing::info!(live_workers = live, "rate split changed");
-                }
-                let factors: HashMap<String, f64> = factors.into_iter().collect();
-                for (name, t) in &self.targets {
-                    t.set_share(live, factors.get(name).copied().unwrap_or(1.0));
-                    metrics::gauge!(crate::ops::metrics::RATE_SHARE, "target" => name.clone())
-                        .set(t.bucket.effective());
-                }
+            tokio::select! {
+                _ = tokio::time::sleep(RATE_EVERY) => {}
+                _ = stop.cancelled() => return,
             }
+            self.refresh_rates().await;
             if tick % 15 == 0 {
                 if let Ok(counts) = self.store.backlog().await {
                     for (status, n) in counts {
@@ -158,10 +175,6 @@ impl Worker {
                 }
             }
             tick += 1;
-            tokio::select! {
-                _ = tokio::time::sleep(RATE_EVERY) => {}
-                _ = stop.cancelled() => return,
-            }
         }
     }
 
@@ -220,6 +233,9 @@ impl Worker {
         }
         tracing::info!(worker = %self.id, concurrency = self.cfg.concurrency, targets = ?self.targets.keys().collect::<Vec<_>>(), "worker started");
 
+        // Take this process's share before the first call: a replica that
+        // joins must not start at the full rate.
+        self.refresh_rates().await;
         let lanes_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(self.clone().heartbeat(lanes_stop.clone()));
         let rates_stop = CancellationToken::new();

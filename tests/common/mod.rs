@@ -310,3 +310,4 @@ pub async fn run_until_idle(db: &TestDb, cfg: &Config) -> chatferry::worker::Run
         .await
         .unwrap()
 }
+pub mod provider;

@@ -75,9 +75,7 @@ impl Reply {
 
 impl TestSim {
     pub async fn start(config: &Config, opts: SimOptions) -> TestSim {
-        let sim = Simulator::start(config, opts)
-            .await
-            .expect("simulator starts");
+        let sim = Simulator::start(config, opts).await.expect("simulator starts");
         let base = sim.base_url();
         TestSim {
             sim,
@@ -153,11 +151,7 @@ impl TestSim {
             .send()
             .await
             .expect("simulator answers");
-        assert!(
-            r.status().is_success(),
-            "GET {path_and_query}: {}",
-            r.status()
-        );
+        assert!(r.status().is_success(), "GET {path_and_query}: {}", r.status());
         r.json().await.expect("JSON answer")
     }
 
@@ -200,10 +194,7 @@ impl TestSim {
             if check(&s) {
                 return s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {s}"
-            );
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {s}");
             tokio::task::yield_now().await;
         }
     }

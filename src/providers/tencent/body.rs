@@ -17,13 +17,22 @@
 //! loader hands out distinct indexes within one load) and their ids hash
 //! to the same 32 bits: possible only across separate loads, at odds of
 //! 2^-32 per such pair.
+//!
+//! `MsgBody` elements (README, "Input"): text → `TIMTextElem`, custom →
+//! `TIMCustomElem`, face → `TIMFaceElem`, location → `TIMLocationElem`,
+//! image → `TIMImageElem`, audio → `TIMSoundElem`, file → `TIMFileElem`,
+//! video → `TIMVideoFileElem`; `native` is a `MsgBody` array used as it is.
+//! Every body, native ones included, passes [`check_elements`]: known
+//! element types, each with its required fields, at most one
+//! `TIMCustomElem`; and the whole encoded body fits `max_message_bytes`.
 
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::TencentTarget;
 use crate::load::input::InputMessage;
+use crate::providers::zim::body::{default_media_uid, file_name_from_url};
 use crate::providers::{conversation_id, PlanContext, PlannedJob};
 
 /// Highest same-millisecond index that still fits MsgSeq's slot.
@@ -83,6 +92,309 @@ pub fn check_user_id(field: &str, id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `Download_Flag` for media kept at the sender's URL: download from `Url`.
+const DOWNLOAD_FROM_URL: u8 = 2;
+
+/// The required fields of each element type; `MsgContent` must hold them.
+const REQUIRED: &[(&str, &[&str])] = &[
+    ("TIMTextElem", &["Text"]),
+    ("TIMFaceElem", &["Index"]),
+    ("TIMLocationElem", &["Latitude", "Longitude"]),
+    ("TIMCustomElem", &["Data"]),
+    ("TIMSoundElem", &["Url", "Size", "Second", "Download_Flag"]),
+    ("TIMImageElem", &["UUID", "ImageFormat", "ImageInfoArray"]),
+    ("TIMFileElem", &["Url", "FileSize", "FileName", "Download_Flag"]),
+    (
+        "TIMVideoFileElem",
+        &[
+            "VideoUrl",
+            "VideoSize",
+            "VideoSecond",
+            "VideoFormat",
+            "VideoDownloadFlag",
+            "ThumbUrl",
+            "ThumbSize",
+            "ThumbWidth",
+            "ThumbHeight",
+            "ThumbFormat",
+            "ThumbDownloadFlag",
+        ],
+    ),
+];
+
+/// Checks a `MsgBody` against the element rules: a non-empty array of
+/// `{"MsgType", "MsgContent"}` of documented types, each with its required
+/// fields, and at most one `TIMCustomElem`.
+pub fn check_elements(body: &Value) -> Result<(), String> {
+    let elems = body.as_array().ok_or("MsgBody must be an array of elements")?;
+    if elems.is_empty() {
+        return Err("MsgBody is empty; a message needs at least one element".into());
+    }
+    let mut customs = 0;
+    for (i, e) in elems.iter().enumerate() {
+        let kind = e
+            .get("MsgType")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("MsgBody[{i}].MsgType is missing or not a string"))?;
+        let content = e
+            .get("MsgContent")
+            .and_then(Value::as_object)
+            .ok_or_else(|| format!("MsgBody[{i}].MsgContent is missing or not an object"))?;
+        let (_, required) = REQUIRED.iter().find(|(k, _)| *k == kind).ok_or_else(|| {
+            format!("MsgBody[{i}].MsgType {kind:?} is not an element type Tencent IM documents")
+        })?;
+        if let Some(f) = required.iter().find(|f| missing(content.get(**f))) {
+            return Err(format!("MsgBody[{i}] ({kind}) lacks the required field {f}"));
+        }
+        if kind == "TIMCustomElem" {
+            customs += 1;
+            if customs > 1 {
+                return Err(
+                    "MsgBody holds more than one TIMCustomElem; Tencent allows one per message".into(),
+                );
+            }
+        }
+        if kind == "TIMImageElem" {
+            let infos = content["ImageInfoArray"]
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| format!("MsgBody[{i}].ImageInfoArray must be a non-empty array"))?;
+            for (j, info) in infos.iter().enumerate() {
+                if let Some(f) = ["Type", "Size", "Width", "Height", "URL"]
+                    .iter()
+                    .find(|f| missing(info.get(**f)))
+                {
+                    return Err(format!(
+                        "MsgBody[{i}].ImageInfoArray[{j}] lacks the required field {f}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn missing(v: Option<&Value>) -> bool {
+    v.map_or(true, Value::is_null)
+}
+
+/// The file extension of a URL's last path segment, lowercased.
+fn extension(url: &str) -> Option<String> {
+    let name = file_name_from_url(url)?;
+    let (_, ext) = name.rsplit_once('.')?;
+    (!ext.is_empty() && ext.len() <= 8 && ext.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| ext.to_ascii_lowercase())
+}
+
+/// `ImageFormat`: a number as given, or from a name or the URL's
+/// extension: JPG 1, GIF 2, PNG 3, BMP 4, anything else 255.
+fn image_format(format: Option<&Value>, url: &str) -> Result<u64, String> {
+    let name = match format {
+        Some(Value::Number(n)) => {
+            return n.as_u64().filter(|n| (1..=255).contains(n)).ok_or_else(|| {
+                format!("format {n} is not an ImageFormat (1 JPG, 2 GIF, 3 PNG, 4 BMP, 255 other)")
+            })
+        }
+        Some(Value::String(s)) => Some(s.trim_start_matches('.').to_ascii_lowercase()),
+        Some(other) => return Err(format!("format must be a string or a number, not {other}")),
+        None => extension(url),
+    };
+    Ok(match name.as_deref() {
+        Some("jpg" | "jpeg") => 1,
+        Some("gif") => 2,
+        Some("png") => 3,
+        Some("bmp") => 4,
+        _ => 255,
+    })
+}
+
+/// `VideoFormat`: as given, else the URL's extension, else `mp4`.
+fn video_format(format: Option<&Value>, url: &str) -> Result<String, String> {
+    match format {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Value::String(_)) => Err("format is empty".into()),
+        Some(other) => Err(format!(
+            "format of a video is a string such as \"mp4\", not {other}"
+        )),
+        None => Ok(extension(url).unwrap_or_else(|| "mp4".into())),
+    }
+}
+
+fn need<'a, T: ?Sized>(v: Option<&'a T>, field: &str, kind: &str) -> Result<&'a T, String> {
+    v.ok_or_else(|| format!("{kind} message needs the field `{field}`"))
+}
+
+fn non_empty<'a>(v: Option<&'a str>, field: &str, kind: &str) -> Result<&'a str, String> {
+    let s = need(v, field, kind)?;
+    if s.is_empty() {
+        return Err(format!("{field} is empty"));
+    }
+    Ok(s)
+}
+
+fn elem(kind: &str, content: Value) -> Value {
+    json!([{"MsgType": kind, "MsgContent": content}])
+}
+
+/// The `MsgBody` of a message.
+fn msg_body(m: &InputMessage, conversation: &str) -> Result<Value, String> {
+    let uid = || {
+        m.uid
+            .clone()
+            .unwrap_or_else(|| default_media_uid(conversation, &m.id))
+    };
+    let body = match m.kind.as_str() {
+        "text" => {
+            let text = m.text.as_deref().ok_or("a text message needs the field `text`")?;
+            elem("TIMTextElem", json!({"Text": text}))
+        }
+        "custom" => {
+            let data = m
+                .data
+                .as_deref()
+                .ok_or("a custom message needs the field `data`")?;
+            let mut c = Map::new();
+            c.insert("Data".into(), json!(data));
+            if let Some(d) = &m.desc {
+                c.insert("Desc".into(), json!(d));
+            }
+            if let Some(e) = &m.custom_ext {
+                c.insert("Ext".into(), json!(e));
+            }
+            elem("TIMCustomElem", Value::Object(c))
+        }
+        "face" => {
+            let index = *need(m.face_index.as_ref(), "face_index", "a face")?;
+            elem(
+                "TIMFaceElem",
+                json!({"Index": index, "Data": m.face_data.as_deref().unwrap_or("")}),
+            )
+        }
+        "location" => {
+            let lat = *need(m.latitude.as_ref(), "latitude", "a location")?;
+            let lon = *need(m.longitude.as_ref(), "longitude", "a location")?;
+            if !(-90.0..=90.0).contains(&lat) {
+                return Err(format!("latitude {lat} is outside -90..=90"));
+            }
+            if !(-180.0..=180.0).contains(&lon) {
+                return Err(format!("longitude {lon} is outside -180..=180"));
+            }
+            elem(
+                "TIMLocationElem",
+                json!({"Desc": m.desc.as_deref().unwrap_or(""), "Latitude": lat, "Longitude": lon}),
+            )
+        }
+        "image" => {
+            let url = non_empty(m.url.as_deref(), "url", "an image")?;
+            let info = |t: u8, u: &str, size: Option<u64>, w: Option<u32>, h: Option<u32>| {
+                json!({"Type": t, "Size": size.unwrap_or(0), "Width": w.unwrap_or(0),
+                       "Height": h.unwrap_or(0), "URL": u})
+            };
+            let original = info(1, url, m.size, m.width, m.height);
+            // Clients show the large image in the viewer and the thumbnail in
+            // the chat: without their own, both fall back to the original.
+            let large = match m.large_url.as_deref() {
+                Some(u) => info(
+                    2,
+                    non_empty(Some(u), "large_url", "an image")?,
+                    m.large_size,
+                    m.large_width,
+                    m.large_height,
+                ),
+                None => info(2, url, m.size, m.width, m.height),
+            };
+            let thumb = match m.thumbnail_url.as_deref() {
+                Some(u) => info(
+                    3,
+                    non_empty(Some(u), "thumbnail_url", "an image")?,
+                    m.thumbnail_size,
+                    m.thumbnail_width,
+                    m.thumbnail_height,
+                ),
+                None => info(3, url, m.size, m.width, m.height),
+            };
+            elem(
+                "TIMImageElem",
+                json!({"UUID": uid(), "ImageFormat": image_format(m.format.as_ref(), url)?,
+                       "ImageInfoArray": [original, large, thumb]}),
+            )
+        }
+        "audio" => {
+            let url = non_empty(m.url.as_deref(), "url", "an audio")?;
+            elem(
+                "TIMSoundElem",
+                json!({"Url": url, "UUID": uid(), "Size": m.size.unwrap_or(0),
+                       "Second": m.duration_secs.unwrap_or(0), "Download_Flag": DOWNLOAD_FROM_URL}),
+            )
+        }
+        "file" => {
+            let url = non_empty(m.url.as_deref(), "url", "a file")?;
+            let name = match m.file_name.as_deref() {
+                Some(n) => non_empty(Some(n), "file_name", "a file")?,
+                None => file_name_from_url(url)
+                    .ok_or("a file message needs `file_name` (its url has no file name to take)")?,
+            };
+            elem(
+                "TIMFileElem",
+                json!({"Url": url, "UUID": uid(), "FileSize": m.size.unwrap_or(0),
+                       "FileName": name, "Download_Flag": DOWNLOAD_FROM_URL}),
+            )
+        }
+        "video" => {
+            let url = non_empty(m.url.as_deref(), "url", "a video")?;
+            let thumb = non_empty(m.thumbnail_url.as_deref(), "thumbnail_url", "a video")?;
+            let thumb_format = match m.thumbnail_format.as_deref() {
+                Some(f) => non_empty(Some(f), "thumbnail_format", "a video")?.to_string(),
+                None => extension(thumb).unwrap_or_else(|| "jpg".into()),
+            };
+            let uid = uid();
+            elem(
+                "TIMVideoFileElem",
+                json!({
+                    "VideoUrl": url,
+                    "VideoUUID": uid,
+                    "VideoSize": m.size.unwrap_or(0),
+                    "VideoSecond": m.duration_secs.unwrap_or(0),
+                    "VideoFormat": video_format(m.format.as_ref(), url)?,
+                    "VideoDownloadFlag": DOWNLOAD_FROM_URL,
+                    "ThumbUrl": thumb,
+                    "ThumbUUID": format!("{uid}-thumb"),
+                    "ThumbSize": m.thumbnail_size.unwrap_or(0),
+                    "ThumbWidth": m.thumbnail_width.unwrap_or(0),
+                    "ThumbHeight": m.thumbnail_height.unwrap_or(0),
+                    "ThumbFormat": thumb_format,
+                    "ThumbDownloadFlag": DOWNLOAD_FROM_URL,
+                }),
+            )
+        }
+        "native" => m
+            .native
+            .clone()
+            .ok_or("a native message needs `native`: the MsgBody array to send as it is")?,
+        "multi" => {
+            return Err(
+                "type \"multi\" exists in ZIM only; for Tencent send its parts as separate messages, \
+                 or as one native MsgBody with several elements"
+                    .into(),
+            )
+        }
+        other => {
+            return Err(format!(
+                "type {other:?} is not supported for Tencent targets (supported: text, custom, face, \
+                 location, image, audio, file, video, native)"
+            ))
+        }
+    };
+    check_elements(&body).map_err(|e| {
+        if m.kind == "native" {
+            format!("native: {e}")
+        } else {
+            e
+        }
+    })?;
+    Ok(body)
+}
+
 /// Derives the one job of a message.
 pub fn plan(t: &TencentTarget, m: &InputMessage, ctx: PlanContext) -> Result<Vec<PlannedJob>, String> {
     check_user_id("from", &m.from)?;
@@ -99,25 +411,8 @@ pub fn plan(t: &TencentTarget, m: &InputMessage, ctx: PlanContext) -> Result<Vec
     if m.sent_at_ms > ctx.now_ms {
         return Err(format!("sent_at_ms {} is in the future", m.sent_at_ms));
     }
-    let msg_body = match m.kind.as_str() {
-        "text" => {
-            let text = m.text.as_deref().ok_or("a text message needs the field `text`")?;
-            json!([{"MsgType": "TIMTextElem", "MsgContent": {"Text": text}}])
-        }
-        "custom" => {
-            let data = m
-                .data
-                .as_deref()
-                .ok_or("a custom message needs the field `data`")?;
-            json!([{"MsgType": "TIMCustomElem", "MsgContent": {"Data": data}}])
-        }
-        other => {
-            return Err(format!(
-                "type {other:?} is not supported for Tencent targets (supported: text, custom)"
-            ))
-        }
-    };
     let conversation = conversation_id(&m.from, &m.to);
+    let msg_body = msg_body(m, &conversation)?;
     let body = ImportMsg {
         sync_from_old_system: t.sync_mode.wire(),
         from: &m.from,
@@ -147,6 +442,295 @@ pub fn plan(t: &TencentTarget, m: &InputMessage, ctx: PlanContext) -> Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, TargetConfig};
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn target(extra: &str) -> TencentTarget {
+        let c = Config::from_toml(&format!(
+            "[targets.t]\nkind = \"tencent\"\nendpoint = \"http://127.0.0.1:9/\"\nsdk_app_id = 1\n\
+             admin_identifier = \"admin\"\nsecret_key = \"k\"\n{extra}"
+        ))
+        .unwrap();
+        match c.targets["t"].clone() {
+            TargetConfig::Tencent(t) => t,
+            _ => unreachable!(),
+        }
+    }
+
+    fn plan_with(t: &TencentTarget, fields: Value) -> Result<Value, String> {
+        let mut v = json!({"id": "m1", "from": "alice", "to": "bob", "sent_at_ms": NOW - 1500});
+        v.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        let m = crate::load::input::parse_line(v.to_string().as_bytes()).unwrap();
+        let ctx = PlanContext {
+            now_ms: NOW,
+            same_ms_index: 0,
+        };
+        plan(t, &m, ctx).map(|jobs| {
+            assert_eq!(jobs.len(), 1);
+            serde_json::from_str(&jobs[0].body).unwrap()
+        })
+    }
+
+    /// The only element of the body's MsgBody.
+    fn element(fields: Value) -> Value {
+        let b = plan_with(&target(""), fields).unwrap();
+        let body = b["MsgBody"].as_array().unwrap();
+        assert_eq!(body.len(), 1, "{b}");
+        body[0].clone()
+    }
+
+    fn refused(fields: Value) -> String {
+        plan_with(&target(""), fields).unwrap_err()
+    }
+
+    fn uid() -> String {
+        default_media_uid(&conversation_id("alice", "bob"), "m1")
+    }
+
+    #[test]
+    fn text_and_custom() {
+        let b = plan_with(&target(""), json!({"type": "text", "text": "hi", "ext": "cc"})).unwrap();
+        assert_eq!(
+            b["MsgBody"],
+            json!([{"MsgType": "TIMTextElem", "MsgContent": {"Text": "hi"}}])
+        );
+        assert_eq!(b["CloudCustomData"], "cc");
+        assert_eq!(b["MsgTimeStamp"], (NOW - 1500) / 1000);
+        assert_eq!(
+            element(json!({"type": "custom", "data": "d"})),
+            json!({"MsgType": "TIMCustomElem", "MsgContent": {"Data": "d"}})
+        );
+        assert_eq!(
+            element(json!({"type": "custom", "data": "d", "desc": "a card", "custom_ext": "x"})),
+            json!({"MsgType": "TIMCustomElem", "MsgContent": {"Data": "d", "Desc": "a card", "Ext": "x"}})
+        );
+    }
+
+    #[test]
+    fn face_and_location() {
+        assert_eq!(
+            element(json!({"type": "face", "face_index": 3, "face_data": "smile"})),
+            json!({"MsgType": "TIMFaceElem", "MsgContent": {"Index": 3, "Data": "smile"}})
+        );
+        assert_eq!(
+            element(json!({"type": "face", "face_index": 0}))["MsgContent"],
+            json!({"Index": 0, "Data": ""})
+        );
+        assert_eq!(
+            element(json!({"type": "location", "latitude": 22.5, "longitude": -113.25, "desc": "pier"})),
+            json!({"MsgType": "TIMLocationElem",
+                   "MsgContent": {"Desc": "pier", "Latitude": 22.5, "Longitude": -113.25}})
+        );
+    }
+
+    #[test]
+    fn image_has_original_large_and_thumbnail() {
+        let e = element(json!({
+            "type": "image", "url": "https://cdn/o.png", "size": 100, "width": 800, "height": 600,
+            "large_url": "https://cdn/l.png", "large_size": 50, "large_width": 400, "large_height": 300,
+            "thumbnail_url": "https://cdn/t.png", "thumbnail_size": 5, "thumbnail_width": 80,
+            "thumbnail_height": 60, "uuid": "img-1",
+        }));
+        assert_eq!(
+            e,
+            json!({"MsgType": "TIMImageElem", "MsgContent": {
+            "UUID": "img-1", "ImageFormat": 3, "ImageInfoArray": [
+                {"Type": 1, "Size": 100, "Width": 800, "Height": 600, "URL": "https://cdn/o.png"},
+                {"Type": 2, "Size": 50, "Width": 400, "Height": 300, "URL": "https://cdn/l.png"},
+                {"Type": 3, "Size": 5, "Width": 80, "Height": 60, "URL": "https://cdn/t.png"},
+            ]}})
+        );
+        // Only the URL: large and thumbnail fall back to the original.
+        let e = element(json!({"type": "image", "url": "https://cdn/photo.JPEG?x=1"}));
+        let c = &e["MsgContent"];
+        assert_eq!(c["UUID"], uid());
+        assert_eq!(c["ImageFormat"], 1);
+        let urls: Vec<&Value> = c["ImageInfoArray"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| &i["URL"])
+            .collect();
+        assert_eq!(urls, vec!["https://cdn/photo.JPEG?x=1"; 3]);
+        let format = |f: Value, url: &str| {
+            element(json!({"type": "image", "url": url, "format": f}))["MsgContent"]["ImageFormat"].clone()
+        };
+        assert_eq!(format(json!("gif"), "https://cdn/x"), 2);
+        assert_eq!(format(json!(".bmp"), "https://cdn/x"), 4);
+        assert_eq!(format(json!(4), "https://cdn/x.png"), 4);
+        assert_eq!(format(json!("webp"), "https://cdn/x.png"), 255);
+        assert_eq!(
+            element(json!({"type": "image", "url": "https://cdn/noext"}))["MsgContent"]["ImageFormat"],
+            255
+        );
+    }
+
+    #[test]
+    fn audio_file_and_video() {
+        assert_eq!(
+            element(json!({"type": "audio", "url": "https://cdn/v.amr", "size": 9, "duration_secs": 4})),
+            json!({"MsgType": "TIMSoundElem", "MsgContent": {
+                "Url": "https://cdn/v.amr", "UUID": uid(), "Size": 9, "Second": 4, "Download_Flag": 2}})
+        );
+        assert_eq!(
+            element(json!({"type": "file", "url": "https://cdn/d/r.pdf", "size": 7, "uid": "f"})),
+            json!({"MsgType": "TIMFileElem", "MsgContent": {
+                "Url": "https://cdn/d/r.pdf", "UUID": "f", "FileSize": 7, "FileName": "r.pdf",
+                "Download_Flag": 2}})
+        );
+        assert_eq!(
+            element(json!({"type": "file", "url": "https://cdn/d/r.pdf", "file_name": "Report"}))
+                ["MsgContent"]["FileName"],
+            "Report"
+        );
+        assert_eq!(
+            element(json!({
+                "type": "video", "url": "https://cdn/c.MOV", "size": 1000, "duration_secs": 12, "uid": "v",
+                "thumbnail_url": "https://cdn/c.png", "thumbnail_size": 10, "thumbnail_width": 320,
+                "thumbnail_height": 180,
+            })),
+            json!({"MsgType": "TIMVideoFileElem", "MsgContent": {
+                "VideoUrl": "https://cdn/c.MOV", "VideoUUID": "v", "VideoSize": 1000, "VideoSecond": 12,
+                "VideoFormat": "mov", "VideoDownloadFlag": 2,
+                "ThumbUrl": "https://cdn/c.png", "ThumbUUID": "v-thumb", "ThumbSize": 10, "ThumbWidth": 320,
+                "ThumbHeight": 180, "ThumbFormat": "png", "ThumbDownloadFlag": 2}})
+        );
+        let c = element(
+            json!({"type": "video", "url": "https://cdn/c", "thumbnail_url": "https://cdn/t",
+                               "format": "mkv", "thumbnail_format": "webp"}),
+        )["MsgContent"]
+            .clone();
+        assert_eq!(
+            (c["VideoFormat"].clone(), c["ThumbFormat"].clone()),
+            (json!("mkv"), json!("webp"))
+        );
+        let c = element(json!({"type": "video", "url": "https://cdn/c", "thumbnail_url": "https://cdn/t"}))
+            ["MsgContent"]
+            .clone();
+        assert_eq!(
+            (c["VideoFormat"].clone(), c["ThumbFormat"].clone()),
+            (json!("mp4"), json!("jpg"))
+        );
+    }
+
+    #[test]
+    fn native_is_used_as_it_is() {
+        let native = json!([
+            {"MsgType": "TIMTextElem", "MsgContent": {"Text": "look"}},
+            {"MsgType": "TIMFaceElem", "MsgContent": {"Index": 1, "Data": "x"}},
+            {"MsgType": "TIMCustomElem", "MsgContent": {"Data": "d", "Sound": "s"}},
+        ]);
+        let b = plan_with(&target(""), json!({"type": "native", "native": native.clone()})).unwrap();
+        assert_eq!(b["MsgBody"], native);
+    }
+
+    #[test]
+    fn element_rules() {
+        let e = refused(json!({"type": "native", "native": [
+            {"MsgType": "TIMCustomElem", "MsgContent": {"Data": "a"}},
+            {"MsgType": "TIMCustomElem", "MsgContent": {"Data": "b"}},
+        ]}));
+        assert_eq!(
+            e,
+            "native: MsgBody holds more than one TIMCustomElem; Tencent allows one per message"
+        );
+        let e = refused(
+            json!({"type": "native", "native": [{"MsgType": "TIMSoundElem", "MsgContent": {"Url": "u"}}]}),
+        );
+        assert_eq!(
+            e,
+            "native: MsgBody[0] (TIMSoundElem) lacks the required field Size"
+        );
+        let e = refused(json!({"type": "native", "native": [{"MsgType": "TIMNopeElem", "MsgContent": {}}]}));
+        assert!(
+            e.contains("\"TIMNopeElem\" is not an element type Tencent IM documents"),
+            "{e}"
+        );
+        let e = refused(json!({"type": "native", "native": [{"MsgType": "TIMTextElem"}]}));
+        assert!(e.contains("MsgBody[0].MsgContent is missing"), "{e}");
+        assert!(refused(json!({"type": "native", "native": []})).contains("MsgBody is empty"));
+        assert!(refused(json!({"type": "native", "native": {"Text": "x"}})).contains("must be an array"));
+        assert!(refused(json!({"type": "native"})).contains("needs `native`"));
+        let e = refused(
+            json!({"type": "native", "native": [{"MsgType": "TIMImageElem", "MsgContent": {
+            "UUID": "u", "ImageFormat": 1, "ImageInfoArray": [{"Type": 1, "Size": 1, "Width": 1, "Height": 1}]}}]}),
+        );
+        assert_eq!(
+            e,
+            "native: MsgBody[0].ImageInfoArray[0] lacks the required field URL"
+        );
+        let e = refused(
+            json!({"type": "native", "native": [{"MsgType": "TIMImageElem", "MsgContent": {
+            "UUID": "u", "ImageFormat": 1, "ImageInfoArray": []}}]}),
+        );
+        assert!(e.contains("ImageInfoArray must be a non-empty array"), "{e}");
+    }
+
+    #[test]
+    fn missing_fields_and_kinds_are_refused() {
+        assert_eq!(
+            refused(json!({"type": "face"})),
+            "a face message needs the field `face_index`"
+        );
+        assert_eq!(
+            refused(json!({"type": "location", "latitude": 1.0})),
+            "a location message needs the field `longitude`"
+        );
+        assert!(
+            refused(json!({"type": "location", "latitude": 91.0, "longitude": 0.0})).contains("latitude 91")
+        );
+        assert!(
+            refused(json!({"type": "location", "latitude": 0.0, "longitude": -181.0}))
+                .contains("longitude -181")
+        );
+        assert_eq!(
+            refused(json!({"type": "image"})),
+            "an image message needs the field `url`"
+        );
+        assert_eq!(refused(json!({"type": "audio", "url": ""})), "url is empty");
+        assert!(refused(json!({"type": "file", "url": "https://cdn/"})).contains("needs `file_name`"));
+        assert_eq!(
+            refused(json!({"type": "video", "url": "https://cdn/v.mp4"})),
+            "a video message needs the field `thumbnail_url`"
+        );
+        assert!(refused(json!({"type": "image", "url": "u", "format": 0})).contains("is not an ImageFormat"));
+        assert!(refused(json!({"type": "image", "url": "u", "format": [1]})).contains("string or a number"));
+        let e = refused(json!({"type": "video", "url": "u", "thumbnail_url": "t", "format": 5}));
+        assert!(e.contains("format of a video is a string"), "{e}");
+        assert!(refused(json!({"type": "multi", "items": []})).contains("exists in ZIM only"));
+        let e = refused(json!({"type": "sticker"}));
+        assert!(
+            e.contains("supported: text, custom, face, location, image, audio, file, video, native"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn whole_message_limit_counts_the_encoded_body() {
+        let t = target("max_message_bytes = 700");
+        let ok = plan_with(
+            &t,
+            json!({"type": "image", "url": format!("https://cdn/{}", "u".repeat(60))}),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        let e = plan_with(
+            &t,
+            json!({"type": "image", "url": format!("https://cdn/{}", "u".repeat(200))}),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("once encoded; Tencent allows 700 (max_message_bytes)"),
+            "{e}"
+        );
+        // The default is 12 KB.
+        assert_eq!(target("").max_message_bytes, 12 * 1024);
+        let e = refused(json!({"type": "native", "native": [{"MsgType": "TIMCustomElem",
+                               "MsgContent": {"Data": "d".repeat(12 * 1024)}}]}));
+        assert!(e.contains("Tencent allows 12288"), "{e}");
+    }
 
     #[test]
     fn msg_seq_follows_ms_then_index_and_fits_u32() {

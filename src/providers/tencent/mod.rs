@@ -18,7 +18,6 @@ use crate::config::{tencent_base_url, TencentTarget};
 use crate::providers::zim::{describe_outcome, int_field};
 use crate::ratelimit;
 
-
 pub mod body;
 pub mod codes;
 pub mod usersig;
@@ -119,24 +118,29 @@ impl TencentClient {
             .map_err(|e| transport_outcome(&e))?;
         let status = resp.status();
         let bytes = read_capped(resp, MAX_ANSWER).await?;
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(v @ Value::Object(_)) if v.get("ActionStatus").is_some() || v.get("ErrorCode").is_some() => {
-                Ok(v)
-            }
-            _ if !status.is_success() => Err(super::http_status_outcome(status, &bytes)),
-            _ => Err(Outcome::Unknown {
-                reason: format!(
-                    "HTTP {} with an answer that is not Tencent's JSON: {}",
-                    status.as_u16(),
-                    snippet(&bytes)
-                ),
-            }),
-        }
+        parse_answer(status.as_u16(), &bytes)
     }
 
     /// The target name this client serves.
     pub fn target(&self) -> &str {
         &self.target
+    }
+}
+
+/// Parses a Tencent answer (HTTP status and body) into its JSON object,
+/// or the outcome that an unusable answer means. Never panics.
+pub fn parse_answer(status: u16, bytes: &[u8]) -> Result<Value, Outcome> {
+    let status = reqwest::StatusCode::from_u16(status).unwrap_or(reqwest::StatusCode::BAD_GATEWAY);
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(v @ Value::Object(_)) if v.get("ActionStatus").is_some() || v.get("ErrorCode").is_some() => Ok(v),
+        _ if !status.is_success() => Err(super::http_status_outcome(status, bytes)),
+        _ => Err(Outcome::Unknown {
+            reason: format!(
+                "HTTP {} with an answer that is not Tencent's JSON: {}",
+                status.as_u16(),
+                snippet(bytes)
+            ),
+        }),
     }
 }
 
@@ -229,11 +233,19 @@ fn fingerprint_of(v: &Value) -> Option<String> {
 impl TencentClient {
     /// Posts to an API and classifies the answer; a `RetryLater` or an
     /// unknown outcome is retried a few times (these calls are idempotent).
-    async fn idempotent_call(&self, api: &str, body: &str, bucket: &ratelimit::Bucket) -> Result<Value, String> {
+    async fn idempotent_call(
+        &self,
+        api: &str,
+        body: &str,
+        bucket: &ratelimit::Bucket,
+    ) -> Result<Value, String> {
         let mut attempt = 0u32;
         loop {
             bucket.until_ready().await;
-            let r = self.call(api, body, attempt > 0).await.map(|v| (classify_answer(&v, None), v));
+            let r = self
+                .call(api, body, attempt > 0)
+                .await
+                .map(|v| (classify_answer(&v, None), v));
             match r {
                 Ok((Outcome::Accepted(_), v)) => return Ok(v),
                 Ok((Outcome::RetryLater { .. } | Outcome::Unknown { .. }, _))
@@ -254,7 +266,11 @@ impl TencentClient {
             let list: Vec<Value> = chunk.iter().map(|u| json!({"UserID": u})).collect();
             let body = json!({"AccountList": list}).to_string();
             let v = self
-                .idempotent_call("v4/im_open_login_svc/multiaccount_import", &body, &self.account_bucket)
+                .idempotent_call(
+                    "v4/im_open_login_svc/multiaccount_import",
+                    &body,
+                    &self.account_bucket,
+                )
                 .await?;
             let failed: Vec<String> = v
                 .get("FailAccounts")
@@ -264,7 +280,11 @@ impl TencentClient {
                 .filter_map(|x| x.as_str().map(str::to_string))
                 .collect();
             out.ok += chunk.len() - failed.len();
-            out.failed.extend(failed.into_iter().map(|u| (u, "refused by multiaccount_import".to_string())));
+            out.failed.extend(
+                failed
+                    .into_iter()
+                    .map(|u| (u, "refused by multiaccount_import".to_string())),
+            );
         }
         Ok(out)
     }
@@ -283,7 +303,11 @@ impl Provider for TencentClient {
             };
             // An expired or invalidated UserSig is refused before anything
             // is applied: regenerate it once, then fail loudly.
-            if let Outcome::Halt { code: Some(70001 | 70052), .. } = outcome {
+            if let Outcome::Halt {
+                code: Some(70001 | 70052),
+                ..
+            } = outcome
+            {
                 if !regenerated {
                     regenerated = true;
                     continue;
@@ -350,14 +374,21 @@ impl Provider for TencentClient {
                 body["LastMsgKey"] = json!(k);
             }
             let v = self
-                .idempotent_call("v4/openim/admin_getroammsg", &body.to_string(), &self.query_bucket)
+                .idempotent_call(
+                    "v4/openim/admin_getroammsg",
+                    &body.to_string(),
+                    &self.query_bucket,
+                )
                 .await?;
             for m in v.get("MsgList").and_then(Value::as_array).into_iter().flatten() {
                 if let Some(fp) = fingerprint_of(m) {
                     out.push((
                         int_field(m, "MsgTimeStamp").unwrap_or(0),
                         int_field(m, "MsgSeq").unwrap_or(0),
-                        ReadBack { fingerprint: fp, msg_id: m.get("MsgKey").and_then(Value::as_str).map(str::to_string) },
+                        ReadBack {
+                            fingerprint: fp,
+                            msg_id: m.get("MsgKey").and_then(Value::as_str).map(str::to_string),
+                        },
                     ));
                 }
             }

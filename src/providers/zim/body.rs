@@ -1,9 +1,32 @@
 //! ZIM `ImportPeerMsg` request bodies, built and checked at load.
+//!
+//! Text (1) and custom (200) carry their content in `MessageBody.Message`
+//! as is. Media types carry a JSON object **as a string** there
+//! (providers.md):
+//!
+//! - image (11): `{"Uid", "Origin": {"Url", "Width", "Height"},
+//!   "LargeImage"?: {..same..}, "Thumbnail"?: {..same..}, "FileName"?, "Size"?}`;
+//! - file (12), audio (13), video (14): `{"Uid", "Url", "FileName", "Size"}`,
+//!   audio and video with `"MediaDuration"` (seconds), video with
+//!   `"Thumbnail"?: {"Url", "Width", "Height"}`;
+//! - multi-item (10): `{"MessageInfoList": [{"MessageType", "Message",
+//!   "SubMsgType"?}, ..]}` where a media part's `Message` is the object
+//!   itself (not a nested string). This layout is chatferry's choice: the
+//!   provider's is not documented; `native` sends any other verbatim.
+//!
+//! Limits checked here, each refusal naming the field and the limit: media
+//! URLs 500 bytes, file names 150 bytes, `Message` `max_message_bytes`
+//! (multi-item: `max_multi_message_bytes`), `ExtendedData`
+//! `max_extended_bytes`, `SearchedContent` 64 bytes.
+
+use std::borrow::Cow;
 
 use serde::Serialize;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::config::ZimTarget;
-use crate::load::input::InputMessage;
+use crate::load::input::{InputItem, InputMessage};
 use crate::providers::{conversation_id, PlanContext, PlannedJob};
 
 /// The JSON body of one `ImportPeerMsg` call.
@@ -58,6 +81,480 @@ fn zim_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || " !#$%&()+-:;<=.>?@[]^_{}|~".contains(c)
 }
 
+/// Longest media URL ZIM takes, in bytes.
+pub const MAX_URL_BYTES: usize = 500;
+/// Longest file name ZIM takes, in bytes.
+pub const MAX_FILE_NAME_BYTES: usize = 150;
+/// Longest `SearchedContent`, in bytes.
+pub const MAX_SEARCHED_BYTES: usize = 64;
+
+/// The default media id of a message: 32 hex digits of
+/// SHA-256(conversation ‖ 0x1f ‖ id), stable across loads.
+pub fn default_media_uid(conversation: &str, id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(conversation.as_bytes());
+    h.update([0x1f]);
+    h.update(id.as_bytes());
+    h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The last path segment of a URL (query and fragment cut off), if any.
+pub fn file_name_from_url(url: &str) -> Option<&str> {
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    let path = &url[..end];
+    let after_scheme = path.find("://").map_or(0, |i| i + 3);
+    let rest = &path[after_scheme..];
+    // Only a path after the host names a file.
+    let (_, p) = rest.split_once('/')?;
+    p.rsplit('/').next().filter(|s| !s.is_empty())
+}
+
+/// The media fields of a message or of one multi-item part.
+struct Media<'a> {
+    /// Prefix for reasons: `""` or `"items[2]."`.
+    at: String,
+    url: Option<&'a str>,
+    file_name: Option<&'a str>,
+    size: Option<u64>,
+    width: Option<u32>,
+    height: Option<u32>,
+    duration_secs: Option<u32>,
+    thumbnail_url: Option<&'a str>,
+    thumbnail_width: Option<u32>,
+    thumbnail_height: Option<u32>,
+    large_url: Option<&'a str>,
+    large_width: Option<u32>,
+    large_height: Option<u32>,
+    uid: String,
+}
+
+impl<'a> Media<'a> {
+    fn of_message(m: &'a InputMessage, conversation: &str) -> Self {
+        Media {
+            at: String::new(),
+            url: m.url.as_deref(),
+            file_name: m.file_name.as_deref(),
+            size: m.size,
+            width: m.width,
+            height: m.height,
+            duration_secs: m.duration_secs,
+            thumbnail_url: m.thumbnail_url.as_deref(),
+            thumbnail_width: m.thumbnail_width,
+            thumbnail_height: m.thumbnail_height,
+            large_url: m.large_url.as_deref(),
+            large_width: m.large_width,
+            large_height: m.large_height,
+            uid: m
+                .uid
+                .clone()
+                .unwrap_or_else(|| default_media_uid(conversation, &m.id)),
+        }
+    }
+
+    fn of_item(item: &'a InputItem, index: usize, message_uid: &str) -> Self {
+        Media {
+            at: format!("items[{index}]."),
+            url: item.url.as_deref(),
+            file_name: item.file_name.as_deref(),
+            size: item.size,
+            width: item.width,
+            height: item.height,
+            duration_secs: item.duration_secs,
+            thumbnail_url: item.thumbnail_url.as_deref(),
+            thumbnail_width: item.thumbnail_width,
+            thumbnail_height: item.thumbnail_height,
+            large_url: item.large_url.as_deref(),
+            large_width: item.large_width,
+            large_height: item.large_height,
+            uid: item
+                .uid
+                .clone()
+                .unwrap_or_else(|| format!("{message_uid}-{index}")),
+        }
+    }
+
+    fn check_url(&self, field: &str, url: &str) -> Result<(), String> {
+        if url.is_empty() {
+            return Err(format!("{}{field} is empty", self.at));
+        }
+        if url.len() > MAX_URL_BYTES {
+            return Err(format!(
+                "{}{field} is {} bytes; ZIM media URLs are at most {MAX_URL_BYTES}",
+                self.at,
+                url.len()
+            ));
+        }
+        Ok(())
+    }
+
+    fn url(&self, kind: &str) -> Result<&'a str, String> {
+        let url = self.url.ok_or_else(|| {
+            format!(
+                "{}url is missing; {} {kind} needs its media URL",
+                self.at,
+                article(kind)
+            )
+        })?;
+        self.check_url("url", url)?;
+        Ok(url)
+    }
+
+    fn file_name(&self, url: &'a str, kind: &str) -> Result<&'a str, String> {
+        let name = match self.file_name {
+            Some(n) => n,
+            None => file_name_from_url(url).ok_or_else(|| {
+                format!(
+                    "{}file_name is missing and url has no file name to take; {} {kind} needs one",
+                    self.at,
+                    article(kind)
+                )
+            })?,
+        };
+        if name.is_empty() {
+            return Err(format!("{}file_name is empty", self.at));
+        }
+        if name.len() > MAX_FILE_NAME_BYTES {
+            return Err(format!(
+                "{}file_name is {} bytes; ZIM file names are at most {MAX_FILE_NAME_BYTES}",
+                self.at,
+                name.len()
+            ));
+        }
+        Ok(name)
+    }
+
+    /// `{"Url", "Width", "Height"}` for an optional URL (thumbnail, large).
+    fn picture(
+        &self,
+        field: &str,
+        url: Option<&str>,
+        w: Option<u32>,
+        h: Option<u32>,
+    ) -> Result<Option<Value>, String> {
+        match url {
+            None => Ok(None),
+            Some(u) => {
+                self.check_url(field, u)?;
+                Ok(Some(
+                    json!({"Url": u, "Width": w.unwrap_or(0), "Height": h.unwrap_or(0)}),
+                ))
+            }
+        }
+    }
+
+    /// The media object of a type (11..=14).
+    fn object(&self, message_type: u32) -> Result<Value, String> {
+        let mut o = Map::new();
+        o.insert("Uid".into(), json!(self.uid));
+        match message_type {
+            11 => {
+                let url = self.url("image")?;
+                o.insert(
+                    "Origin".into(),
+                    json!({"Url": url, "Width": self.width.unwrap_or(0), "Height": self.height.unwrap_or(0)}),
+                );
+                if let Some(v) =
+                    self.picture("large_url", self.large_url, self.large_width, self.large_height)?
+                {
+                    o.insert("LargeImage".into(), v);
+                }
+                if let Some(v) = self.picture(
+                    "thumbnail_url",
+                    self.thumbnail_url,
+                    self.thumbnail_width,
+                    self.thumbnail_height,
+                )? {
+                    o.insert("Thumbnail".into(), v);
+                }
+                if self.file_name.is_some() {
+                    o.insert("FileName".into(), json!(self.file_name(url, "image")?));
+                }
+                if let Some(size) = self.size {
+                    o.insert("Size".into(), json!(size));
+                }
+            }
+            _ => {
+                let kind = match message_type {
+                    12 => "file",
+                    13 => "audio",
+                    _ => "video",
+                };
+                let url = self.url(kind)?;
+                o.insert("Url".into(), json!(url));
+                o.insert("FileName".into(), json!(self.file_name(url, kind)?));
+                o.insert("Size".into(), json!(self.size.unwrap_or(0)));
+                if message_type != 12 {
+                    o.insert("MediaDuration".into(), json!(self.duration_secs.unwrap_or(0)));
+                }
+                if message_type == 14 {
+                    if let Some(v) = self.picture(
+                        "thumbnail_url",
+                        self.thumbnail_url,
+                        self.thumbnail_width,
+                        self.thumbnail_height,
+                    )? {
+                        o.insert("Thumbnail".into(), v);
+                    }
+                }
+            }
+        }
+        Ok(Value::Object(o))
+    }
+}
+
+fn article(kind: &str) -> &'static str {
+    if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+/// The media `MessageType` of an input type.
+fn media_type(kind: &str) -> Option<u32> {
+    match kind {
+        "image" => Some(11),
+        "file" => Some(12),
+        "audio" => Some(13),
+        "video" => Some(14),
+        _ => None,
+    }
+}
+
+fn check_sub_type(field: &str, sub: i64) -> Result<i64, String> {
+    if !(0..=200).contains(&sub) {
+        return Err(format!("{field} {sub} is outside ZIM's 0..=200"));
+    }
+    Ok(sub)
+}
+
+/// The multi-item `Message` object.
+fn multi(m: &InputMessage, conversation: &str) -> Result<Value, String> {
+    let items = m
+        .items
+        .as_deref()
+        .ok_or("a multi message needs `items`, an array of parts (see README, \"Input\")")?;
+    if items.is_empty() {
+        return Err("items is empty; a multi message needs at least one part".into());
+    }
+    let uid = m
+        .uid
+        .clone()
+        .unwrap_or_else(|| default_media_uid(conversation, &m.id));
+    let mut list = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let part = match item.kind.as_str() {
+            "text" => {
+                let text = item
+                    .text
+                    .as_deref()
+                    .ok_or_else(|| format!("items[{i}] is a text part without `text`"))?;
+                json!({"MessageType": 1, "Message": text})
+            }
+            "custom" => {
+                let data = item
+                    .data
+                    .as_deref()
+                    .ok_or_else(|| format!("items[{i}] is a custom part without `data`"))?;
+                let sub = item
+                    .sub_type
+                    .ok_or_else(|| format!("items[{i}] is a custom part without `sub_type` (0..=200)"))?;
+                let sub = check_sub_type(&format!("items[{i}].sub_type"), sub)?;
+                json!({"MessageType": 200, "Message": data, "SubMsgType": sub})
+            }
+            kind => match media_type(kind) {
+                Some(t) => {
+                    let obj = Media::of_item(item, i, &uid).object(t)?;
+                    json!({"MessageType": t, "Message": obj})
+                }
+                None => {
+                    return Err(format!(
+                        "items[{i}] has type {kind:?}; a part is text, custom, image, file, audio or video"
+                    ))
+                }
+            },
+        };
+        list.push(part);
+    }
+    Ok(json!({ "MessageInfoList": list }))
+}
+
+/// Checks the URLs and file names inside a media `Message` (native bodies).
+fn check_media_json(v: &Value, path: &str) -> Result<(), String> {
+    match v {
+        Value::Object(o) => {
+            for (k, v) in o {
+                let here = format!("{path}.{k}");
+                match (k.as_str(), v) {
+                    ("Url" | "Thumbnail", Value::String(s)) if s.len() > MAX_URL_BYTES => {
+                        return Err(format!(
+                            "{here} is {} bytes; ZIM media URLs are at most {MAX_URL_BYTES}",
+                            s.len()
+                        ))
+                    }
+                    ("FileName", Value::String(s)) if s.len() > MAX_FILE_NAME_BYTES => {
+                        return Err(format!(
+                            "{here} is {} bytes; ZIM file names are at most {MAX_FILE_NAME_BYTES}",
+                            s.len()
+                        ))
+                    }
+                    _ => check_media_json(v, &here)?,
+                }
+            }
+            Ok(())
+        }
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| check_media_json(v, &format!("{path}[{i}]"))),
+        _ => Ok(()),
+    }
+}
+
+/// What goes into one `ImportPeerMsg` besides the users and the time.
+struct Content<'a> {
+    message_type: u32,
+    message: Cow<'a, str>,
+    sub_msg_type: Option<i64>,
+    searched: Option<&'a str>,
+}
+
+fn native(m: &InputMessage) -> Result<Content<'_>, String> {
+    let v = m.native.as_ref().ok_or(
+        "a native message needs `native`: {\"MessageType\": n, \"Message\": \"...\", \"SubMsgType\"?: n}",
+    )?;
+    let o = v
+        .as_object()
+        .ok_or("native must be an object {\"MessageType\", \"Message\", \"SubMsgType\"?} for ZIM")?;
+    if let Some(k) = o
+        .keys()
+        .find(|k| !matches!(k.as_str(), "MessageType" | "Message" | "SubMsgType"))
+    {
+        return Err(format!(
+            "native has the key {k:?}; for ZIM it takes MessageType, Message and SubMsgType only \
+             (ExtendedData comes from `ext`, SearchedContent from `search_text`)"
+        ));
+    }
+    let t = o
+        .get("MessageType")
+        .and_then(Value::as_i64)
+        .ok_or("native.MessageType is missing or not an integer")?;
+    let message_type = match t {
+        2 => return Err("signalling messages (MessageType 2) cannot be imported into ZIM".into()),
+        1 | 10 | 11 | 12 | 13 | 14 | 200 => t as u32,
+        other => {
+            return Err(format!(
+                "native.MessageType {other} is not one ZIM imports (1, 10, 11, 12, 13, 14, 200)"
+            ))
+        }
+    };
+    let message = o
+        .get("Message")
+        .and_then(Value::as_str)
+        .ok_or("native.Message is missing or not a string (media content is a JSON string)")?;
+    if (10..=14).contains(&message_type) {
+        let inner: Value = serde_json::from_str(message).map_err(|_| {
+            format!("native.Message of MessageType {message_type} must be a JSON object in a string")
+        })?;
+        if !inner.is_object() {
+            return Err(format!(
+                "native.Message of MessageType {message_type} must be a JSON object in a string"
+            ));
+        }
+        check_media_json(&inner, "native.Message")?;
+    }
+    let sub_msg_type = match (message_type, o.get("SubMsgType")) {
+        (200, Some(s)) => Some(check_sub_type(
+            "native.SubMsgType",
+            s.as_i64().ok_or("native.SubMsgType is not an integer")?,
+        )?),
+        (200, None) => return Err("native.SubMsgType is required for MessageType 200 (0..=200)".into()),
+        (_, Some(_)) => return Err("native.SubMsgType applies to MessageType 200 only".into()),
+        (_, None) => None,
+    };
+    if message_type != 200 && m.search_text.is_some() {
+        return Err("search_text is only allowed on custom messages (MessageType 200)".into());
+    }
+    Ok(Content {
+        message_type,
+        message: Cow::Borrowed(message),
+        sub_msg_type,
+        searched: m.search_text.as_deref(),
+    })
+}
+
+fn content<'a>(m: &'a InputMessage, conversation: &str) -> Result<Content<'a>, String> {
+    if m.search_text.is_some() && !matches!(m.kind.as_str(), "custom" | "native") {
+        return Err("search_text is only allowed on custom messages".into());
+    }
+    let c = match m.kind.as_str() {
+        "text" => {
+            let text = m.text.as_deref().ok_or("a text message needs the field `text`")?;
+            Content {
+                message_type: 1,
+                message: Cow::Borrowed(text),
+                sub_msg_type: None,
+                searched: None,
+            }
+        }
+        "custom" => {
+            let data = m
+                .data
+                .as_deref()
+                .ok_or("a custom message needs the field `data`")?;
+            let sub = m
+                .sub_type
+                .ok_or("a custom message for ZIM needs `sub_type` (SubMsgType, 0..=200)")?;
+            Content {
+                message_type: 200,
+                message: Cow::Borrowed(data),
+                sub_msg_type: Some(check_sub_type("sub_type", sub)?),
+                searched: m.search_text.as_deref(),
+            }
+        }
+        "multi" => Content {
+            message_type: 10,
+            message: Cow::Owned(multi(m, conversation)?.to_string()),
+            sub_msg_type: None,
+            searched: None,
+        },
+        "native" => native(m)?,
+        "signalling" | "signaling" | "command" => {
+            return Err("signalling messages cannot be imported into ZIM".into())
+        }
+        "face" | "location" => {
+            return Err(format!(
+                "type {:?} exists in Tencent IM only; ZIM has no such message (use native to send \
+                 it as a custom message)",
+                m.kind
+            ))
+        }
+        other => match media_type(other) {
+            Some(t) => Content {
+                message_type: t,
+                message: Cow::Owned(Media::of_message(m, conversation).object(t)?.to_string()),
+                sub_msg_type: None,
+                searched: None,
+            },
+            None => {
+                return Err(format!(
+                    "type {other:?} is not supported for ZIM targets (supported: text, custom, image, \
+                     file, audio, video, multi, native)"
+                ))
+            }
+        },
+    };
+    if let Some(s) = c.searched {
+        if s.len() > MAX_SEARCHED_BYTES {
+            return Err(format!(
+                "search_text is {} bytes; ZIM allows {MAX_SEARCHED_BYTES}",
+                s.len()
+            ));
+        }
+    }
+    Ok(c)
+}
+
 /// Derives one job per user whose view holds the message.
 pub fn plan(z: &ZimTarget, m: &InputMessage, ctx: PlanContext) -> Result<Vec<PlannedJob>, String> {
     check_user_id("from", &m.from)?;
@@ -81,46 +578,21 @@ pub fn plan(z: &ZimTarget, m: &InputMessage, ctx: PlanContext) -> Result<Vec<Pla
         Some(p @ 1..=3) => p as u8,
         Some(p) => return Err(format!("priority {p} must be 1 (low), 2 (mid) or 3 (high)")),
     };
-    let (message_type, message, sub_msg_type, searched) = match m.kind.as_str() {
-        "text" => {
-            if m.search_text.is_some() {
-                return Err("search_text is only allowed on custom messages".into());
-            }
-            let text = m.text.as_deref().ok_or("a text message needs the field `text`")?;
-            (1u32, text, None, None)
-        }
-        "custom" => {
-            let data = m
-                .data
-                .as_deref()
-                .ok_or("a custom message needs the field `data`")?;
-            let sub = m
-                .sub_type
-                .ok_or("a custom message for ZIM needs `sub_type` (SubMsgType, 0..=200)")?;
-            if !(0..=200).contains(&sub) {
-                return Err(format!("sub_type {sub} is outside ZIM's 0..=200"));
-            }
-            if let Some(s) = m.search_text.as_deref() {
-                if s.len() > 64 {
-                    return Err(format!("search_text is {} bytes; ZIM allows 64", s.len()));
-                }
-            }
-            (200u32, data, Some(sub), m.search_text.as_deref())
-        }
-        "signalling" | "signaling" | "command" => {
-            return Err("signalling messages cannot be imported into ZIM".into())
-        }
-        other => {
-            return Err(format!(
-                "type {other:?} is not supported for ZIM targets (supported: text, custom)"
-            ))
-        }
+    let conversation = conversation_id(&m.from, &m.to);
+    let c = content(m, &conversation)?;
+    let (limit, key) = if c.message_type == 10 {
+        (z.max_multi_message_bytes, "max_multi_message_bytes")
+    } else {
+        (z.max_message_bytes, "max_message_bytes")
     };
-    if message.len() > z.max_message_bytes {
+    if c.message.len() > limit {
+        let what = match c.message_type {
+            1 | 200 => "message",
+            _ => "Message (the encoded media JSON)",
+        };
         return Err(format!(
-            "message is {} bytes; this ZIM target allows {} (max_message_bytes)",
-            message.len(),
-            z.max_message_bytes
+            "{what} is {} bytes; this ZIM target allows {limit} ({key})",
+            c.message.len()
         ));
     }
     if let Some(ext) = m.ext.as_deref() {
@@ -149,21 +621,20 @@ pub fn plan(z: &ZimTarget, m: &InputMessage, ctx: PlanContext) -> Result<Vec<Pla
             out
         }
     };
-    let conversation = conversation_id(&m.from, &m.to);
     let mut jobs = Vec::with_capacity(views.len());
     for view in views {
         let peer = if view == m.from { &m.to } else { &m.from };
         let body = ImportPeerMsg {
             from_user_id: &m.from,
             to_user_id: &m.to,
-            message_type,
+            message_type: c.message_type,
             priority,
             message_body: MessageBody {
-                message,
+                message: &c.message,
                 extended_data: m.ext.as_deref(),
             },
-            sub_msg_type,
-            searched_content: searched,
+            sub_msg_type: c.sub_msg_type,
+            searched_content: c.searched,
             send_message_time: m.sent_at_ms,
             imported_user_id: view,
         };
@@ -176,4 +647,338 @@ pub fn plan(z: &ZimTarget, m: &InputMessage, ctx: PlanContext) -> Result<Vec<Pla
     }
     let _ = ctx.same_ms_index;
     Ok(jobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, TargetConfig};
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn target(extra: &str) -> ZimTarget {
+        let c = Config::from_toml(&format!(
+            "[targets.z]\nkind = \"zim\"\nendpoint = \"http://127.0.0.1:9/\"\napp_id = 1\n\
+             server_secret = \"s\"\n{extra}"
+        ))
+        .unwrap();
+        match c.targets["z"].clone() {
+            TargetConfig::Zim(z) => z,
+            _ => unreachable!(),
+        }
+    }
+
+    fn msg(fields: Value) -> InputMessage {
+        let mut v = json!({"id": "m1", "from": "alice", "to": "bob", "sent_at_ms": NOW - 1000});
+        v.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        crate::load::input::parse_line(v.to_string().as_bytes()).unwrap()
+    }
+
+    fn plan_with(z: &ZimTarget, fields: Value) -> Result<Vec<Value>, String> {
+        let ctx = PlanContext {
+            now_ms: NOW,
+            same_ms_index: 0,
+        };
+        plan(z, &msg(fields), ctx).map(|jobs| {
+            jobs.iter()
+                .map(|j| serde_json::from_str(&j.body).unwrap())
+                .collect()
+        })
+    }
+
+    /// The first job's body.
+    fn body(fields: Value) -> Value {
+        plan_with(&target(""), fields).unwrap().remove(0)
+    }
+
+    fn refused(fields: Value) -> String {
+        refused_by(&target(""), fields)
+    }
+
+    fn refused_by(z: &ZimTarget, fields: Value) -> String {
+        plan_with(z, fields).unwrap_err()
+    }
+
+    /// `MessageBody.Message`, which must be a string, parsed as JSON.
+    fn inner(b: &Value) -> Value {
+        let s = b["MessageBody"]["Message"]
+            .as_str()
+            .expect("Message is a JSON string");
+        serde_json::from_str(s).unwrap()
+    }
+
+    fn uid() -> String {
+        default_media_uid(&conversation_id("alice", "bob"), "m1")
+    }
+
+    #[test]
+    fn text_and_custom_keep_their_shape() {
+        let b = body(json!({"type": "text", "text": "hi", "ext": "e"}));
+        assert_eq!(b["MessageType"], 1);
+        assert_eq!(b["MessageBody"], json!({"Message": "hi", "ExtendedData": "e"}));
+        assert!(b.get("SubMsgType").is_none());
+        let b = body(json!({"type": "custom", "data": "d", "sub_type": 7, "search_text": "s"}));
+        assert_eq!(
+            (
+                b["MessageType"].clone(),
+                b["SubMsgType"].clone(),
+                b["SearchedContent"].clone()
+            ),
+            (json!(200), json!(7), json!("s"))
+        );
+        assert_eq!(b["MessageBody"]["Message"], "d");
+    }
+
+    #[test]
+    fn default_uid_is_stable_and_per_message() {
+        let u = uid();
+        assert_eq!(u.len(), 32);
+        assert!(u.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(u, default_media_uid(&conversation_id("bob", "alice"), "m1"));
+        assert_ne!(u, default_media_uid(&conversation_id("alice", "bob"), "m2"));
+        assert_ne!(u, default_media_uid(&conversation_id("alice", "carol"), "m1"));
+    }
+
+    #[test]
+    fn file_names_come_from_url_paths() {
+        assert_eq!(
+            file_name_from_url("https://cdn.example/a/b/report.pdf?sig=1#x"),
+            Some("report.pdf")
+        );
+        assert_eq!(file_name_from_url("https://cdn.example/"), None);
+        assert_eq!(file_name_from_url("https://cdn.example"), None);
+        assert_eq!(file_name_from_url("https://cdn.example/dir/"), None);
+    }
+
+    #[test]
+    fn image_is_type_11_with_the_full_json_string() {
+        let b = body(json!({
+            "type": "image", "url": "https://cdn/o.png", "width": 800, "height": 600,
+            "large_url": "https://cdn/l.png", "large_width": 400, "large_height": 300,
+            "thumbnail_url": "https://cdn/t.png", "thumbnail_width": 80, "thumbnail_height": 60,
+            "file_name": "o.png", "size": 12345, "uid": "img-1", "ext": "x",
+        }));
+        assert_eq!(b["MessageType"], 11);
+        assert_eq!(b["MessageBody"]["ExtendedData"], "x");
+        assert_eq!(
+            inner(&b),
+            json!({
+                "Uid": "img-1",
+                "Origin": {"Url": "https://cdn/o.png", "Width": 800, "Height": 600},
+                "LargeImage": {"Url": "https://cdn/l.png", "Width": 400, "Height": 300},
+                "Thumbnail": {"Url": "https://cdn/t.png", "Width": 80, "Height": 60},
+                "FileName": "o.png",
+                "Size": 12345,
+            })
+        );
+        // Only the URL given: the optional parts stay out, the uid is derived.
+        let b = body(json!({"type": "image", "url": "https://cdn/o.png"}));
+        assert_eq!(
+            inner(&b),
+            json!({"Uid": uid(), "Origin": {"Url": "https://cdn/o.png", "Width": 0, "Height": 0}})
+        );
+        // `uuid` is the same field as `uid`.
+        let b = body(json!({"type": "image", "url": "https://cdn/o.png", "uuid": "u2"}));
+        assert_eq!(inner(&b)["Uid"], "u2");
+    }
+
+    #[test]
+    fn file_audio_video_are_types_12_to_14() {
+        let b = body(json!({"type": "file", "url": "https://cdn/d/report.pdf?x=1", "size": 99}));
+        assert_eq!(b["MessageType"], 12);
+        assert_eq!(
+            inner(&b),
+            json!({"Uid": uid(), "Url": "https://cdn/d/report.pdf?x=1", "FileName": "report.pdf", "Size": 99})
+        );
+        let b = body(
+            json!({"type": "audio", "url": "https://cdn/v.m4a", "file_name": "voice", "duration_secs": 7}),
+        );
+        assert_eq!(b["MessageType"], 13);
+        assert_eq!(
+            inner(&b),
+            json!({"Uid": uid(), "Url": "https://cdn/v.m4a", "FileName": "voice", "Size": 0, "MediaDuration": 7})
+        );
+        let b = body(json!({
+            "type": "video", "url": "https://cdn/c.mp4", "size": 5, "duration_secs": 61,
+            "thumbnail_url": "https://cdn/c.jpg", "thumbnail_width": 320, "thumbnail_height": 180,
+        }));
+        assert_eq!(b["MessageType"], 14);
+        assert_eq!(
+            inner(&b),
+            json!({
+                "Uid": uid(), "Url": "https://cdn/c.mp4", "FileName": "c.mp4", "Size": 5, "MediaDuration": 61,
+                "Thumbnail": {"Url": "https://cdn/c.jpg", "Width": 320, "Height": 180},
+            })
+        );
+        let b = body(json!({"type": "video", "url": "https://cdn/c.mp4"}));
+        assert!(inner(&b).get("Thumbnail").is_none());
+    }
+
+    #[test]
+    fn multi_is_type_10_with_a_list_of_parts() {
+        let b = body(json!({"type": "multi", "uid": "mm", "items": [
+            {"type": "text", "text": "look"},
+            {"type": "image", "url": "https://cdn/p.jpg", "width": 2, "height": 3},
+            {"type": "custom", "data": "{}", "sub_type": 4},
+            {"type": "file", "url": "https://cdn/f.zip", "uid": "own"},
+        ]}));
+        assert_eq!(b["MessageType"], 10);
+        assert!(b.get("SubMsgType").is_none());
+        assert_eq!(
+            inner(&b),
+            json!({"MessageInfoList": [
+                {"MessageType": 1, "Message": "look"},
+                {"MessageType": 11, "Message": {"Uid": "mm-1", "Origin": {"Url": "https://cdn/p.jpg", "Width": 2, "Height": 3}}},
+                {"MessageType": 200, "Message": "{}", "SubMsgType": 4},
+                {"MessageType": 12, "Message": {"Uid": "own", "Url": "https://cdn/f.zip", "FileName": "f.zip", "Size": 0}},
+            ]})
+        );
+    }
+
+    #[test]
+    fn native_is_used_as_it_is() {
+        let image = json!({"Uid": "x", "Origin": {"Url": "u", "Width": 1, "Height": 1}}).to_string();
+        let b = body(json!({"type": "native", "native": {"MessageType": 11, "Message": image}}));
+        assert_eq!(b["MessageType"], 11);
+        assert_eq!(b["MessageBody"]["Message"], image);
+        let b = body(json!({"type": "native", "search_text": "find me",
+                            "native": {"MessageType": 200, "Message": "raw", "SubMsgType": 9}}));
+        assert_eq!(
+            (b["SubMsgType"].clone(), b["SearchedContent"].clone()),
+            (json!(9), json!("find me"))
+        );
+        let b = body(json!({"type": "native", "native": {"MessageType": 1, "Message": "plain"}}));
+        assert_eq!(b["MessageBody"]["Message"], "plain");
+    }
+
+    #[test]
+    fn every_view_gets_the_same_media_body() {
+        let jobs = plan_with(&target(""), json!({"type": "image", "url": "https://cdn/o.png"})).unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[0]["MessageBody"], jobs[1]["MessageBody"]);
+        assert_ne!(jobs[0]["ImportedUserId"], jobs[1]["ImportedUserId"]);
+    }
+
+    #[test]
+    fn media_limits_name_the_field_and_the_limit() {
+        let long_url = format!("https://cdn/{}", "u".repeat(500));
+        let e = refused(json!({"type": "image", "url": long_url}));
+        assert_eq!(e, "url is 512 bytes; ZIM media URLs are at most 500");
+        let e = refused(json!({"type": "image", "url": "https://cdn/o", "thumbnail_url": long_url}));
+        assert!(
+            e.starts_with("thumbnail_url is 512 bytes") && e.contains("at most 500"),
+            "{e}"
+        );
+        let e = refused(json!({"type": "image", "url": "https://cdn/o", "large_url": long_url}));
+        assert!(e.starts_with("large_url is 512 bytes"), "{e}");
+        let e = refused(json!({"type": "video", "url": "https://cdn/o", "thumbnail_url": long_url}));
+        assert!(e.starts_with("thumbnail_url is 512 bytes"), "{e}");
+        let e = refused(json!({"type": "file", "url": "https://cdn/o", "file_name": "n".repeat(151)}));
+        assert_eq!(e, "file_name is 151 bytes; ZIM file names are at most 150");
+        let e = refused(json!({"type": "file", "url": format!("https://cdn/{}", "n".repeat(151))}));
+        assert!(e.starts_with("file_name is 151 bytes"), "{e}");
+        let e = refused(
+            json!({"type": "multi", "items": [{"type": "text", "text": "a"}, {"type": "audio", "url": long_url}]}),
+        );
+        assert!(e.starts_with("items[1].url is 512 bytes"), "{e}");
+        // A URL at the limit is fine.
+        body(json!({"type": "image", "url": format!("https://cdn/{}", "u".repeat(488))}));
+    }
+
+    #[test]
+    fn message_limits_name_their_setting() {
+        let small = target("max_message_bytes = 120\nmax_multi_message_bytes = 150");
+        let e = refused_by(
+            &small,
+            json!({"type": "image", "url": format!("https://cdn/{}", "u".repeat(100))}),
+        );
+        assert!(
+            e.contains("bytes; this ZIM target allows 120 (max_message_bytes)"),
+            "{e}"
+        );
+        assert!(e.starts_with("Message (the encoded media JSON) is"), "{e}");
+        let e = refused_by(&small, json!({"type": "text", "text": "t".repeat(121)}));
+        assert_eq!(
+            e,
+            "message is 121 bytes; this ZIM target allows 120 (max_message_bytes)"
+        );
+        // A multi-item message has its own, larger limit.
+        let items: Vec<Value> = (0..3)
+            .map(|i| json!({"type": "text", "text": format!("part {i}")}))
+            .collect();
+        plan_with(&small, json!({"type": "multi", "items": items})).unwrap();
+        let items: Vec<Value> = (0..9)
+            .map(|i| json!({"type": "text", "text": format!("part {i}")}))
+            .collect();
+        let e = refused_by(&small, json!({"type": "multi", "items": items}));
+        assert!(e.contains("allows 150 (max_multi_message_bytes)"), "{e}");
+    }
+
+    #[test]
+    fn missing_and_misplaced_fields_are_refused() {
+        assert!(refused(json!({"type": "image"})).contains("url is missing; an image needs its media URL"));
+        assert_eq!(refused(json!({"type": "audio", "url": ""})), "url is empty");
+        let e = refused(json!({"type": "file", "url": "https://cdn/"}));
+        assert!(e.contains("file_name is missing"), "{e}");
+        assert!(refused(json!({"type": "multi"})).contains("needs `items`"));
+        assert!(refused(json!({"type": "multi", "items": []})).contains("items is empty"));
+        let e = refused(json!({"type": "multi", "items": [{"type": "face"}]}));
+        assert!(e.starts_with("items[0] has type \"face\""), "{e}");
+        let e = refused(json!({"type": "multi", "items": [{"type": "custom", "data": "x"}]}));
+        assert!(e.contains("items[0] is a custom part without `sub_type`"), "{e}");
+        let e =
+            refused(json!({"type": "multi", "items": [{"type": "custom", "data": "x", "sub_type": 300}]}));
+        assert!(e.contains("items[0].sub_type 300"), "{e}");
+        let e = refused(json!({"type": "image", "url": "https://cdn/o", "search_text": "s"}));
+        assert!(e.contains("search_text is only allowed on custom"), "{e}");
+        for kind in ["face", "location"] {
+            let e = refused(json!({"type": kind}));
+            assert!(e.contains("Tencent IM only"), "{e}");
+        }
+        for kind in ["signalling", "command"] {
+            assert!(refused(json!({"type": kind})).contains("cannot be imported into ZIM"));
+        }
+        let e = refused(json!({"type": "sticker"}));
+        assert!(
+            e.contains("supported: text, custom, image, file, audio, video, multi, native"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn native_is_checked_before_it_goes() {
+        let e = refused(json!({"type": "native"}));
+        assert!(e.contains("needs `native`"), "{e}");
+        assert!(refused(json!({"type": "native", "native": [1]})).contains("must be an object"));
+        let e = refused(json!({"type": "native", "native": {"MessageType": 2, "Message": "x"}}));
+        assert!(e.contains("signalling messages (MessageType 2)"), "{e}");
+        let e = refused(json!({"type": "native", "native": {"MessageType": 3, "Message": "x"}}));
+        assert!(e.contains("native.MessageType 3 is not one ZIM imports"), "{e}");
+        let e = refused(json!({"type": "native", "native": {"MessageType": 1, "Message": "x", "Extra": 1}}));
+        assert!(e.contains("native has the key \"Extra\""), "{e}");
+        let e = refused(json!({"type": "native", "native": {"MessageType": 1, "Message": 5}}));
+        assert!(e.contains("native.Message is missing or not a string"), "{e}");
+        let e = refused(json!({"type": "native", "native": {"MessageType": 11, "Message": "not json"}}));
+        assert!(e.contains("must be a JSON object in a string"), "{e}");
+        let big = json!({"Origin": {"Url": "u".repeat(501)}}).to_string();
+        let e = refused(json!({"type": "native", "native": {"MessageType": 11, "Message": big}}));
+        assert_eq!(
+            e,
+            "native.Message.Origin.Url is 501 bytes; ZIM media URLs are at most 500"
+        );
+        let e = refused(json!({"type": "native", "native": {"MessageType": 200, "Message": "x"}}));
+        assert!(e.contains("native.SubMsgType is required"), "{e}");
+        let e =
+            refused(json!({"type": "native", "native": {"MessageType": 1, "Message": "x", "SubMsgType": 1}}));
+        assert!(e.contains("MessageType 200 only"), "{e}");
+        let e = refused(
+            json!({"type": "native", "search_text": "s", "native": {"MessageType": 1, "Message": "x"}}),
+        );
+        assert!(e.contains("search_text is only allowed"), "{e}");
+        let e = refused(json!({"type": "native", "search_text": "s".repeat(65),
+                               "native": {"MessageType": 200, "Message": "x", "SubMsgType": 1}}));
+        assert_eq!(e, "search_text is 65 bytes; ZIM allows 64");
+    }
 }

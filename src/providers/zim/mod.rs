@@ -14,7 +14,6 @@ use super::{
 use crate::config::{zim_base_url, ZimTarget};
 use crate::ratelimit;
 
-
 pub mod body;
 pub mod codes;
 pub mod sign;
@@ -87,22 +86,29 @@ impl ZimClient {
             .map_err(|e| transport_outcome(&e))?;
         let status = resp.status();
         let bytes = read_capped(resp, MAX_ANSWER).await?;
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(v @ Value::Object(_)) if v.get("Code").is_some() => Ok(v),
-            _ if !status.is_success() => Err(super::http_status_outcome(status, &bytes)),
-            _ => Err(Outcome::Unknown {
-                reason: format!(
-                    "HTTP {} with an answer that is not ZIM's JSON: {}",
-                    status.as_u16(),
-                    snippet(&bytes)
-                ),
-            }),
-        }
+        parse_answer(status.as_u16(), &bytes)
     }
 
     /// The target name this client serves.
     pub fn target(&self) -> &str {
         &self.target
+    }
+}
+
+/// Parses a ZIM answer (HTTP status and body) into its JSON object, or
+/// the outcome that an unusable answer means. Never panics.
+pub fn parse_answer(status: u16, bytes: &[u8]) -> Result<Value, Outcome> {
+    let status = reqwest::StatusCode::from_u16(status).unwrap_or(reqwest::StatusCode::BAD_GATEWAY);
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(v @ Value::Object(_)) if v.get("Code").is_some() => Ok(v),
+        _ if !status.is_success() => Err(super::http_status_outcome(status, bytes)),
+        _ => Err(Outcome::Unknown {
+            reason: format!(
+                "HTTP {} with an answer that is not ZIM's JSON: {}",
+                status.as_u16(),
+                snippet(bytes)
+            ),
+        }),
     }
 }
 
@@ -230,7 +236,21 @@ impl Content {
 
 impl ZimClient {
     /// One page of a user's view, newest first, and the next cursor (0: done).
+    /// A query only reads, so a transient failure is retried a few times.
     async fn query_page(&self, view: &str, peer: &str, next: u64) -> Result<(Vec<Value>, u64), Outcome> {
+        let mut attempt = 0u32;
+        loop {
+            match self.query_page_once(view, peer, next).await {
+                Err(Outcome::RetryLater { .. } | Outcome::Unknown { .. }) if attempt < 5 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn query_page_once(&self, view: &str, peer: &str, next: u64) -> Result<(Vec<Value>, u64), Outcome> {
         self.query_bucket.until_ready().await;
         let body = json!({"FromUserId": view, "ToUserId": peer, "Limit": QUERY_PAGE, "Next": next, "WithEmptyMsg": 0});
         let v = self.call("QueryPeerMsg", &body.to_string()).await?;
@@ -238,7 +258,11 @@ impl ZimClient {
             Outcome::Accepted(_) => {}
             other => return Err(other),
         }
-        let list = v.get("List").and_then(Value::as_array).cloned().unwrap_or_default();
+        let list = v
+            .get("List")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let next = v
             .get("Next")
             .and_then(|n| n.as_u64().or_else(|| n.as_str().and_then(|s| s.parse().ok())))
@@ -256,9 +280,14 @@ impl ZimClient {
             let mut attempt = 0u32;
             let v = loop {
                 self.register_bucket.until_ready().await;
-                match self.call("UserRegister", &body).await.map(|v| (classify_answer(&v), v)) {
+                match self
+                    .call("UserRegister", &body)
+                    .await
+                    .map(|v| (classify_answer(&v), v))
+                {
                     Ok((Outcome::Accepted(_), v)) => break v,
-                    Ok((Outcome::RetryLater { .. }, _)) | Err(Outcome::RetryLater { .. } | Outcome::Unknown { .. })
+                    Ok((Outcome::RetryLater { .. }, _))
+                    | Err(Outcome::RetryLater { .. } | Outcome::Unknown { .. })
                         if attempt < 5 =>
                     {
                         // Registering twice is harmless, so an unknown
@@ -276,7 +305,11 @@ impl ZimClient {
                     continue;
                 }
                 let user = e.get("UserId").and_then(Value::as_str).unwrap_or("?").to_string();
-                let msg = e.get("SubMessage").and_then(Value::as_str).unwrap_or("").to_string();
+                let msg = e
+                    .get("SubMessage")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 out.failed.push((user, format!("code {code}: {msg}")));
                 failed_here += 1;
             }
@@ -311,7 +344,11 @@ impl Provider for ZimClient {
             };
             // A skewed timestamp is refused before anything is applied, so
             // one retry with a fresh signature is safe.
-            if let Outcome::Halt { code: Some(100000004), .. } = outcome {
+            if let Outcome::Halt {
+                code: Some(100000004),
+                ..
+            } = outcome
+            {
                 if !fresh_signature_tried {
                     fresh_signature_tried = true;
                     continue;
@@ -362,7 +399,11 @@ impl Provider for ZimClient {
         let (list, _) = match self.query_page(&content.view, &content.peer, 0).await {
             Ok(x) => x,
             Err(Outcome::Halt { code, reason }) => return Reconciled::Halt { code, reason },
-            Err(o) => return Reconciled::Unknown { reason: format!("QueryPeerMsg: {}", describe_outcome(&o)) },
+            Err(o) => {
+                return Reconciled::Unknown {
+                    reason: format!("QueryPeerMsg: {}", describe_outcome(&o)),
+                }
+            }
         };
         let known: std::collections::HashSet<&str> = job.known_ids.iter().map(String::as_str).collect();
         let mut best: Option<(&Value, bool)> = None;
@@ -409,7 +450,10 @@ impl Provider for ZimClient {
         let mut out = Vec::new();
         let mut next = 0u64;
         loop {
-            let (list, n) = self.query_page(view, peer, next).await.map_err(|o| describe_outcome(&o))?;
+            let (list, n) = self
+                .query_page(view, peer, next)
+                .await
+                .map_err(|o| describe_outcome(&o))?;
             for item in &list {
                 out.push(ReadBack {
                     fingerprint: Content::fingerprint(
@@ -427,6 +471,9 @@ impl Provider for ZimClient {
             next = n;
         }
         out.reverse();
-        Ok(LaneReadBack { messages: out, readable_from_ms: None })
+        Ok(LaneReadBack {
+            messages: out,
+            readable_from_ms: None,
+        })
     }
 }

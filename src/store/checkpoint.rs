@@ -1,0 +1,200 @@
+//! Group commit for the hot path: every lane's in-flight marks and done
+//! checkpoints are gathered into one transaction per round, so the
+//! database commits once for many lanes instead of twice per job.
+//!
+//! A lane still waits for its own write to be durable: the in-flight mark
+//! is committed before the lane's request leaves, as without grouping.
+
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::{is_transient, Lease, ProviderIds, Store};
+
+/// Writes gathered into one transaction at most.
+const MAX_BATCH: usize = 512;
+
+enum Write {
+    InFlight {
+        lease: Lease,
+        job: i64,
+        reply: oneshot::Sender<Result<Option<i32>, sqlx::Error>>,
+    },
+    Done {
+        lease: Lease,
+        job: i64,
+        ids: ProviderIds,
+        reply: oneshot::Sender<Result<bool, sqlx::Error>>,
+    },
+}
+
+/// The handle lanes write through.
+#[derive(Clone)]
+pub struct Checkpoints {
+    tx: mpsc::Sender<Write>,
+}
+
+fn gone() -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::other("checkpoint writer stopped"))
+}
+
+/// Rebuilds an error for every writer of a failed batch, keeping whether
+/// it is worth retrying.
+fn share(e: &sqlx::Error) -> sqlx::Error {
+    if is_transient(e) {
+        sqlx::Error::Io(std::io::Error::other(e.to_string()))
+    } else {
+        sqlx::Error::Decode(e.to_string().into())
+    }
+}
+
+impl Checkpoints {
+    /// Starts the writer task.
+    pub fn start(store: Store) -> Checkpoints {
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(writer(store, rx));
+        Checkpoints { tx }
+    }
+
+    /// As [`Store::mark_in_flight`], grouped.
+    pub async fn mark_in_flight(&self, lease: &Lease, job: i64) -> Result<Option<i32>, sqlx::Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Write::InFlight {
+                lease: lease.clone(),
+                job,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// As [`Store::record_done`], grouped.
+    pub async fn record_done(&self, lease: &Lease, job: i64, ids: &ProviderIds) -> Result<bool, sqlx::Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Write::Done {
+                lease: lease.clone(),
+                job,
+                ids: ids.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+async fn writer(store: Store, mut rx: mpsc::Receiver<Write>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let result = store.apply_checkpoints(&batch).await;
+        for w in batch.drain(..) {
+            match (&result, w) {
+                (Ok((marked, _)), Write::InFlight { job, reply, .. }) => {
+                    let _ = reply.send(Ok(marked.iter().find(|(id, _)| *id == job).map(|x| x.1)));
+                }
+                (Ok((_, done_ids)), Write::Done { job, reply, .. }) => {
+                    let _ = reply.send(Ok(done_ids.contains(&job)));
+                }
+                (Err(e), Write::InFlight { reply, .. }) => {
+                    let _ = reply.send(Err(share(e)));
+                }
+                (Err(e), Write::Done { reply, .. }) => {
+                    let _ = reply.send(Err(share(e)));
+                }
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Applies a batch of grouped writes in one transaction; returns the
+    /// jobs marked (with their attempt) and the jobs checkpointed done.
+    /// Writes whose lease moved on are left out of both.
+    async fn apply_checkpoints(&self, batch: &[Write]) -> Result<(Vec<(i64, i32)>, Vec<i64>), sqlx::Error> {
+        let mut m = (Vec::new(), Vec::new(), Vec::<Uuid>::new(), Vec::new());
+        let mut d = (
+            Vec::new(),
+            Vec::new(),
+            Vec::<Uuid>::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        for w in batch {
+            match w {
+                Write::InFlight { lease, job, .. } => {
+                    m.0.push(*job);
+                    m.1.push(lease.lane_id);
+                    m.2.push(lease.owner);
+                    m.3.push(lease.token);
+                }
+                Write::Done { lease, job, ids, .. } => {
+                    d.0.push(*job);
+                    d.1.push(lease.lane_id);
+                    d.2.push(lease.owner);
+                    d.3.push(lease.token);
+                    d.4.push(ids.msg_id.clone());
+                    d.5.push(ids.msg_seq);
+                    d.6.push(ids.request_id.clone());
+                }
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut marked = Vec::new();
+        if !m.0.is_empty() {
+            marked = sqlx::query_as(
+                "WITH held AS (
+                    SELECT u.job FROM unnest($1::bigint[], $2::bigint[], $3::uuid[], $4::bigint[])
+                           AS u(job, lane, owner, token)
+                    JOIN lanes l ON l.id = u.lane AND l.lease_owner = u.owner AND l.lease_token = u.token
+                    FOR KEY SHARE OF l)
+                 UPDATE jobs j SET status = 'in_flight', attempts = j.attempts + 1, updated_at = now()
+                 FROM held WHERE j.id = held.job AND j.status IN ('pending', 'in_flight')
+                 RETURNING j.id, j.attempts",
+            )
+            .bind(&m.0)
+            .bind(&m.1)
+            .bind(&m.2)
+            .bind(&m.3)
+            .fetch_all(&mut *tx)
+            .await?;
+        }
+        let mut done = Vec::new();
+        if !d.0.is_empty() {
+            done = sqlx::query_scalar(
+                "WITH held AS (
+                    SELECT u.* FROM unnest($1::bigint[], $2::bigint[], $3::uuid[], $4::bigint[],
+                                           $5::text[], $6::bigint[], $7::text[])
+                           AS u(job, lane, owner, token, msg_id, msg_seq, request_id)
+                    JOIN lanes l ON l.id = u.lane AND l.lease_owner = u.owner AND l.lease_token = u.token
+                    FOR KEY SHARE OF l)
+                 UPDATE jobs j SET status = 'done', provider_msg_id = held.msg_id,
+                        provider_msg_seq = held.msg_seq, provider_request_id = held.request_id,
+                        updated_at = now(), finished_at = now()
+                 FROM held WHERE j.id = held.job AND j.status IN ('pending', 'in_flight')
+                 RETURNING j.id",
+            )
+            .bind(&d.0)
+            .bind(&d.1)
+            .bind(&d.2)
+            .bind(&d.3)
+            .bind(&d.4)
+            .bind(&d.5)
+            .bind(&d.6)
+            .fetch_all(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((marked, done))
+    }
+}

@@ -1,0 +1,166 @@
+//! Malformed provider answers: every one is classified, none panics, and
+//! none counts as accepted (which would mark a job done).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chatferry::config::{Config, TargetConfig};
+use chatferry::providers::{Outcome, Provider, SendJob};
+use http_body_util::Full;
+use hyper::Response;
+
+/// Serves `body` with `status` to every request.
+async fn canned(status: u16, body: Vec<u8>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = Arc::new(body);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let body = body.clone();
+                    async move {
+                        let mut r = Response::new(Full::new(Bytes::from(body.as_ref().clone())));
+                        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn clients(addr: std::net::SocketAddr) -> Vec<(String, Arc<dyn Provider>)> {
+    let cfg = Config::from_toml(&format!(
+        "[worker]\nrequest_timeout_ms = 3000\n\
+         [targets.zim]\nkind = \"zim\"\nendpoint = \"http://{addr}/\"\napp_id = 1\nserver_secret = \"s\"\n\
+         [targets.tim]\nkind = \"tencent\"\nendpoint = \"http://{addr}/\"\nsdk_app_id = 1\n\
+         admin_identifier = \"admin\"\nsecret_key = \"k\"\n"
+    ))
+    .unwrap();
+    assert!(matches!(cfg.targets["zim"], TargetConfig::Zim(_)));
+    chatferry::providers::build_all(&cfg).unwrap()
+}
+
+async fn outcomes(status: u16, body: Vec<u8>) -> Vec<(String, Outcome)> {
+    let addr = canned(status, body).await;
+    let mut out = Vec::new();
+    for (name, p) in clients(addr) {
+        let job = SendJob {
+            job_id: 1,
+            body: r#"{"FromUserId":"a","ToUserId":"b","MessageType":1,"MessageBody":{"Message":"x"},"ImportedUserId":"a","MsgSeq":1}"#,
+            lane_key: "a\u{1f}b",
+            attempt: 1,
+            known_ids: &[],
+        };
+        let o = tokio::time::timeout(Duration::from_secs(10), p.send(&job))
+            .await
+            .expect("answers in time");
+        out.push((name, o));
+    }
+    out
+}
+
+fn never_accepted(cases: &[(String, Outcome)], what: &str) {
+    for (name, o) in cases {
+        assert!(
+            !matches!(o, Outcome::Accepted(_)),
+            "{what} accepted by {name}: {o:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn html_502_page_is_in_doubt() {
+    let r = outcomes(
+        502,
+        b"<html><body><h1>502 Bad Gateway</h1></body></html>".to_vec(),
+    )
+    .await;
+    never_accepted(&r, "502");
+    for (name, o) in &r {
+        match o {
+            Outcome::Unknown { reason } => assert!(reason.contains("502"), "{name}: {reason}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn empty_truncated_and_wrongly_typed_answers_are_in_doubt() {
+    for body in [
+        b"".to_vec(),
+        br#"{"Code":0,"MsgId":"1"#.to_vec(),
+        br#"{"ActionStatus":"OK","ErrorCode":0"#.to_vec(),
+        br#"[1,2,3]"#.to_vec(),
+        br#"{"Code":"zero","ActionStatus":7,"ErrorCode":{"a":1}}"#.to_vec(),
+        b"\xff\xfe\x00garbage".to_vec(),
+    ] {
+        let what = String::from_utf8_lossy(&body).to_string();
+        let r = outcomes(200, body).await;
+        never_accepted(&r, &what);
+        for (name, o) in &r {
+            assert!(
+                matches!(o, Outcome::Unknown { .. } | Outcome::Permanent { .. }),
+                "{what:?} from {name}: {o:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_body_of_several_megabytes_is_refused_unread() {
+    let mut big = br#"{"Code":0,"ActionStatus":"OK","ErrorCode":0,"Pad":""#.to_vec();
+    big.extend(std::iter::repeat_n(b'x', 5 << 20));
+    big.extend(br#""}"#);
+    let r = outcomes(200, big).await;
+    never_accepted(&r, "5 MB body");
+    for (name, o) in &r {
+        match o {
+            Outcome::Unknown { reason } => assert!(reason.contains("larger than"), "{name}: {reason}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_code_fails_the_job_with_the_code() {
+    let r = outcomes(
+        200,
+        br#"{"Code":987654,"Message":"new","ActionStatus":"FAIL","ErrorCode":987654,"ErrorInfo":"new"}"#
+            .to_vec(),
+    )
+    .await;
+    never_accepted(&r, "unknown code");
+    for (name, o) in &r {
+        match o {
+            Outcome::Permanent {
+                code: Some(987654),
+                reason,
+            } => assert!(reason.contains("unrecognized"), "{name}: {reason}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_404_halts_the_target_with_a_hint() {
+    let r = outcomes(404, b"not found".to_vec()).await;
+    for (name, o) in &r {
+        match o {
+            Outcome::Halt { reason, .. } => assert!(reason.contains("endpoint"), "{name}: {reason}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
