@@ -1,7 +1,13 @@
 //! Token buckets per target and provider API.
 //!
 //! A strict provider counts calls in any one-second window, so buckets
-//! allow no burst: calls are spaced `1 / rate` apart. Several replicas
+//! allow no burst: calls are spaced `1 / rate` apart. A bucket has two
+//! stages. `pace` (governor's GCRA) meters how fast lanes mark jobs in
+//! flight. `until_ready` is a strict spacer passed right before the request
+//! leaves: the durable mark between the two takes a variable time (group
+//! commit releases several lanes at once), and without the second stage
+//! those sends would bunch into one window. A rate change only alters the
+//! spacer's period, so no spacing state is lost. Several replicas
 //! share one app's limit: each takes
 //! `(limit × HEADROOM × factor − (live − 1)) / live`, where `live` is the
 //! number of live workers and `factor` the shared AIMD factor (halved on a
@@ -10,6 +16,7 @@
 //! so the sum never exceeds the limit in any window.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -42,10 +49,41 @@ struct State {
     effective: f64,
 }
 
+/// Strict spacing: every caller gets the next slot, `period` after the
+/// previous one.
+struct Spacer {
+    period_ns: AtomicU64,
+    next: Mutex<tokio::time::Instant>,
+}
+
+impl Spacer {
+    fn new(rate: f64) -> Spacer {
+        Spacer {
+            period_ns: AtomicU64::new(period_ns(rate)),
+            next: Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    async fn wait(&self) {
+        let slot = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = (*next).max(tokio::time::Instant::now());
+            *next = slot + Duration::from_nanos(self.period_ns.load(Ordering::Acquire));
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+fn period_ns(rate: f64) -> u64 {
+    (1e9 / rate.max(1e-3)) as u64
+}
+
 /// A bucket whose rate can change at run time (replica share, AIMD, SIGHUP).
 pub struct Bucket {
     state: Mutex<State>,
     inner: RwLock<Arc<DefaultDirectRateLimiter>>,
+    gate: Spacer,
 }
 
 impl Bucket {
@@ -60,13 +98,19 @@ impl Bucket {
                 effective,
             }),
             inner: RwLock::new(Arc::new(limiter(effective))),
+            gate: Spacer::new(effective),
         }
     }
 
-    /// Waits for a token.
-    pub async fn until_ready(&self) {
+    /// Meters work that comes before the call (marking it in flight).
+    pub async fn pace(&self) {
         let l = self.inner.read().unwrap_or_else(|p| p.into_inner()).clone();
         l.until_ready().await;
+    }
+
+    /// Waits for this call's slot; pass it right before the request leaves.
+    pub async fn until_ready(&self) {
+        self.gate.wait().await;
     }
 
     /// The rate this process uses now.
@@ -94,6 +138,7 @@ impl Bucket {
         // Rebuilding resets the bucket's phase; skip changes under 1%.
         if (next - s.effective).abs() > s.effective * 0.01 {
             s.effective = next;
+            self.gate.period_ns.store(period_ns(next), Ordering::Release);
             *self.inner.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(limiter(next));
         }
     }
@@ -139,6 +184,32 @@ mod tests {
         }
         assert!((share(500.0, 1, 1.0) - 490.0).abs() < 1e-9);
         assert!(share(20.0, 3, 0.5) >= FLOOR);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_spaces_callers_strictly() {
+        let b = Arc::new(Bucket::new(100.0)); // 98/s: about 10.2 ms apart
+        let start = tokio::time::Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let b = b.clone();
+            tasks.push(tokio::spawn(async move {
+                b.until_ready().await;
+                tokio::time::Instant::now()
+            }));
+        }
+        let mut times = Vec::new();
+        for t in tasks {
+            times.push(t.await.unwrap());
+        }
+        times.sort();
+        // Slots are exact; wake-ups land on the timer's millisecond ticks,
+        // so one gap may be up to 1 ms short, never the long-run spacing.
+        for w in times.windows(2) {
+            assert!(w[1] - w[0] >= Duration::from_micros(9_200), "{:?}", w[1] - w[0]);
+        }
+        assert!(times[49] - times[0] >= Duration::from_micros(49 * 10_204 - 1_000));
+        assert!(times[0] - start < Duration::from_millis(1));
     }
 
     #[test]

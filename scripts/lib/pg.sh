@@ -43,8 +43,20 @@ _chatferry_pg_repo_root() {
 }
 
 _chatferry_pg_private_dir() {
+    if [[ -n "${CHATFERRY_PG_DIR:-}" ]]; then
+        printf '%s\n' "$CHATFERRY_PG_DIR"
+        return 0
+    fi
     local root
     root="$(_chatferry_pg_repo_root)" || return 1
+    # As root, the cluster runs as the postgres user, who must be able to
+    # reach the data directory; a checkout under a private home cannot be,
+    # so the cluster then lives under /var/tmp, one per checkout.
+    if [[ "$(id -u)" -eq 0 ]] && id postgres >/dev/null 2>&1 \
+        && ! runuser -u postgres -- test -x "$root" 2>/dev/null; then
+        printf '/var/tmp/chatferry-pg-%s\n' "$(printf '%s' "$root" | cksum | cut -d' ' -f1)"
+        return 0
+    fi
     printf '%s/.chatferry/pg\n' "$root"
 }
 

@@ -126,6 +126,29 @@ pub trait Provider: Send + Sync + 'static {
     }
 }
 
+/// The outcome of a send refused for missing users, once registering them
+/// was tried: retry at once if it worked.
+pub(crate) fn after_registration(code: i64, result: Result<Registered, String>) -> Outcome {
+    match result {
+        Ok(r) if r.failed.is_empty() => Outcome::RetryLater {
+            code: Some(code),
+            reason: "users were missing; registered them".into(),
+            delay: Some(Duration::ZERO),
+            throttled: false,
+        },
+        Ok(r) => Outcome::Permanent {
+            code: Some(code),
+            reason: format!("cannot register users: {:?}", r.failed),
+        },
+        Err(e) => Outcome::RetryLater {
+            code: Some(code),
+            reason: format!("users missing and registering failed: {e}"),
+            delay: None,
+            throttled: false,
+        },
+    }
+}
+
 /// One job the loader derives from an input message.
 #[derive(Debug, Clone)]
 pub struct PlannedJob {

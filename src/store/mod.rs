@@ -360,23 +360,32 @@ impl Store {
             .map(|_| ())
     }
 
-    /// Heartbeats this worker, forgets workers silent for a minute, and
-    /// returns how many workers are live (heartbeat within `live_within`).
-    pub async fn worker_heartbeat(&self, id: Uuid, live_within: Duration) -> Result<u32, sqlx::Error> {
-        sqlx::query("UPDATE workers SET heartbeat_at = now() WHERE id = $1")
+    /// Heartbeats this worker with whether it holds lanes, forgets workers
+    /// silent for a minute, and returns how many *other* workers are live
+    /// (heartbeat within `live_within`) and active.
+    pub async fn worker_heartbeat(
+        &self,
+        id: Uuid,
+        active: bool,
+        live_within: Duration,
+    ) -> Result<u32, sqlx::Error> {
+        sqlx::query("UPDATE workers SET heartbeat_at = now(), active = $2 WHERE id = $1")
             .bind(id)
+            .bind(active)
             .execute(&self.pool)
             .await?;
         sqlx::query("DELETE FROM workers WHERE heartbeat_at < now() - interval '60 seconds'")
             .execute(&self.pool)
             .await?;
         let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM workers WHERE heartbeat_at > now() - $1 * interval '1 millisecond'",
+            "SELECT count(*) FROM workers
+             WHERE id <> $1 AND active AND heartbeat_at > now() - $2 * interval '1 millisecond'",
         )
+        .bind(id)
         .bind(live_within.as_millis() as i64)
         .fetch_one(&self.pool)
         .await?;
-        Ok(n.max(1) as u32)
+        Ok(n as u32)
     }
 
     /// The shared AIMD factor of each target: the factor left by the last

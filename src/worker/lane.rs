@@ -180,14 +180,13 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                     }
                 }
             }
-            // Wait for a token, then make sure the lease outlives the call.
+            // Paced, then marked in flight, then sent in this call's slot:
+            // the mark's commit time varies, the slot does not.
             let waited = std::time::Instant::now();
             tokio::select! {
-                _ = target.bucket.until_ready() => {}
+                _ = async { w.may_send().await; target.bucket.pace().await } => {}
                 _ = cancel.cancelled() => return Stop::Release,
             }
-            metrics::counter!(om::RATE_WAIT_MS, "target" => lane.target.clone())
-                .increment(waited.elapsed().as_micros() as u64 / 1000);
             if valid_until.load(Ordering::Acquire) - lane_now_ms() < timeout_ms + margin_ms {
                 tracing::warn!(
                     lane = lease.lane_id,
@@ -203,6 +202,18 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                 Some(Some(a)) => a,
                 _ => return Stop::Lost,
             };
+            target.bucket.until_ready().await;
+            metrics::counter!(om::RATE_WAIT_MS, "target" => lane.target.clone())
+                .increment(waited.elapsed().as_micros() as u64 / 1000);
+            if valid_until.load(Ordering::Acquire) - lane_now_ms() < timeout_ms {
+                // Marked but never sent: it stays in doubt and is settled
+                // by the next holder, as after a crash.
+                tracing::warn!(
+                    lane = lease.lane_id,
+                    "lease ran short while waiting for a slot; giving the lane back"
+                );
+                return Stop::Release;
+            }
             let send = SendJob { attempt, ..send };
             let started = std::time::Instant::now();
             let outcome = target.provider.send(&send).await;

@@ -74,8 +74,11 @@ pub struct Worker {
     pub(crate) id: Uuid,
     halted: Mutex<HashMap<String, String>>,
     held: Mutex<HashMap<i64, Held>>,
-    /// Live workers sharing the targets' rates (this one included).
+    /// Active workers sharing the targets' rates (this one included).
     live: AtomicU32,
+    /// Monotonic ms from which this worker's lanes may send; `i64::MAX`
+    /// while it holds no lanes (see `activate`).
+    send_from: AtomicI64,
     /// Set once shutdown began (`/readyz` says not ready).
     pub draining: Arc<AtomicBool>,
     /// Group commit for in-flight marks and done checkpoints.
@@ -107,6 +110,7 @@ impl Worker {
             halted: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             live: AtomicU32::new(1),
+            send_from: AtomicI64::new(i64::MAX),
             draining: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -139,14 +143,19 @@ impl Worker {
         }
     }
 
-    /// Recomputes the rate split: live workers and the shared AIMD factors.
+    /// Recomputes the rate split: active workers and the shared AIMD factors.
     async fn refresh_rates(&self) {
-        let live = self.store.worker_heartbeat(self.id, RATE_EVERY * 3).await;
+        let active = !self.held.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+        if !active {
+            self.send_from.store(i64::MAX, Ordering::Release);
+        }
+        let others = self.store.worker_heartbeat(self.id, active, RATE_EVERY * 3).await;
         let factors = self.store.rate_factors(RECOVER_PER_SEC).await;
-        if let (Ok(live), Ok(factors)) = (live, factors) {
+        if let (Ok(others), Ok(factors)) = (others, factors) {
+            let live = others + 1;
             let prev = self.live.swap(live, Ordering::AcqRel);
             if prev != live {
-                tracing::info!(live_workers = live, "rate split changed");
+                tracing::info!(active_workers = live, "rate split changed");
             }
             let factors: HashMap<String, f64> = factors.into_iter().collect();
             for (name, t) in &self.targets {
@@ -154,6 +163,58 @@ impl Worker {
                 metrics::gauge!(crate::ops::metrics::RATE_SHARE, "target" => name.clone())
                     .set(t.bucket.effective());
             }
+        }
+    }
+
+    /// Called when an idle worker claims lanes: flags it active for the
+    /// others and, if any other worker is active, holds its sends until
+    /// they have all refreshed their split (so the sum never overshoots).
+    async fn activate(&self) {
+        if self.send_from.load(Ordering::Acquire) != i64::MAX {
+            return;
+        }
+        match self.store.worker_heartbeat(self.id, true, RATE_EVERY * 3).await {
+            Ok(others) => {
+                let live = others + 1;
+                self.live.store(live, Ordering::Release);
+                let factors: HashMap<String, f64> = self
+                    .store
+                    .rate_factors(RECOVER_PER_SEC)
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                for (name, t) in &self.targets {
+                    t.set_share(live, factors.get(name).copied().unwrap_or(1.0));
+                }
+                let wait = if others == 0 {
+                    0
+                } else {
+                    (RATE_EVERY.as_millis() as i64) + 1000
+                };
+                self.send_from.store(now_ms() + wait, Ordering::Release);
+            }
+            // Cannot tell: behave as if others were active.
+            Err(_) => self
+                .send_from
+                .store(now_ms() + RATE_EVERY.as_millis() as i64 + 1000, Ordering::Release),
+        }
+    }
+
+    /// Waits until this worker may send (see `activate`).
+    pub(crate) async fn may_send(&self) {
+        loop {
+            let from = self.send_from.load(Ordering::Acquire);
+            let now = now_ms();
+            if from <= now {
+                return;
+            }
+            let wait = if from == i64::MAX {
+                50
+            } else {
+                (from - now).min(1000)
+            };
+            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
         }
     }
 
@@ -284,6 +345,11 @@ impl Worker {
                                 lane_id
                             });
                             task_lanes.insert(handle.id(), lane_id);
+                        }
+                        // After the lanes are in `held`, so a concurrent
+                        // refresh does not see this worker idle.
+                        if claimed > 0 {
+                            self.activate().await;
                         }
                     }
                     Err(e) if store::is_transient(&e) => {

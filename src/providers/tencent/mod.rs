@@ -319,24 +319,7 @@ impl Provider for TencentClient {
                         .iter()
                         .filter_map(|k| parsed.as_ref()?.get(*k)?.as_str().map(str::to_string))
                         .collect();
-                    return match self.import_accounts(&users).await {
-                        Ok(r) if r.failed.is_empty() => Outcome::RetryLater {
-                            code: Some(*c),
-                            reason: "accounts were missing; imported them".into(),
-                            delay: Some(Duration::ZERO),
-                            throttled: false,
-                        },
-                        Ok(r) => Outcome::Permanent {
-                            code: Some(*c),
-                            reason: format!("cannot import accounts: {:?}", r.failed),
-                        },
-                        Err(e) => Outcome::RetryLater {
-                            code: Some(*c),
-                            reason: format!("accounts missing and importing failed: {e}"),
-                            delay: None,
-                            throttled: false,
-                        },
-                    };
+                    return super::after_registration(*c, self.import_accounts(&users).await);
                 }
             }
             return outcome;

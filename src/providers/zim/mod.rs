@@ -358,24 +358,7 @@ impl Provider for ZimClient {
                 if self.ensure_users && codes::classify(*c) == codes::Class::UserMissing {
                     if let Some(content) = Content::of_body(job.body) {
                         let users = [content.view.clone(), content.peer.clone()];
-                        return match self.register(&users).await {
-                            Ok(r) if r.failed.is_empty() => Outcome::RetryLater {
-                                code: Some(*c),
-                                reason: "users were missing; registered them".into(),
-                                delay: Some(std::time::Duration::ZERO),
-                                throttled: false,
-                            },
-                            Ok(r) => Outcome::Permanent {
-                                code: Some(*c),
-                                reason: format!("cannot register users: {:?}", r.failed),
-                            },
-                            Err(e) => Outcome::RetryLater {
-                                code: Some(*c),
-                                reason: format!("users missing and registering failed: {e}"),
-                                delay: None,
-                                throttled: false,
-                            },
-                        };
+                        return super::after_registration(*c, self.register(&users).await);
                     }
                 }
             }
