@@ -80,8 +80,11 @@ pub enum OnPermanentError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct WorkerConfig {
-    /// Lanes in flight at once in this process.
+    /// Lanes in flight at once in this process (the floor: the worker
+    /// runs more when rate × job cycle time needs more).
     pub concurrency: usize,
+    /// Ceiling for the adaptive lane count.
+    pub max_concurrency: usize,
     /// How long a lane stays claimed without a heartbeat.
     pub lease_secs: u64,
     /// Per-request HTTP timeout; past it the outcome is unknown.
@@ -105,6 +108,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             concurrency: 64,
+            max_concurrency: 1024,
             lease_secs: 30,
             request_timeout_ms: 10_000,
             on_permanent_error: OnPermanentError::Skip,

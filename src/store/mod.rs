@@ -425,12 +425,15 @@ impl Store {
 
     /// Claims up to `n` lanes of the given targets whose time has come,
     /// including lanes whose previous lease expired.
+    /// `running` are lanes this process still runs: an expired lease of
+    /// its own is never claimed twice.
     pub async fn claim_lanes(
         &self,
         owner: Uuid,
         n: i64,
         lease: Duration,
         targets: &[String],
+        running: &[i64],
     ) -> Result<Vec<ClaimedLane>, sqlx::Error> {
         if n <= 0 || targets.is_empty() {
             return Ok(Vec::new());
@@ -438,7 +441,7 @@ impl Store {
         let rows = sqlx::query(
             "WITH c AS (
                 SELECT id FROM lanes
-                WHERE available_at <= now() AND target = ANY($4)
+                WHERE available_at <= now() AND target = ANY($4) AND id <> ALL($5)
                 ORDER BY available_at
                 LIMIT $2
                 FOR UPDATE SKIP LOCKED
@@ -455,6 +458,7 @@ impl Store {
         .bind(n)
         .bind(lease.as_millis() as i64)
         .bind(targets)
+        .bind(running)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows

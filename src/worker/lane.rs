@@ -183,10 +183,12 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
             // Paced, then marked in flight, then sent in this call's slot:
             // the mark's commit time varies, the slot does not.
             let waited = std::time::Instant::now();
+            let cycle_start = waited;
             tokio::select! {
                 _ = async { w.may_send().await; target.bucket.pace().await } => {}
                 _ = cancel.cancelled() => return Stop::Release,
             }
+            let paced = waited.elapsed();
             if valid_until.load(Ordering::Acquire) - lane_now_ms() < timeout_ms + margin_ms {
                 tracing::warn!(
                     lane = lease.lane_id,
@@ -248,6 +250,8 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                         Some(true) => {}
                         _ => return Stop::Lost,
                     }
+                    // The pace wait is the rate's share of the cycle, not lane work.
+                    w.record_cycle(cycle_start.elapsed().saturating_sub(paced));
                 }
                 Outcome::RetryLater {
                     code,

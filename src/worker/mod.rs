@@ -8,7 +8,7 @@
 //! off from the database stops sending before another may take over.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,8 @@ pub struct Worker {
     held: Mutex<HashMap<i64, Held>>,
     /// Active workers sharing the targets' rates (this one included).
     live: AtomicU32,
+    /// Moving average of one job's cycle (pace, mark, call, checkpoint), µs.
+    cycle_us: AtomicU64,
     /// Monotonic ms from which this worker's lanes may send; `i64::MAX`
     /// while it holds no lanes (see `activate`).
     send_from: AtomicI64,
@@ -111,6 +113,7 @@ impl Worker {
             held: Mutex::new(HashMap::new()),
             live: AtomicU32::new(1),
             send_from: AtomicI64::new(i64::MAX),
+            cycle_us: AtomicU64::new(0),
             draining: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -199,6 +202,34 @@ impl Worker {
                 .send_from
                 .store(now_ms() + RATE_EVERY.as_millis() as i64 + 1000, Ordering::Release),
         }
+    }
+
+    /// Records one job's cycle time (moving average over ~64 jobs).
+    pub(crate) fn record_cycle(&self, took: Duration) {
+        let us = took.as_micros().min(u128::from(u32::MAX)) as u64;
+        let _ = self
+            .cycle_us
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                Some(if old == 0 { us } else { old - old / 64 + us / 64 })
+            });
+    }
+
+    /// How many lanes to run: enough that the rate, not the lane count,
+    /// limits throughput (rate × cycle time, with half again to spare),
+    /// never below `concurrency` nor above `max_concurrency`.
+    fn lane_cap(&self) -> usize {
+        let cycle = self.cycle_us.load(Ordering::Acquire) as f64 / 1e6;
+        let rate: f64 = self
+            .targets
+            .iter()
+            .filter(|(name, _)| !self.is_halted(name))
+            .map(|(_, t)| t.bucket.effective())
+            .sum();
+        let needed = (rate * cycle * 1.5).ceil() as usize;
+        needed.clamp(
+            self.cfg.concurrency,
+            self.cfg.max_concurrency.max(self.cfg.concurrency),
+        )
     }
 
     /// Waits until this worker may send (see `activate`).
@@ -314,13 +345,15 @@ impl Worker {
             if shutdown.is_cancelled() {
                 break;
             }
-            let free = self.cfg.concurrency.saturating_sub(tasks.len());
+            let cap = self.lane_cap();
+            let free = cap.saturating_sub(tasks.len());
             let live = self.live_targets();
             let mut claimed = 0;
             if free > 0 && !live.is_empty() {
+                let running: Vec<i64> = task_lanes.values().copied().collect();
                 match self
                     .store
-                    .claim_lanes(self.id, free as i64, self.lease(), &live)
+                    .claim_lanes(self.id, free as i64, self.lease(), &live, &running)
                     .await
                 {
                     Ok(lanes) => {
@@ -364,7 +397,7 @@ impl Worker {
                     Err(e) => return Err(anyhow::Error::new(e).context("cannot claim lanes")),
                 }
             }
-            if claimed > 0 && tasks.len() < self.cfg.concurrency {
+            if claimed > 0 && tasks.len() < cap {
                 continue;
             }
             if claimed == 0 && tasks.is_empty() && exit_when_idle {
@@ -386,7 +419,7 @@ impl Worker {
                 }
             }
             // Sleep until a lane frees a slot, work may be due, or shutdown.
-            let wait = if tasks.len() >= self.cfg.concurrency {
+            let wait = if tasks.len() >= cap {
                 Duration::from_secs(3600)
             } else {
                 match self.store.next_claim_in_ms(&live).await {

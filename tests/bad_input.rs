@@ -1,0 +1,153 @@
+//! A corpus of malformed lines between good ones: each bad line is rejected
+//! with its line number and a reason; every good line still loads. Nothing
+//! panics.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use common::*;
+
+#[tokio::test]
+async fn every_bad_line_is_named_and_the_good_ones_load() {
+    let db = TestDb::new().await;
+    let cfg = config(
+        &db,
+        "[load]\nmax_line_bytes = 65536\n\
+         [targets.zim]\nkind = \"zim\"\nendpoint = \"http://127.0.0.1:9/\"\napp_id = 1\nserver_secret = \"s\"\n",
+    );
+    let now = now_ms() - 60_000;
+    let good = |i: usize| text_line(&format!("g{i}"), "alice", "bob", now + i as i64, "fine");
+    // (bad line bytes, what its reason must mention)
+    let bad: Vec<(Vec<u8>, &str)> = vec![
+        (b"{\"id\":\"1\",\"from\":".to_vec(), "invalid JSON"),
+        (b"[1,2,3]".to_vec(), "invalid JSON"),
+        (
+            br#"{"id":1,"from":"a","to":"b","sent_at_ms":1,"type":"text","text":"x"}"#.to_vec(),
+            "invalid type",
+        ),
+        (
+            format!(r#"{{"id":"2","from":"a","to":"b","sent_at_ms":"{now}","type":"text","text":"x"}}"#)
+                .into_bytes(),
+            "invalid type",
+        ),
+        (
+            format!(
+                r#"{{"id":"3","from":"a","to":"b","sent_at_ms":{now},"type":"text","text":"{}"}}"#,
+                "x".repeat(3 << 20)
+            )
+            .into_bytes(),
+            "byte limit",
+        ),
+        (
+            b"{\"id\":\"4\",\"from\":\"a\xff\xfe\",\"to\":\"b\"}".to_vec(),
+            "UTF-8",
+        ),
+        (
+            b"{\"id\":\"5\",\"from\":\"a\0\",\"to\":\"b\"}".to_vec(),
+            "invalid JSON",
+        ),
+        (
+            format!(r#"{{"id":"6","from":"a\u0000","to":"b","sent_at_ms":{now},"type":"text","text":"x"}}"#)
+                .into_bytes(),
+            "from",
+        ),
+        (
+            format!(r#"{{"id":"7","from":"a","to":"b","sent_at_ms":{now},"type":"hologram"}}"#).into_bytes(),
+            "not supported",
+        ),
+        (
+            format!(r#"{{"id":"8","to":"b","sent_at_ms":{now},"type":"text","text":"x"}}"#).into_bytes(),
+            "missing field `from`",
+        ),
+        (
+            format!(r#"{{"id":"9","from":"a","to":"b","sent_at_ms":{now},"type":"text"}}"#).into_bytes(),
+            "needs the field `text`",
+        ),
+        (
+            text_line("10", &"u".repeat(33), "b", now, "x").into_bytes(),
+            "at most 32",
+        ),
+        (text_line("11", "al/ice", "b", now, "x").into_bytes(), "refuses"),
+        (
+            text_line("12", "a", "b", now + 86_400_000, "x").into_bytes(),
+            "future",
+        ),
+        (
+            text_line("13", "a", "b", now - 30 * 86_400_000, "x").into_bytes(),
+            "window",
+        ),
+        (
+            text_line(&"i".repeat(300), "a", "b", now, "x").into_bytes(),
+            "id is 300 bytes",
+        ),
+        (
+            format!(
+                r#"{{"id":"14","from":"a","to":"b","sent_at_ms":{now},"type":"text","text":"{}"}}"#,
+                "y".repeat(3000)
+            )
+            .into_bytes(),
+            "max_message_bytes",
+        ),
+        (
+            format!(r#"{{"id":"15","from":"a","to":"b","sent_at_ms":{now},"type":"signalling","data":"x"}}"#)
+                .into_bytes(),
+            "signalling",
+        ),
+    ];
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    let mut expect: HashMap<u64, &str> = HashMap::new();
+    let mut line = 0u64;
+    let mut goods = 0;
+    for (i, (b, why)) in bad.iter().enumerate() {
+        writeln!(file, "{}", good(i)).unwrap();
+        line += 1;
+        goods += 1;
+        file.write_all(b).unwrap();
+        file.write_all(b"\n").unwrap();
+        line += 1;
+        expect.insert(line, why);
+    }
+    writeln!(file, "{}", good(999)).unwrap();
+    goods += 1;
+    file.flush().unwrap();
+
+    let rejects = tempfile::NamedTempFile::new().unwrap();
+    let s = load(
+        &db,
+        &cfg,
+        "zim",
+        "b",
+        &[file.path()],
+        Some(rejects.path().to_path_buf()),
+    )
+    .await;
+    assert_eq!(s.accepted, goods, "every good line loads");
+    assert_eq!(s.rejected as usize, bad.len());
+    let got: HashMap<u64, String> = std::fs::read_to_string(rejects.path())
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("rejects file is JSON Lines");
+            (
+                v["line"].as_u64().unwrap(),
+                v["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for (line, why) in &expect {
+        let reason = got
+            .get(line)
+            .unwrap_or_else(|| panic!("line {line} not rejected; got {got:?}"));
+        assert!(
+            reason.contains(why),
+            "line {line}: {reason:?} should mention {why:?}"
+        );
+    }
+    // Each good line is two ZIM jobs (both views).
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM chatferry.jobs").await,
+        2 * goods as i64
+    );
+}
