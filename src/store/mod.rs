@@ -824,7 +824,7 @@ impl Store {
         let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
             "SELECT batch, target, total, pending, in_flight, done, failed, skipped, paused,
                     jobs_per_sec::float8 AS jobs_per_sec,
-                    extract(epoch FROM eta)::bigint AS eta_secs
+                    CASE WHEN pending + in_flight > 0 THEN extract(epoch FROM eta)::bigint END AS eta_secs
              FROM batch_progress",
         );
         if let Some(b) = batch {
