@@ -105,6 +105,7 @@ async fn empty_truncated_and_wrongly_typed_answers_are_in_doubt() {
         br#"{"ActionStatus":"OK","ErrorCode":0"#.to_vec(),
         br#"[1,2,3]"#.to_vec(),
         br#"{"Code":"zero","ActionStatus":7,"ErrorCode":{"a":1}}"#.to_vec(),
+        br#"{"ActionStatus":"FAIL","ErrorCode":0}"#.to_vec(),
         b"\xff\xfe\x00garbage".to_vec(),
     ] {
         let what = String::from_utf8_lossy(&body).to_string();

@@ -158,6 +158,17 @@ pub fn classify_answer(v: &Value, sent_seq: Option<i64>) -> Outcome {
         .and_then(Value::as_str)
         .map(|s| snippet(s.as_bytes()))
         .unwrap_or_default();
+    // A success code beside ActionStatus "FAIL" contradicts itself: it
+    // must not mark a job done. In doubt, it is settled by a resend.
+    if code == 0
+        && v.get("ActionStatus")
+            .and_then(Value::as_str)
+            .is_some_and(|s| s != "OK")
+    {
+        return Outcome::Unknown {
+            reason: format!("answer says ErrorCode 0 but ActionStatus is not OK ({info})"),
+        };
+    }
     use codes::Class::*;
     match codes::classify(code) {
         Success => Outcome::Accepted(Accepted {
