@@ -372,8 +372,8 @@ impl Provider for ZimClient {
     /// Nothing later in the lane was sent, so if the message was applied
     /// it is among the newest of that user's view. A candidate matches on
     /// sender, type and body, must not carry a MsgId already checkpointed
-    /// in this lane (an identical earlier message), and, among several,
-    /// the one whose MsgTime equals SendMessageTime wins. Assumes nothing
+    /// in this lane (an identical earlier message), and, when the provider
+    /// echoes MsgTime, must have our SendMessageTime. Assumes nothing
     /// but chatferry writes to that view during the import.
     async fn reconcile(&self, job: &SendJob<'_>) -> Reconciled {
         let Some(content) = Content::of_body(job.body) else {
@@ -389,24 +389,15 @@ impl Provider for ZimClient {
             }
         };
         let known: std::collections::HashSet<&str> = job.known_ids.iter().map(String::as_str).collect();
-        let mut best: Option<(&Value, bool)> = None;
-        for item in &list {
-            if !content.matches(item) {
-                continue;
-            }
-            let id = id_field(item, "MsgId");
-            if id.as_deref().is_some_and(|i| known.contains(i)) {
-                continue;
-            }
-            let same_time = int_field(item, "MsgTime") == Some(content.time_ms);
-            match best {
-                Some((_, true)) => {}
-                Some((_, false)) if !same_time => {}
-                _ => best = Some((item, same_time)),
-            }
-        }
-        match best {
-            Some((item, _)) => Reconciled::Applied(Accepted {
+        // Newest first: the first candidate is the latest such message.
+        let found = list.iter().find(|item| {
+            content.matches(item)
+                && !id_field(item, "MsgId").is_some_and(|i| known.contains(i.as_str()))
+                // When the provider echoes the time, it must be ours.
+                && int_field(item, "MsgTime").map_or(true, |t| t == content.time_ms)
+        });
+        match found {
+            Some(item) => Reconciled::Applied(Accepted {
                 msg_id: id_field(item, "MsgId"),
                 msg_seq: int_field(item, "MsgSeq"),
                 request_id: None,
