@@ -91,6 +91,17 @@ pub enum Command {
         #[arg(long)]
         job: i64,
     },
+    /// Measure, with two dedicated users of the real account, what the
+    /// provider does where its documents are silent; stores the findings.
+    Probe {
+        #[arg(long)]
+        target: String,
+        /// Two dedicated probe users, `A,B` (registered by the probe).
+        #[arg(long, value_delimiter = ',', num_args = 1)]
+        users: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `chatferry accounts ...`
@@ -329,6 +340,21 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Probe { target, users, json } => {
+            let [a, b] = users.as_slice() else {
+                return Err(Failure::Usage(
+                    "--users takes two user ids, e.g. --users probe-a,probe-b".into(),
+                ));
+            };
+            let store = open_store(&config).await?;
+            let f = crate::probe::run(&config, &store, &target, [a, b]).await?;
+            if json {
+                println!("{}", serde_json::to_string(&f).map_err(anyhow::Error::new)?);
+            } else {
+                print!("{}", f.report(&target));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Verify { batch, json } => {
             let store = open_store(&config).await?;

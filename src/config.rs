@@ -102,6 +102,18 @@ pub struct WorkerConfig {
     pub shutdown_grace_secs: u64,
     /// Jobs read from a lane per round trip.
     pub prefetch: i64,
+    /// How old an in-doubt job's latest in-flight mark must be (database
+    /// clock) before it is reconciled: a request the provider applies after
+    /// the client gave up (slow backend, a proxy's 504) must be visible by
+    /// then. Well above the request timeout.
+    pub reconcile_settle_secs: u64,
+    /// Reconciles that cannot decide before the job fails (or blocks its
+    /// lane) with a reason for the operator.
+    pub max_reconcile_attempts: u32,
+    /// Clock skew allowed between this host, the database and the provider
+    /// when a reconcile compares the provider's receive time (MsgTime) with
+    /// the time a job was marked in flight.
+    pub reconcile_skew_secs: u64,
 }
 
 impl Default for WorkerConfig {
@@ -118,6 +130,9 @@ impl Default for WorkerConfig {
             poll_interval_ms: 500,
             shutdown_grace_secs: 20,
             prefetch: 32,
+            reconcile_settle_secs: 60,
+            max_reconcile_attempts: 20,
+            reconcile_skew_secs: 120,
         }
     }
 }
@@ -455,6 +470,16 @@ impl Config {
                  so a call always ends while its lane is still leased",
                 self.worker.request_timeout_ms, self.worker.lease_secs
             )));
+        }
+        if self.worker.reconcile_settle_secs * 1000 <= self.worker.request_timeout_ms {
+            return Err(err(format!(
+                "worker.reconcile_settle_secs ({} s) must be above worker.request_timeout_ms ({} ms): \
+                 a request still travelling when its reconcile reads the view would be sent twice",
+                self.worker.reconcile_settle_secs, self.worker.request_timeout_ms
+            )));
+        }
+        if self.worker.max_reconcile_attempts == 0 {
+            return Err(err("worker.max_reconcile_attempts must be at least 1"));
         }
         if self.worker.prefetch < 1 {
             return Err(err("worker.prefetch must be at least 1"));

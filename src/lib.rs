@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod load;
 pub mod ops;
+pub mod probe;
 pub mod providers;
 pub mod ratelimit;
 pub mod simulate;

@@ -63,6 +63,7 @@ async fn outcomes(status: u16, body: Vec<u8>) -> Vec<(String, Outcome)> {
             lane_key: "a\u{1f}b",
             attempt: 1,
             known_ids: &[],
+            first_mark_ms: None,
         };
         let o = tokio::time::timeout(Duration::from_secs(10), p.send(&job))
             .await

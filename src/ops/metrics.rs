@@ -19,6 +19,8 @@ pub const RATE_WAIT_MS: &str = "chatferry_rate_limit_wait_milliseconds_total";
 pub const RATE_SHARE: &str = "chatferry_rate_share_per_second";
 /// Reconciles of in-doubt calls, by target and result.
 pub const RECONCILES: &str = "chatferry_reconciles_total";
+/// QueryPeerMsg pages read by reconciles, by target.
+pub const RECONCILE_READS: &str = "chatferry_reconcile_reads_total";
 /// Leases this process lost.
 pub const LEASES_LOST: &str = "chatferry_leases_lost_total";
 

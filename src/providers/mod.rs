@@ -59,6 +59,18 @@ pub enum Reconciled {
     Halt { code: Option<i64>, reason: String },
 }
 
+impl Reconciled {
+    /// The metric label of this result.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reconciled::Applied(_) => "applied",
+            Reconciled::NotApplied => "not_applied",
+            Reconciled::Unknown { .. } => "unknown",
+            Reconciled::Halt { .. } => "halt",
+        }
+    }
+}
+
 /// A job as the provider sees it: the frozen body and where it belongs.
 #[derive(Debug, Clone)]
 pub struct SendJob<'a> {
@@ -70,6 +82,10 @@ pub struct SendJob<'a> {
     /// lane, newest first, so an identical earlier message is not taken
     /// for the one in doubt.
     pub known_ids: &'a [String],
+    /// For reconcile: when the job was first marked in flight (Unix ms,
+    /// database clock). A provider that reports its own receive time got
+    /// the message after this.
+    pub first_mark_ms: Option<i64>,
 }
 
 /// What registering users found.
@@ -108,6 +124,23 @@ pub trait Provider: Send + Sync + 'static {
     /// which is right only for providers that deduplicate.
     async fn reconcile(&self, _job: &SendJob<'_>) -> Reconciled {
         Reconciled::NotApplied
+    }
+
+    /// Whether an in-doubt job must wait `worker.reconcile_settle_secs`
+    /// before its reconcile: true for a provider without dedup, where a
+    /// late landing read as "not applied" would be stored twice.
+    fn reconcile_settles(&self) -> bool {
+        false
+    }
+
+    /// Takes what `chatferry probe` measured for this target (see
+    /// [`crate::probe`]); the default ignores it.
+    fn apply_findings(&self, _findings: &crate::probe::Findings) {}
+
+    /// Measures what the provider's documents leave open, with two
+    /// dedicated users (`chatferry probe`).
+    async fn probe(&self, _users: [&str; 2]) -> Result<crate::probe::Findings, String> {
+        Err("probe is not available for this provider".into())
     }
 
     /// Registers users with the provider, within its rate limits.
@@ -177,6 +210,14 @@ pub fn plan(target: &TargetConfig, msg: &InputMessage, ctx: PlanContext) -> Resu
     }
 }
 
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// The conversation id of two users: order-independent.
 pub fn conversation_id(a: &str, b: &str) -> String {
     if a <= b {
@@ -200,10 +241,11 @@ pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
 /// Builds the provider for each configured target.
 pub fn build_all(config: &Config) -> anyhow::Result<Vec<(String, Arc<dyn Provider>)>> {
     let client = http_client(Duration::from_millis(config.worker.request_timeout_ms))?;
+    let skew = Duration::from_secs(config.worker.reconcile_skew_secs);
     let mut out: Vec<(String, Arc<dyn Provider>)> = Vec::new();
     for (name, t) in &config.targets {
         let p: Arc<dyn Provider> = match t {
-            TargetConfig::Zim(z) => Arc::new(zim::ZimClient::new(name, z, client.clone())?),
+            TargetConfig::Zim(z) => Arc::new(zim::ZimClient::new(name, z, client.clone(), skew)?),
             TargetConfig::Tencent(tc) => Arc::new(tencent::TencentClient::new(name, tc, client.clone())?),
         };
         out.push((name.clone(), p));

@@ -19,7 +19,26 @@
 //!      applied;
 //!    - `apply_then_drop_rate`: the call is handled (and applied when valid),
 //!      then the connection is reset without an answer;
-//!    - `slow_rate`: the call is handled, then the answer waits `slow_ms`.
+//!    - `slow_rate`: the call is handled, then the answer waits `slow_ms`;
+//!    - `late_rate`: the call waits `late_ms` *before* it is handled (and
+//!      applied when valid), so it lands after a client that gave up: a
+//!      slow backend behind a proxy that already answered 504 does this;
+//!    - `apply_then_error_rate`: the call is handled (and applied when
+//!      valid), then the answer is a server-side error code from
+//!      `apply_then_error_codes` (empty: ZIM's `1`, `105001`,
+//!      `100000015`, `660000001`, `660000003`; Tencent's transient codes).
+//!      ZEGO's return-code page lists these as server failures without
+//!      saying whether the write happened, so a client must reconcile.
+//! 4. **Live users** (ZIM only, `ImportPeerMsg`): `live_per_view` messages
+//!    are already in a view when chatferry first writes to it, and after
+//!    each import one more arrives with chance `live_rate`: the usual
+//!    cut-over, where users chat on ZIM during the backfill. They carry the
+//!    server's receive time and never count as duplicates or inversions.
+//! 5. **`msg_time`** (ZIM only): `"receive"` (default) reports the server's
+//!    receive time as QueryPeerMsg's `MsgTime`, as ZEGO's page
+//!    `conversation/query-the-message-list-of-one-on-one-chats.md`
+//!    documents it; `"echo"` reports the imported `SendMessageTime`
+//!    instead, which the documents neither promise nor rule out.
 //!
 //! `apis`, when not empty, limits latency and the modes to those APIs
 //! (`ImportPeerMsg`, `QueryPeerMsg`, `UserRegister`, `importmsg`,
@@ -77,6 +96,24 @@ pub struct ProviderFaults {
     pub down: bool,
     pub outage_mode: OutageMode,
     pub apis: Vec<String>,
+    pub late_rate: f64,
+    pub late_ms: u64,
+    pub apply_then_error_rate: f64,
+    pub apply_then_error_codes: Vec<i64>,
+    pub live_per_view: u32,
+    pub live_rate: f64,
+    pub msg_time: MsgTime,
+}
+
+/// What QueryPeerMsg reports as `MsgTime` (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MsgTime {
+    /// The server's receive time (as documented).
+    #[default]
+    Receive,
+    /// The imported `SendMessageTime`.
+    Echo,
 }
 
 impl Default for ProviderFaults {
@@ -96,6 +133,13 @@ impl Default for ProviderFaults {
             down: false,
             outage_mode: OutageMode::Http503,
             apis: Vec::new(),
+            late_rate: 0.0,
+            late_ms: 3_000,
+            apply_then_error_rate: 0.0,
+            apply_then_error_codes: Vec::new(),
+            live_per_view: 0,
+            live_rate: 0.0,
+            msg_time: MsgTime::Receive,
         }
     }
 }
@@ -107,6 +151,7 @@ impl ProviderFaults {
             || self.mode_rate_sum() > 0.0
             || !self.outages.is_empty()
             || self.down
+            || self.live_rate > 0.0
     }
 
     fn mode_rate_sum(&self) -> f64 {
@@ -115,6 +160,8 @@ impl ProviderFaults {
             + self.transient_rate
             + self.apply_then_drop_rate
             + self.slow_rate
+            + self.late_rate
+            + self.apply_then_error_rate
     }
 
     fn validate(&self, side: &str) -> anyhow::Result<()> {
@@ -124,6 +171,9 @@ impl ProviderFaults {
             ("transient_rate", self.transient_rate),
             ("apply_then_drop_rate", self.apply_then_drop_rate),
             ("slow_rate", self.slow_rate),
+            ("late_rate", self.late_rate),
+            ("apply_then_error_rate", self.apply_then_error_rate),
+            ("live_rate", self.live_rate),
         ] {
             if !(0.0..=1.0).contains(&r) {
                 bail!("faults: {side}.{name} is {r}; a rate is between 0 and 1");
@@ -131,8 +181,8 @@ impl ProviderFaults {
         }
         if self.mode_rate_sum() > 1.0 + 1e-9 {
             bail!(
-                "faults: the {side} rates (reset, http_5xx, transient, apply_then_drop, slow) add up \
-                 to more than 1"
+                "faults: the {side} rates (reset, http_5xx, transient, apply_then_drop, slow, late, \
+                 apply_then_error) add up to more than 1"
             );
         }
         if let Some(s) = self.http_5xx_statuses.iter().find(|s| !(500..=599).contains(*s)) {
@@ -278,7 +328,7 @@ pub(crate) enum Side {
 }
 
 /// The fault kinds counted in the stats, by index.
-pub(crate) const FAULT_KINDS: [&str; 7] = [
+pub(crate) const FAULT_KINDS: [&str; 10] = [
     "latency",
     "transient",
     "http_5xx",
@@ -286,6 +336,9 @@ pub(crate) const FAULT_KINDS: [&str; 7] = [
     "apply_then_drop",
     "slow",
     "outage",
+    "late",
+    "apply_then_error",
+    "live",
 ];
 pub(crate) const F_LATENCY: usize = 0;
 pub(crate) const F_TRANSIENT: usize = 1;
@@ -294,6 +347,9 @@ pub(crate) const F_RESET: usize = 3;
 pub(crate) const F_APPLY_THEN_DROP: usize = 4;
 pub(crate) const F_SLOW: usize = 5;
 pub(crate) const F_OUTAGE: usize = 6;
+pub(crate) const F_LATE: usize = 7;
+pub(crate) const F_APPLY_THEN_ERROR: usize = 8;
+pub(crate) const F_LIVE: usize = 9;
 
 /// What to do to one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,6 +360,8 @@ pub(crate) enum Action {
     Transient(i64),
     ApplyThenDrop,
     Slow(Duration),
+    Late(Duration),
+    ApplyThenError(i64),
 }
 
 /// The faults drawn for one call.
@@ -311,6 +369,15 @@ pub(crate) enum Action {
 pub(crate) struct Plan {
     pub latency: Duration,
     pub action: Option<Action>,
+    /// A live user's message arrives in the view after this call (ZIM).
+    pub live: bool,
+}
+
+/// How the simulated ZIM presents views (see the module doc, 4 and 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct ViewSettings {
+    pub live_per_view: u32,
+    pub msg_time: MsgTime,
 }
 
 struct Inner {
@@ -388,6 +455,7 @@ impl Faults {
             return Some(Plan {
                 latency: Duration::ZERO,
                 action: Some(Action::Outage(pf.outage_mode)),
+                live: false,
             });
         }
         if !pf.apis.is_empty() && !pf.apis.iter().any(|a| a.eq_ignore_ascii_case(api)) {
@@ -408,6 +476,8 @@ impl Faults {
             pf.transient_rate,
             pf.apply_then_drop_rate,
             pf.slow_rate,
+            pf.late_rate,
+            pf.apply_then_error_rate,
         ]
         .iter()
         .position(|r| {
@@ -435,10 +505,35 @@ impl Faults {
                 Some(Action::Transient(codes[rng.gen_range(0..codes.len())]))
             }
             Some(3) => Some(Action::ApplyThenDrop),
-            Some(_) => Some(Action::Slow(Duration::from_millis(pf.slow_ms))),
+            Some(4) => Some(Action::Slow(Duration::from_millis(pf.slow_ms))),
+            Some(5) => Some(Action::Late(Duration::from_millis(pf.late_ms))),
+            Some(_) => {
+                let codes: &[i64] = if !pf.apply_then_error_codes.is_empty() {
+                    &pf.apply_then_error_codes
+                } else if side == Side::Zim {
+                    ZIM_TRANSIENT_CODES
+                } else {
+                    TENCENT_TRANSIENT_CODES
+                };
+                Some(Action::ApplyThenError(codes[rng.gen_range(0..codes.len())]))
+            }
             None => None,
         };
-        Some(Plan { latency, action })
+        let live = pf.live_rate > 0.0 && rng.gen::<f64>() < pf.live_rate;
+        Some(Plan {
+            latency,
+            action,
+            live,
+        })
+    }
+
+    /// How the simulated ZIM presents its views now.
+    pub(crate) fn view_settings(&self) -> ViewSettings {
+        let inner = self.lock();
+        ViewSettings {
+            live_per_view: inner.cfg.zim.live_per_view,
+            msg_time: inner.cfg.zim.msg_time,
+        }
     }
 }
 

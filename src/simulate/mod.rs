@@ -164,6 +164,10 @@ pub(crate) struct Ctx<'a> {
     pub no_auth: bool,
     /// This call's request id.
     pub rid: u64,
+    /// A live user's message arrives in the view after this call.
+    pub live: bool,
+    /// How views are presented (live users, MsgTime).
+    pub view: faults::ViewSettings,
 }
 
 /// A handler's successful answer: finished text, or fields to which the

@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::faults::{
-    Action, OutageMode, Side, F_APPLY_THEN_DROP, F_HTTP_5XX, F_LATENCY, F_OUTAGE, F_RESET, F_SLOW,
-    F_TRANSIENT,
+    Action, OutageMode, Side, F_APPLY_THEN_DROP, F_APPLY_THEN_ERROR, F_HTTP_5XX, F_LATE, F_LATENCY, F_OUTAGE,
+    F_RESET, F_SLOW, F_TRANSIENT,
 };
 use super::state::Api;
 use super::{control, tencent, zim, Answer, Ctx, Query, Shared};
@@ -211,6 +211,7 @@ async fn handle(
     stats.call(api);
 
     let mut after: Option<Action> = None;
+    let mut plan_live = false;
     if let Some(plan) = shared.faults.plan(side, api.name(), shared.clock.mono_ns()) {
         if let Some(Action::Outage(mode)) = plan.action {
             stats.fault(F_OUTAGE);
@@ -230,6 +231,7 @@ async fn handle(
             }
         }
         after = plan.action;
+        plan_live = plan.live;
     }
 
     let body = match Limited::new(body, MAX_BODY).collect().await {
@@ -271,17 +273,27 @@ async fn handle(
         _ => {}
     }
 
-    let cx = Ctx {
-        now_ms: shared.clock.now_ms(),
-        mono_ns: shared.clock.mono_ns(),
-        stats,
-        auto_register: shared.auto_register,
-        no_auth: shared.no_auth,
-        rid: shared.request_ids.fetch_add(1, Ordering::Relaxed),
-    };
-    let answer = match side {
-        Side::Zim => zim::handle(&shared.zim, api, &q, &body, &cx),
-        Side::Tencent => tencent::handle(&shared.tencent, api, &q, &body, &cx),
+    let live = plan_live;
+    let answer = match after {
+        // Handled in a task of its own, so the write lands even after the
+        // client gave up and hung up.
+        Some(Action::Late(delay)) => {
+            stats.fault(F_LATE);
+            let sh = shared.clone();
+            let query = parts.uri.query().unwrap_or("").to_string();
+            let late = tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = sh.cancel.cancelled() => return None,
+                }
+                Some(apply(&sh, api, &Query::parse(&query), &body, live))
+            });
+            match late.await {
+                Ok(Some(a)) => a,
+                _ => return Err(Dropped),
+            }
+        }
+        _ => apply(&shared, api, &q, &body, live),
     };
 
     match after {
@@ -289,6 +301,14 @@ async fn handle(
             stats.fault(F_APPLY_THEN_DROP);
             reset.store(true, Ordering::SeqCst);
             Err(Dropped)
+        }
+        Some(Action::ApplyThenError(code)) => {
+            stats.fault(F_APPLY_THEN_ERROR);
+            let rid = shared.request_ids.fetch_add(1, Ordering::Relaxed);
+            Ok(response(match side {
+                Side::Zim => zim::transient(code, rid),
+                Side::Tencent => tencent::transient(code),
+            }))
         }
         Some(Action::Slow(delay)) => {
             stats.fault(F_SLOW);
@@ -298,5 +318,24 @@ async fn handle(
             }
         }
         _ => Ok(response(answer)),
+    }
+}
+
+/// Handles (and applies, when valid) one provider call.
+fn apply(shared: &Shared, api: Api, q: &Query, body: &[u8], live: bool) -> Answer {
+    let side = api.side();
+    let cx = Ctx {
+        now_ms: shared.clock.now_ms(),
+        mono_ns: shared.clock.mono_ns(),
+        stats: shared.stats.side(side),
+        auto_register: shared.auto_register,
+        no_auth: shared.no_auth,
+        rid: shared.request_ids.fetch_add(1, Ordering::Relaxed),
+        live,
+        view: shared.faults.view_settings(),
+    };
+    match side {
+        Side::Zim => zim::handle(&shared.zim, api, q, body, &cx),
+        Side::Tencent => tencent::handle(&shared.tencent, api, q, body, &cx),
     }
 }

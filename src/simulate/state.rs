@@ -76,7 +76,7 @@ pub(crate) struct ProviderStats {
     pub auth_failures: AtomicU64,
     pub validation_failures: AtomicU64,
     pub order_inversions: AtomicU64,
-    pub faults: [AtomicU64; 7],
+    pub faults: [AtomicU64; super::faults::FAULT_KINDS.len()],
     auth_by_code: Mutex<BTreeMap<i64, u64>>,
     validation_by_code: Mutex<BTreeMap<i64, u64>>,
     inversions_by_lane: Mutex<BTreeMap<String, u64>>,

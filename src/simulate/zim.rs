@@ -33,6 +33,7 @@ use std::sync::Mutex;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::faults::MsgTime;
 use super::ratelimit::RateWindow;
 use super::state::{Api, ProviderStats};
 use super::{Answer, Ctx, Query, Reply};
@@ -91,7 +92,12 @@ pub(crate) struct ZimMsg {
     body: String,
     ext: Option<String>,
     searched: Option<String>,
+    /// `SendMessageTime` as imported (the history's order).
     time: i64,
+    /// What QueryPeerMsg reports as `MsgTime` (see faults.rs, `msg_time`).
+    msg_time: i64,
+    /// Written by a user chatting on ZIM, not by an import.
+    live: bool,
 }
 
 impl ZimMsg {
@@ -109,8 +115,31 @@ impl ZimMsg {
             "MsgBody": self.body,
             "ExtendedData": self.ext,
             "SearchedContent": self.searched,
-            "MsgTime": self.time,
+            "SendMessageTime": self.time,
+            "MsgTime": self.msg_time,
+            "Live": self.live,
         })
+    }
+
+    /// A message a user sent on ZIM itself, received now.
+    fn live(view: &View, user: &str, peer: &str, msg_id: u64, now_ms: i64) -> ZimMsg {
+        let n = view.msgs.len() as u64 + 1;
+        let (from, to) = if n % 2 == 0 { (user, peer) } else { (peer, user) };
+        ZimMsg {
+            msg_id,
+            seq: n,
+            from: from.to_string(),
+            to: to.to_string(),
+            msg_type: 1,
+            sub_type: None,
+            priority: 2,
+            body: format!("live message {n} of {user}/{peer}"),
+            ext: None,
+            searched: None,
+            time: now_ms,
+            msg_time: now_ms,
+            live: true,
+        }
     }
 
     fn content_hash(&self) -> u64 {
@@ -253,6 +282,18 @@ impl ZimApp {
             "views": views,
         })
     }
+}
+
+/// A view as chatferry first finds it: `live_per_view` messages users
+/// already exchanged on ZIM (faults.rs, live users).
+fn seed_live_view(next_msg_id: &mut u64, key: &(String, String), cx: &Ctx) -> View {
+    let mut view = View::default();
+    for _ in 0..cx.view.live_per_view {
+        let m = ZimMsg::live(&view, &key.0, &key.1, *next_msg_id, cx.now_ms);
+        *next_msg_id += 1;
+        view.msgs.push(m);
+    }
+    view
 }
 
 fn error(code: i64, message: &str, rid: u64) -> Answer {
@@ -565,7 +606,12 @@ impl ZimApp {
         } else {
             from.clone()
         };
-        let view = st.views.entry((imported, peer)).or_default();
+        let key = (imported, peer);
+        if !st.views.contains_key(&key) {
+            let view = seed_live_view(&mut st.next_msg_id, &key, cx);
+            st.views.insert(key.clone(), view);
+        }
+        let view = st.views.get_mut(&key).expect("inserted above");
         let seq = view.msgs.len() as u64 + 1;
         let msg = ZimMsg {
             msg_id,
@@ -579,12 +625,18 @@ impl ZimApp {
             ext: mb.extended_data,
             searched,
             time,
+            msg_time: match cx.view.msg_time {
+                MsgTime::Receive => cx.now_ms,
+                MsgTime::Echo => time,
+            },
+            live: false,
         };
         let stats: &ProviderStats = cx.stats;
         if !view.content.insert(msg.content_hash()) {
             stats.duplicates_stored.fetch_add(1, Ordering::Relaxed);
         }
-        let lane = if view.msgs.last().is_some_and(|last| time < last.time) {
+        let last_history = view.msgs.iter().rev().find(|m| !m.live);
+        let lane = if last_history.is_some_and(|last| time < last.time) {
             view.inversions += 1;
             let (u, p) = if imported_is_from {
                 (&msg.from, &msg.to)
@@ -596,6 +648,14 @@ impl ZimApp {
             None
         };
         view.msgs.push(msg);
+        if cx.live {
+            let id = st.next_msg_id;
+            st.next_msg_id += 1;
+            let view = st.views.get_mut(&key).expect("inserted above");
+            let m = ZimMsg::live(view, &key.0, &key.1, id, cx.now_ms);
+            view.msgs.push(m);
+            stats.fault(super::faults::F_LIVE);
+        }
         drop(st);
         if let Some(lane) = lane {
             stats.inversion(lane);
@@ -622,15 +682,27 @@ impl ZimApp {
         let Some(view) = st.views.get(&(from, to)) else {
             return Ok(Reply::Fields(json!({ "Next": 0, "List": [] })));
         };
-        let len = view.msgs.len();
+        // ZEGO: conversation/query-the-message-list-of-one-on-one-chats.md
+        // lists newest first by MsgTime; `Next` is only a cursor. Here it
+        // is the MsgSeq of the last message returned, so messages arriving
+        // between two pages never shift the pages.
+        let mut order: Vec<&ZimMsg> = view.msgs.iter().collect();
+        order.sort_by_key(|m| std::cmp::Reverse((m.msg_time, m.seq)));
         let start = match b.next.unwrap_or(0) {
-            0 => len,
-            n => (n as usize).min(len),
+            0 => 0,
+            cursor => order
+                .iter()
+                .position(|m| m.seq == cursor)
+                .map_or(order.len(), |i| i + 1),
         };
-        let lo = start.saturating_sub(limit);
-        let list: Vec<Value> = view.msgs[lo..start]
+        let page = &order[start.min(order.len())..(start + limit).min(order.len())];
+        let next = if start + limit < order.len() {
+            page.last().map_or(0, |m| m.seq)
+        } else {
+            0
+        };
+        let list: Vec<Value> = page
             .iter()
-            .rev()
             .map(|m| {
                 json!({
                     "Sender": m.from,
@@ -640,12 +712,12 @@ impl ZimApp {
                     "MsgId": m.msg_id,
                     "MsgSeq": m.seq,
                     "Payload": m.ext.as_deref().unwrap_or(""),
-                    "MsgTime": m.time,
-                    "IsEmpty": false,
+                    "MsgTime": m.msg_time,
+                    "IsEmpty": 0,
                 })
             })
             .collect();
-        Ok(Reply::Fields(json!({ "Next": lo as u64, "List": list })))
+        Ok(Reply::Fields(json!({ "Next": next, "List": list })))
     }
 
     fn register_call(&self, body: &[u8]) -> Result<Reply, Refusal> {

@@ -158,7 +158,11 @@ impl Store {
                            AS u(job, lane, owner, token)
                     JOIN lanes l ON l.id = u.lane AND l.lease_owner = u.owner AND l.lease_token = u.token
                     FOR KEY SHARE OF l)
-                 UPDATE jobs j SET status = 'in_flight', attempts = j.attempts + 1, updated_at = now()
+                 UPDATE jobs j SET status = 'in_flight', attempts = j.attempts + 1, updated_at = now(),
+                        -- Marking a job that is still in_flight means its last
+                        -- outcome was never seen: it was in doubt, for good.
+                        in_doubt = j.in_doubt OR j.status = 'in_flight',
+                        in_flight_at = now(), first_in_flight_at = coalesce(j.first_in_flight_at, now())
                  FROM held WHERE j.id = held.job AND j.status IN ('pending', 'in_flight')
                  RETURNING j.id, j.attempts",
             )

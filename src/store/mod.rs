@@ -85,6 +85,22 @@ pub struct OpenJob {
     pub batch_id: i64,
     /// The job's batch is paused: the lane parks here.
     pub paused: bool,
+    /// The job was once in doubt: every attempt reconciles first.
+    pub in_doubt: bool,
+    /// Reconciles of this job that could not decide.
+    pub reconcile_attempts: i32,
+    /// The first in-flight mark, Unix ms on the database's clock.
+    pub first_mark_ms: Option<i64>,
+    /// Milliseconds until the latest mark is `settle` old (<= 0: settled).
+    pub settle_wait_ms: i64,
+}
+
+impl OpenJob {
+    /// Whether the provider may hold this job already: it must be
+    /// reconciled before it is sent again.
+    pub fn needs_reconcile(&self) -> bool {
+        self.status == JobStatus::InFlight || self.in_doubt
+    }
 }
 
 /// One job to insert, as the loader built it.
@@ -573,12 +589,21 @@ impl Store {
 
     // ----- jobs ----------------------------------------------------------
 
-    /// The next open jobs of a lane, in lane order.
-    pub async fn open_jobs(&self, lane_id: i64, limit: i64) -> Result<Vec<OpenJob>, sqlx::Error> {
+    /// The next open jobs of a lane, in lane order. `settle` is how old an
+    /// in-doubt job's latest in-flight mark must be before it is reconciled.
+    pub async fn open_jobs(
+        &self,
+        lane_id: i64,
+        limit: i64,
+        settle: Duration,
+    ) -> Result<Vec<OpenJob>, sqlx::Error> {
         sqlx::query_as(
             "SELECT j.id, j.source_id, j.body, j.status, j.attempts,
                     (extract(epoch FROM (j.next_attempt_at - now())) * 1000)::bigint AS wait_ms,
-                    j.sent_at_ms, j.batch_id, b.paused
+                    j.sent_at_ms, j.batch_id, b.paused, j.in_doubt, j.reconcile_attempts,
+                    (extract(epoch FROM j.first_in_flight_at) * 1000)::bigint AS first_mark_ms,
+                    coalesce((extract(epoch FROM (j.in_flight_at + $3 * interval '1 millisecond' - now()))
+                              * 1000)::bigint, 0) AS settle_wait_ms
              FROM jobs j JOIN batches b ON b.id = j.batch_id
              WHERE j.lane_id = $1 AND j.status IN ('pending', 'in_flight')
              ORDER BY j.sent_at_ms, j.input_seq
@@ -586,8 +611,84 @@ impl Store {
         )
         .bind(lane_id)
         .bind(limit)
+        .bind(settle.as_millis() as i64)
         .fetch_all(&self.pool)
         .await
+    }
+
+    /// Holds an in-doubt job until `wait` has passed (its settle time),
+    /// keeping its status; false when the lease moved on.
+    pub async fn defer_job(&self, lease: &Lease, job_id: i64, wait: Duration) -> Result<bool, sqlx::Error> {
+        let n = sqlx::query(
+            "UPDATE jobs SET next_attempt_at = greatest(next_attempt_at, now() + $5 * interval '1 millisecond')
+             WHERE id = $1 AND status IN ('pending', 'in_flight')
+               AND lane_id = (SELECT id FROM lanes
+                              WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
+                              FOR KEY SHARE)",
+        )
+        .bind(job_id)
+        .bind(lease.lane_id)
+        .bind(lease.owner)
+        .bind(lease.token)
+        .bind(wait.as_millis() as i64)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Counts a reconcile that could not decide and schedules the next one;
+    /// returns the reconcile attempts so far, None when the lease moved on.
+    pub async fn record_reconcile_unknown(
+        &self,
+        lease: &Lease,
+        job_id: i64,
+        error: &str,
+        delay: Duration,
+    ) -> Result<Option<i32>, sqlx::Error> {
+        sqlx::query_scalar(
+            "UPDATE jobs SET reconcile_attempts = reconcile_attempts + 1, in_doubt = true,
+                    last_code = NULL, last_error = $5, updated_at = now(),
+                    next_attempt_at = now() + $6 * interval '1 millisecond'
+             WHERE id = $1 AND status IN ('pending', 'in_flight')
+               AND lane_id = (SELECT id FROM lanes
+                              WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
+                              FOR KEY SHARE)
+             RETURNING reconcile_attempts",
+        )
+        .bind(job_id)
+        .bind(lease.lane_id)
+        .bind(lease.owner)
+        .bind(lease.token)
+        .bind(error)
+        .bind(delay.as_millis() as i64)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// What `chatferry probe` stored for a target.
+    pub async fn probe_findings(&self, target: &str) -> Result<Option<serde_json::Value>, sqlx::Error> {
+        sqlx::query_scalar("SELECT findings FROM probe_findings WHERE target = $1")
+            .bind(target)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Stores (replaces) a target's probe findings.
+    pub async fn save_probe_findings(
+        &self,
+        target: &str,
+        findings: &serde_json::Value,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO probe_findings (target, findings) VALUES ($1, $2)
+             ON CONFLICT (target) DO UPDATE SET findings = EXCLUDED.findings, probed_at = now()",
+        )
+        .bind(target)
+        .bind(findings)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Provider message ids already recorded in a lane, newest first.
@@ -616,7 +717,7 @@ impl Store {
     ) -> Result<bool, sqlx::Error> {
         let n = sqlx::query(
             "UPDATE jobs SET status = CASE WHEN $7 THEN 'in_flight'::job_status ELSE 'pending' END,
-                    last_code = $5, last_error = $6, updated_at = now(),
+                    in_doubt = in_doubt OR $7, last_code = $5, last_error = $6, updated_at = now(),
                     next_attempt_at = now() + $8 * interval '1 millisecond'
              WHERE id = $1 AND status IN ('pending', 'in_flight')
                AND lane_id = (SELECT id FROM lanes

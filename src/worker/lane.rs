@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::{lane_now_ms, retry_delay, Worker};
 use crate::ops::metrics as om;
 use crate::providers::{Outcome, Reconciled, SendJob};
-use crate::store::{self, ClaimedLane, JobStatus, Lease, Park, ProviderIds};
+use crate::store::{self, ClaimedLane, JobStatus, Lease, OpenJob, Park, ProviderIds};
 
 /// Why a lane stopped before it ran out of work.
 enum Stop {
@@ -92,7 +92,8 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
             return Stop::Release;
         }
         let Some(jobs) = with_db(valid_until, "read the lane", || {
-            w.store.open_jobs(lease.lane_id, w.cfg.prefetch)
+            w.store
+                .open_jobs(lease.lane_id, w.cfg.prefetch, w.settle(&lane.target))
         })
         .await
         else {
@@ -117,67 +118,13 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                 lane_key: &lane.lane_key,
                 attempt: job.attempts,
                 known_ids: &[],
+                first_mark_ms: job.first_mark_ms,
             };
-            if job.status == JobStatus::InFlight {
-                // A call whose outcome we never saw: settle it before
-                // anything later in the lane is sent.
-                tracing::debug!(job = job.id, "reconciling an in-doubt call");
-                let Some(known) = with_db(valid_until, "read the lane's checkpoints", || {
-                    w.store.recent_msg_ids(lease.lane_id, 200)
-                })
-                .await
-                else {
-                    return Stop::Lost;
-                };
-                let reconcile_job = SendJob {
-                    known_ids: &known,
-                    ..send.clone()
-                };
-                let result = target.provider.reconcile(&reconcile_job).await;
-                let label = match &result {
-                    Reconciled::Applied(_) => "applied",
-                    Reconciled::NotApplied => "not_applied",
-                    Reconciled::Unknown { .. } => "unknown",
-                    Reconciled::Halt { .. } => "halt",
-                };
-                metrics::counter!(om::RECONCILES, "target" => lane.target.clone(), "result" => label)
-                    .increment(1);
-                match result {
-                    Reconciled::Applied(a) => {
-                        let ids = ProviderIds {
-                            msg_id: a.msg_id,
-                            msg_seq: a.msg_seq,
-                            request_id: a.request_id,
-                        };
-                        match with_db(valid_until, "checkpoint", || {
-                            w.checkpoints.record_done(lease, job.id, &ids)
-                        })
-                        .await
-                        {
-                            Some(true) => continue,
-                            _ => return Stop::Lost,
-                        }
-                    }
-                    Reconciled::NotApplied => {}
-                    Reconciled::Unknown { reason } => {
-                        let delay = retry_delay(&w.cfg, job.attempts.max(1));
-                        return retry(
-                            w,
-                            lease,
-                            valid_until,
-                            job.id,
-                            None,
-                            &format!("reconcile: {reason}"),
-                            delay,
-                            true,
-                        )
-                        .await;
-                    }
-                    Reconciled::Halt { code, reason } => {
-                        w.halt(&lane.target, &reason);
-                        let _ = code;
-                        return Stop::Release;
-                    }
+            if job.needs_reconcile() {
+                match reconcile_head(w, lane, &job, &send, valid_until).await {
+                    Head::Settled => continue,
+                    Head::Send => {}
+                    Head::Stop(stop) => return stop,
                 }
             }
             // Paced, then marked in flight, then sent in this call's slot:
@@ -320,6 +267,111 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                 }
             }
         }
+    }
+}
+
+/// What reconciling a lane's head decided.
+enum Head {
+    /// The provider holds it: checkpointed, go on to the next job.
+    Settled,
+    /// The provider does not hold it: send it.
+    Send,
+    /// The lane stops here (waits for the settle time or a retry, halts).
+    Stop(Stop),
+}
+
+/// Settles a job that may already be at the provider before anything later
+/// in the lane is sent. It waits until the job's latest in-flight mark is
+/// `reconcile_settle_secs` old (a late landing must be visible first), and
+/// a reconcile that cannot decide backs off until the job fails.
+async fn reconcile_head(
+    w: &Worker,
+    lane: &ClaimedLane,
+    job: &OpenJob,
+    send: &SendJob<'_>,
+    valid_until: &AtomicI64,
+) -> Head {
+    let lease = &lane.lease;
+    let target = &w.targets[&lane.target];
+    if target.provider.reconcile_settles() && job.settle_wait_ms > 0 {
+        tracing::debug!(
+            job = job.id,
+            wait_ms = job.settle_wait_ms,
+            "in doubt; waiting for it to settle"
+        );
+        let wait = Duration::from_millis(job.settle_wait_ms as u64);
+        return match with_db(valid_until, "defer the job", || {
+            w.store.defer_job(lease, job.id, wait)
+        })
+        .await
+        {
+            Some(true) => Head::Stop(Stop::Release),
+            _ => Head::Stop(Stop::Lost),
+        };
+    }
+    let Some(known) = with_db(valid_until, "read the lane's checkpoints", || {
+        w.store.recent_msg_ids(lease.lane_id, 200)
+    })
+    .await
+    else {
+        return Head::Stop(Stop::Lost);
+    };
+    let result = target
+        .provider
+        .reconcile(&SendJob {
+            known_ids: &known,
+            ..send.clone()
+        })
+        .await;
+    metrics::counter!(om::RECONCILES, "target" => lane.target.clone(), "result" => result.label())
+        .increment(1);
+    match result {
+        Reconciled::Applied(a) => {
+            let ids = ProviderIds {
+                msg_id: a.msg_id,
+                msg_seq: a.msg_seq,
+                request_id: a.request_id,
+            };
+            match with_db(valid_until, "checkpoint", || {
+                w.checkpoints.record_done(lease, job.id, &ids)
+            })
+            .await
+            {
+                Some(true) => Head::Settled,
+                _ => Head::Stop(Stop::Lost),
+            }
+        }
+        Reconciled::NotApplied => Head::Send,
+        Reconciled::Unknown { reason } => Head::Stop(undecided(w, lease, job, &reason, valid_until).await),
+        Reconciled::Halt { reason, .. } => {
+            w.halt(&lane.target, &reason);
+            Head::Stop(Stop::Release)
+        }
+    }
+}
+
+/// A reconcile that could not decide: back off, and past
+/// `max_reconcile_attempts` fail the job with a reason the operator sees.
+async fn undecided(w: &Worker, lease: &Lease, job: &OpenJob, reason: &str, valid_until: &AtomicI64) -> Stop {
+    let tries = job.reconcile_attempts + 1;
+    if tries as u32 >= w.cfg.max_reconcile_attempts {
+        let why = format!(
+            "could not tell whether the provider holds this message after {tries} reconciles ({reason}); \
+             it was not sent again. Check the conversation at the provider, then `chatferry skip` it \
+             if it is there or `chatferry retry` it if not"
+        );
+        tracing::warn!(job = job.id, source_id = job.source_id, "{why}");
+        return fail(w, lease, valid_until, job.id, None, &why).await;
+    }
+    let delay = retry_delay(&w.cfg, tries);
+    let why = format!("reconcile {tries}: {reason}");
+    match with_db(valid_until, "record the reconcile", || {
+        w.store.record_reconcile_unknown(lease, job.id, &why, delay)
+    })
+    .await
+    {
+        Some(Some(_)) => Stop::Release,
+        _ => Stop::Lost,
     }
 }
 

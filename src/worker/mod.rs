@@ -42,6 +42,9 @@ pub struct Target {
     pub provider: Arc<dyn Provider>,
     /// The send API's bucket; the provider holds its other APIs' buckets.
     pub bucket: ratelimit::Bucket,
+    /// How long an in-doubt job settles before its reconcile, ms: the
+    /// configured time, raised by a probe's measured visibility delay.
+    settle_ms: AtomicU64,
 }
 
 impl Target {
@@ -99,6 +102,7 @@ impl Worker {
                     Target {
                         provider,
                         bucket: ratelimit::Bucket::new(rate),
+                        settle_ms: AtomicU64::new(config.worker.reconcile_settle_secs * 1000),
                     },
                 )
             })
@@ -270,6 +274,43 @@ impl Worker {
         }
     }
 
+    /// How long an in-doubt job of `target` settles before its reconcile.
+    pub(crate) fn settle(&self, target: &str) -> Duration {
+        let ms = self
+            .targets
+            .get(target)
+            .map_or(0, |t| t.settle_ms.load(Ordering::Acquire));
+        Duration::from_millis(ms)
+    }
+
+    /// Hands each target what `chatferry probe` measured for it. A
+    /// measured visibility delay can only lengthen the settle time.
+    async fn apply_probe_findings(&self) {
+        for (name, t) in &self.targets {
+            let found = match self.store.probe_findings(name).await {
+                Ok(Some(v)) => v,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(target_name = name, error = %e, "cannot read probe findings; using defaults");
+                    continue;
+                }
+            };
+            let Ok(f) = serde_json::from_value::<crate::probe::Findings>(found) else {
+                tracing::warn!(
+                    target_name = name,
+                    "stored probe findings are unreadable; run `chatferry probe` again"
+                );
+                continue;
+            };
+            t.provider.apply_findings(&f);
+            if let Some(vis) = f.visibility_ms {
+                let floor = self.cfg.request_timeout_ms + 3 * vis;
+                t.settle_ms.fetch_max(floor, Ordering::AcqRel);
+            }
+            tracing::info!(target_name = name, findings = %f.summary(), "using probe findings");
+        }
+    }
+
     fn lease(&self) -> Duration {
         Duration::from_secs(self.cfg.lease_secs)
     }
@@ -323,6 +364,7 @@ impl Worker {
                 tracing::info!(lanes = n, "woke lanes a loader left asleep");
             }
         }
+        self.apply_probe_findings().await;
         tracing::info!(worker = %self.id, concurrency = self.cfg.concurrency, targets = ?self.targets.keys().collect::<Vec<_>>(), "worker started");
 
         // Take this process's share before the first call: a replica that

@@ -82,7 +82,7 @@ pub fn tencent_target(name: &str, addr: SocketAddr) -> String {
 /// Fast worker settings for tests.
 pub const FAST_WORKER: &str =
     "[worker]\nconcurrency = 64\nmax_concurrency = 64\nlease_secs = 3\nrequest_timeout_ms = 1000\n\
-    poll_interval_ms = 20\nretry_min_ms = 10\nretry_max_ms = 50\nshutdown_grace_secs = 5\n";
+    poll_interval_ms = 20\nretry_min_ms = 10\nretry_max_ms = 50\nshutdown_grace_secs = 5\nreconcile_settle_secs = 2\n";
 
 /// What the recording provider answers to one request.
 #[derive(Clone, Debug)]

@@ -33,7 +33,7 @@ pub const RATE: f64 = 5000.0;
 /// daemon's lanes come free within seconds, yet with room for a loaded
 /// test machine's late heartbeats.
 pub const WORKER: &str = "[worker]\nconcurrency = 64\nlease_secs = 4\nrequest_timeout_ms = 1000\n\
-    poll_interval_ms = 20\nretry_min_ms = 10\nretry_max_ms = 50\nshutdown_grace_secs = 5\n";
+    poll_interval_ms = 20\nretry_min_ms = 10\nretry_max_ms = 50\nshutdown_grace_secs = 5\nreconcile_settle_secs = 2\n";
 
 /// Which provider a test drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,11 +196,13 @@ impl Env {
                 for app in dump["zim"].as_array().unwrap() {
                     for v in app["views"].as_array().unwrap() {
                         let key = (str_of(&v["user"]), str_of(&v["peer"]));
+                        // Messages users sent on ZIM itself are not ours.
                         let msgs = v["messages"]
                             .as_array()
                             .unwrap()
                             .iter()
-                            .map(|m| (zim_label(m), m["MsgTime"].as_i64().unwrap()))
+                            .filter(|m| m["Live"] != true)
+                            .map(|m| (zim_label(m), m["SendMessageTime"].as_i64().unwrap()))
                             .collect();
                         out.insert(key, msgs);
                     }

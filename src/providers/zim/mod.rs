@@ -3,6 +3,8 @@
 //! The wire format is in `body`, the signature in `sign`, the code table in
 //! `codes`.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
@@ -12,10 +14,12 @@ use super::{
     Registered, SendJob,
 };
 use crate::config::{zim_base_url, ZimTarget};
+use crate::probe::MsgTimeMode;
 use crate::ratelimit;
 
 pub mod body;
 pub mod codes;
+pub mod probe;
 pub mod sign;
 
 /// Largest answer we read; ZIM answers are small.
@@ -32,6 +36,12 @@ pub struct ZimClient {
     /// QueryPeerMsg has its own 20/s budget (reconcile and verify).
     query_bucket: ratelimit::Bucket,
     register_bucket: ratelimit::Bucket,
+    /// The plan's history window; a job older than this is never sent.
+    retention_days: u32,
+    /// Clock skew a reconcile allows around the in-flight mark, ms.
+    skew_ms: i64,
+    /// What `chatferry probe` found `MsgTime` to be (None: not probed).
+    msg_time: std::sync::Mutex<Option<MsgTimeMode>>,
 }
 
 /// Users per UserRegister call.
@@ -41,7 +51,7 @@ const QUERY_PAGE: u32 = 100;
 
 impl ZimClient {
     /// Builds a client from a target's configuration.
-    pub fn new(target: &str, cfg: &ZimTarget, http: reqwest::Client) -> anyhow::Result<Self> {
+    pub fn new(target: &str, cfg: &ZimTarget, http: reqwest::Client, skew: Duration) -> anyhow::Result<Self> {
         let base = zim_base_url(cfg).map_err(anyhow::Error::msg)?;
         Ok(Self {
             target: target.to_string(),
@@ -52,6 +62,9 @@ impl ZimClient {
             ensure_users: cfg.ensure_users,
             query_bucket: ratelimit::bucket(cfg.query_rate_per_sec),
             register_bucket: ratelimit::bucket(cfg.register_rate_per_sec),
+            retention_days: cfg.retention_days,
+            skew_ms: skew.as_millis() as i64,
+            msg_time: std::sync::Mutex::new(None),
         })
     }
 
@@ -234,7 +247,81 @@ impl Content {
     }
 }
 
+/// Most QueryPeerMsg pages one reconcile reads (100 messages each) before
+/// it gives up for now.
+const MAX_RECONCILE_PAGES: usize = 2_000;
+
 impl ZimClient {
+    /// A refusal for a job that aged out of the plan's retention window
+    /// since it was loaded: ZEGO refuses a `SendMessageTime` older than
+    /// the retention days (zim-server ImportPeerMsg page), and a message
+    /// that cannot be imported any more must say so, not fail as a bad
+    /// request. A minute of margin covers clock skew.
+    fn aged_out(&self, body: &str) -> Option<Outcome> {
+        let v: Value = serde_json::from_str(body).ok()?;
+        let sent = int_field(&v, "SendMessageTime").filter(|t| *t > 0)?;
+        let now = super::unix_ms();
+        let window = i64::from(self.retention_days) * 86_400_000;
+        (sent < now - window + 60_000).then(|| Outcome::Permanent {
+            code: None,
+            reason: format!(
+                "aged out of the ZIM retention window: sent at {sent} ms, more than retention_days = {} \
+                 before now; ZIM refuses it, so it was not sent",
+                self.retention_days
+            ),
+        })
+    }
+
+    /// Looks for an in-doubt import in its view, newest first.
+    ///
+    /// QueryPeerMsg lists newest first by `MsgTime`, documented as the time
+    /// the server *received* the message; whether an import echoes
+    /// `SendMessageTime` there is not documented, so both are accepted
+    /// unless `chatferry probe` settled it: a candidate matches on content,
+    /// is not a MsgId already checkpointed in this lane (an identical
+    /// earlier message), and its `MsgTime` equals our `SendMessageTime` or
+    /// falls between our first in-flight mark and now (± the allowed skew).
+    /// Users already chatting on ZIM put newer messages on top, so the
+    /// search pages back until the messages are older than every time our
+    /// import could carry.
+    async fn find_in_view(&self, content: &Content, job: &SendJob<'_>) -> Result<Option<Value>, Outcome> {
+        let mode = *self.msg_time.lock().unwrap_or_else(|p| p.into_inner());
+        let now = super::unix_ms();
+        let since = job.first_mark_ms.unwrap_or(content.time_ms).min(now) - self.skew_ms;
+        let time_ok = |t: i64| match mode {
+            Some(MsgTimeMode::Echo) => t == content.time_ms,
+            _ => t == content.time_ms || (since..=now + self.skew_ms).contains(&t),
+        };
+        let floor = match mode {
+            Some(MsgTimeMode::Echo) => content.time_ms,
+            Some(MsgTimeMode::Receive) => since,
+            None => content.time_ms.min(since),
+        };
+        let known: std::collections::HashSet<&str> = job.known_ids.iter().map(String::as_str).collect();
+        let mut next = 0u64;
+        for _ in 0..MAX_RECONCILE_PAGES {
+            let (list, n) = self.query_page(&content.view, &content.peer, next).await?;
+            metrics::counter!(crate::ops::metrics::RECONCILE_READS, "target" => self.target.clone())
+                .increment(1);
+            let found = list.iter().find(|item| {
+                content.matches(item)
+                    && !id_field(item, "MsgId").is_some_and(|i| known.contains(i.as_str()))
+                    && int_field(item, "MsgTime").is_some_and(time_ok)
+            });
+            if let Some(item) = found {
+                return Ok(Some(item.clone()));
+            }
+            let oldest = list.iter().filter_map(|i| int_field(i, "MsgTime")).min();
+            if n == 0 || list.is_empty() || oldest.is_some_and(|t| t < floor) {
+                return Ok(None);
+            }
+            next = n;
+        }
+        Err(Outcome::Unknown {
+            reason: format!("the view is longer than {MAX_RECONCILE_PAGES} pages; cannot search it all"),
+        })
+    }
+
     /// One page of a user's view, newest first, and the next cursor (0: done).
     /// A query only reads, so a transient failure is retried a few times.
     async fn query_page(&self, view: &str, peer: &str, next: u64) -> Result<(Vec<Value>, u64), Outcome> {
@@ -336,6 +423,9 @@ pub(crate) fn describe_outcome(o: &Outcome) -> String {
 #[async_trait]
 impl Provider for ZimClient {
     async fn send(&self, job: &SendJob<'_>) -> Outcome {
+        if let Some(refusal) = self.aged_out(job.body) {
+            return refusal;
+        }
         let mut fresh_signature_tried = false;
         loop {
             let outcome = match self.call("ImportPeerMsg", job.body).await {
@@ -367,43 +457,36 @@ impl Provider for ZimClient {
     }
 
     /// ImportPeerMsg has no idempotency key: find out whether the in-doubt
-    /// message reached the view before sending it again.
-    ///
-    /// Nothing later in the lane was sent, so if the message was applied
-    /// it is among the newest of that user's view. A candidate matches on
-    /// sender, type and body, must not carry a MsgId already checkpointed
-    /// in this lane (an identical earlier message), and, when the provider
-    /// echoes MsgTime, must have our SendMessageTime. Assumes nothing
-    /// but chatferry writes to that view during the import.
+    /// message reached the view before sending it again (see
+    /// [`ZimClient::find_in_view`]).
     async fn reconcile(&self, job: &SendJob<'_>) -> Reconciled {
         let Some(content) = Content::of_body(job.body) else {
             return Reconciled::NotApplied;
         };
-        let (list, _) = match self.query_page(&content.view, &content.peer, 0).await {
-            Ok(x) => x,
-            Err(Outcome::Halt { code, reason }) => return Reconciled::Halt { code, reason },
-            Err(o) => {
-                return Reconciled::Unknown {
-                    reason: format!("QueryPeerMsg: {}", describe_outcome(&o)),
-                }
-            }
-        };
-        let known: std::collections::HashSet<&str> = job.known_ids.iter().map(String::as_str).collect();
-        // Newest first: the first candidate is the latest such message.
-        let found = list.iter().find(|item| {
-            content.matches(item)
-                && !id_field(item, "MsgId").is_some_and(|i| known.contains(i.as_str()))
-                // When the provider echoes the time, it must be ours.
-                && int_field(item, "MsgTime").map_or(true, |t| t == content.time_ms)
-        });
-        match found {
-            Some(item) => Reconciled::Applied(Accepted {
-                msg_id: id_field(item, "MsgId"),
-                msg_seq: int_field(item, "MsgSeq"),
+        match self.find_in_view(&content, job).await {
+            Ok(Some(item)) => Reconciled::Applied(Accepted {
+                msg_id: id_field(&item, "MsgId"),
+                msg_seq: int_field(&item, "MsgSeq"),
                 request_id: None,
             }),
-            None => Reconciled::NotApplied,
+            Ok(None) => Reconciled::NotApplied,
+            Err(Outcome::Halt { code, reason }) => Reconciled::Halt { code, reason },
+            Err(o) => Reconciled::Unknown {
+                reason: format!("QueryPeerMsg: {}", describe_outcome(&o)),
+            },
         }
+    }
+
+    fn reconcile_settles(&self) -> bool {
+        true
+    }
+
+    fn apply_findings(&self, findings: &crate::probe::Findings) {
+        *self.msg_time.lock().unwrap_or_else(|p| p.into_inner()) = findings.msg_time;
+    }
+
+    async fn probe(&self, users: [&str; 2]) -> Result<crate::probe::Findings, String> {
+        probe::run(self, users).await
     }
 
     async fn register_users(&self, users: &[String]) -> Result<Registered, String> {
