@@ -1,7 +1,7 @@
 //! ZEGO ZIM: `ImportPeerMsg` over the server API, signed per call.
 //!
 //! The wire format is in `body`, the signature in `sign`, the code table in
-//! `codes`.
+//! `codes`, the parsing of what QueryPeerMsg gives back in `readback`.
 
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
@@ -16,6 +16,7 @@ use crate::ratelimit;
 
 pub mod body;
 pub mod codes;
+pub mod readback;
 pub mod sign;
 
 /// Largest answer we read; ZIM answers are small.
@@ -191,48 +192,7 @@ pub fn classify_answer(v: &Value) -> Outcome {
     }
 }
 
-/// The parts of an ImportPeerMsg body that identify its content.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Content {
-    sender: String,
-    msg_type: i64,
-    sub_type: Option<i64>,
-    body: String,
-    time_ms: i64,
-    view: String,
-    peer: String,
-}
-
-impl Content {
-    fn of_body(body: &str) -> Option<Content> {
-        let v: Value = serde_json::from_str(body).ok()?;
-        let from = v.get("FromUserId")?.as_str()?.to_string();
-        let to = v.get("ToUserId")?.as_str()?.to_string();
-        let view = v.get("ImportedUserId")?.as_str()?.to_string();
-        let peer = if view == from { to } else { from.clone() };
-        Some(Content {
-            sender: from,
-            msg_type: int_field(&v, "MessageType")?,
-            sub_type: int_field(&v, "SubMsgType"),
-            body: v.get("MessageBody")?.get("Message")?.as_str()?.to_string(),
-            time_ms: int_field(&v, "SendMessageTime").unwrap_or(0),
-            view,
-            peer,
-        })
-    }
-
-    /// Same sender, type and body as a QueryPeerMsg list item.
-    fn matches(&self, item: &Value) -> bool {
-        item.get("Sender").and_then(Value::as_str) == Some(self.sender.as_str())
-            && int_field(item, "MsgType") == Some(self.msg_type)
-            && item.get("MsgBody").and_then(Value::as_str) == Some(self.body.as_str())
-            && (self.msg_type != 200 || int_field(item, "SubMsgType") == self.sub_type)
-    }
-
-    fn fingerprint(sender: &str, msg_type: i64, body: &str, time_ms: i64) -> String {
-        format!("{sender}\u{1f}{msg_type}\u{1f}{time_ms}\u{1f}{body}")
-    }
-}
+use readback::Expected;
 
 impl ZimClient {
     /// One page of a user's view, newest first, and the next cursor (0: done).
@@ -356,7 +316,7 @@ impl Provider for ZimClient {
             }
             if let Outcome::Permanent { code: Some(c), .. } = &outcome {
                 if self.ensure_users && codes::classify(*c) == codes::Class::UserMissing {
-                    if let Some(content) = Content::of_body(job.body) {
+                    if let Some(content) = Expected::of_body(job.body) {
                         let users = [content.view.clone(), content.peer.clone()];
                         return super::after_registration(*c, self.register(&users).await);
                     }
@@ -376,7 +336,7 @@ impl Provider for ZimClient {
     /// echoes MsgTime, must have our SendMessageTime. Assumes nothing
     /// but chatferry writes to that view during the import.
     async fn reconcile(&self, job: &SendJob<'_>) -> Reconciled {
-        let Some(content) = Content::of_body(job.body) else {
+        let Some(content) = Expected::of_body(job.body) else {
             return Reconciled::NotApplied;
         };
         let (list, _) = match self.query_page(&content.view, &content.peer, 0).await {
@@ -390,16 +350,16 @@ impl Provider for ZimClient {
         };
         let known: std::collections::HashSet<&str> = job.known_ids.iter().map(String::as_str).collect();
         // Newest first: the first candidate is the latest such message.
-        let found = list.iter().find(|item| {
+        let found = list.iter().filter_map(readback::parse_item).find(|item| {
             content.matches(item)
-                && !id_field(item, "MsgId").is_some_and(|i| known.contains(i.as_str()))
+                && !item.msg_id.as_deref().is_some_and(|i| known.contains(i))
                 // When the provider echoes the time, it must be ours.
-                && int_field(item, "MsgTime").map_or(true, |t| t == content.time_ms)
+                && item.msg_time.map_or(true, |t| t == content.send_time_ms)
         });
         match found {
             Some(item) => Reconciled::Applied(Accepted {
-                msg_id: id_field(item, "MsgId"),
-                msg_seq: int_field(item, "MsgSeq"),
+                msg_id: item.msg_id,
+                msg_seq: item.msg_seq,
                 request_id: None,
             }),
             None => Reconciled::NotApplied,
@@ -415,8 +375,9 @@ impl Provider for ZimClient {
     }
 
     fn fingerprint(&self, body: &str) -> Option<String> {
-        let c = Content::of_body(body)?;
-        Some(Content::fingerprint(&c.sender, c.msg_type, &c.body, c.time_ms))
+        // Content only: MsgTime is the server's receive time by the doc,
+        // and ids are the provider's.
+        Some(Expected::of_body(body)?.fingerprint())
     }
 
     async fn read_back(&self, lane_key: &str) -> Result<LaneReadBack, String> {
@@ -428,15 +389,10 @@ impl Provider for ZimClient {
                 .query_page(view, peer, next)
                 .await
                 .map_err(|o| describe_outcome(&o))?;
-            for item in &list {
+            for item in list.iter().filter_map(readback::parse_item) {
                 out.push(ReadBack {
-                    fingerprint: Content::fingerprint(
-                        item.get("Sender").and_then(Value::as_str).unwrap_or(""),
-                        int_field(item, "MsgType").unwrap_or(-1),
-                        item.get("MsgBody").and_then(Value::as_str).unwrap_or(""),
-                        int_field(item, "MsgTime").unwrap_or(0),
-                    ),
-                    msg_id: id_field(item, "MsgId"),
+                    fingerprint: item.fingerprint(),
+                    msg_id: item.msg_id,
                 });
             }
             if n == 0 || list.is_empty() {
