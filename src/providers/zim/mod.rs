@@ -389,10 +389,17 @@ impl Provider for ZimClient {
                 .query_page(view, peer, next)
                 .await
                 .map_err(|o| describe_outcome(&o))?;
-            for item in list.iter().filter_map(readback::parse_item) {
-                out.push(ReadBack {
-                    fingerprint: item.fingerprint(),
-                    msg_id: item.msg_id,
+            for raw in &list {
+                // An item without sender or type still counts (as extra).
+                out.push(match readback::parse_item(raw) {
+                    Some(item) => ReadBack {
+                        fingerprint: item.fingerprint(),
+                        msg_id: item.msg_id,
+                    },
+                    None => ReadBack {
+                        fingerprint: format!("unreadable list item {raw}"),
+                        msg_id: None,
+                    },
                 });
             }
             if n == 0 || list.is_empty() {
