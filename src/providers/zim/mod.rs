@@ -13,6 +13,7 @@ use super::{
 };
 use crate::config::{zim_base_url, ZimTarget};
 use crate::ratelimit;
+use readback::Expected;
 
 pub mod body;
 pub mod codes;
@@ -192,8 +193,6 @@ pub fn classify_answer(v: &Value) -> Outcome {
     }
 }
 
-use readback::Expected;
-
 impl ZimClient {
     /// One page of a user's view, newest first, and the next cursor (0: done).
     /// A query only reads, so a transient failure is retried a few times.
@@ -331,7 +330,8 @@ impl Provider for ZimClient {
     ///
     /// Nothing later in the lane was sent, so if the message was applied
     /// it is among the newest of that user's view. A candidate matches on
-    /// sender, type and body, must not carry a MsgId already checkpointed
+    /// the content that survives the read-back (`readback::Expected::matches`),
+    /// must not carry a MsgId already checkpointed
     /// in this lane (an identical earlier message), and, when the provider
     /// echoes MsgTime, must have our SendMessageTime. Assumes nothing
     /// but chatferry writes to that view during the import.
