@@ -170,6 +170,34 @@ async fn zim_every_kind_is_run_reconciled_and_verified() {
     let st = env.stats();
     assert!(st["faults"]["apply_then_drop"].as_u64() > Some(10), "{st}");
     assert!(st["calls_by_api"]["QueryPeerMsg"].as_u64() > Some(10), "{st}");
+
+    // A second copy of a multi-item and of a video is what verify reports.
+    for t in [10, 14] {
+        let body: String = sqlx::query_scalar(&format!(
+            "SELECT body FROM chatferry.jobs WHERE body LIKE '%\"MessageType\":{t},%' LIMIT 1"
+        ))
+        .fetch_one(env.db.store.pool())
+        .await
+        .unwrap();
+        let r = env
+            .sim
+            .zim("ImportPeerMsg", &serde_json::from_str(&body).unwrap())
+            .await;
+        assert_eq!(r.code(), 0, "{body}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = chatferry(
+        &env.write_config(dir.path()),
+        &["verify", "--batch", "kinds", "--json"],
+    )
+    .await;
+    assert_eq!(code, 4, "verify: {out}");
+    let r: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (r["extra"].as_u64(), r["missing"].as_u64()),
+        (Some(2), Some(0)),
+        "{r}"
+    );
 }
 
 /// Tencent: text, custom, each media element, face and location; 30% of
