@@ -977,3 +977,153 @@ async fn two_simulators_do_not_share_state() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// URL-decodes a read-back body the way a form decoder does (independent
+/// of chatferry's own parser) and parses it.
+fn url_decoded_json(s: &str) -> Value {
+    let u = reqwest::Url::parse(&format!("http://x/?b={s}")).unwrap();
+    let (_, b) = u.query_pairs().next().unwrap();
+    serde_json::from_str(&b).unwrap_or_else(|e| panic!("{b}: {e}"))
+}
+
+/// ZEGO's messagebody-introduction.md: media `Message` objects with their
+/// required keys, multi-item as `{"MultiMsg": [..]}` (≤ 20 items, a media
+/// item's `Msg` a JSON string), `Message` never empty: anything else is
+/// 660000002 and stores nothing.
+#[tokio::test]
+async fn zim_checks_media_and_multi_item_bodies_as_documented() {
+    let s = TestSim::start(&config(), pinned(T0_MS)).await;
+    let base = zim_text("a", "b", "a", T0_MS - 1, "x");
+    let with = |t: i64, message: String| {
+        let mut b = base.clone();
+        b["MessageType"] = json!(t);
+        b["MessageBody"]["Message"] = json!(message);
+        b
+    };
+    let image = json!({"Uid": "1", "Origin": {"Url": "https://c/p.png", "Width": 1, "Height": 2}, "FileName": "p.png"});
+    let file = json!({"Uid": "2", "Url": "https://c/f.zip", "FileName": "f.zip"});
+    let mut no_name = image.clone();
+    no_name.as_object_mut().unwrap().remove("FileName");
+    let texts = |n: usize| {
+        (0..n)
+            .map(|i| json!({"MsgType": 1, "Msg": format!("t{i}")}))
+            .collect::<Vec<_>>()
+    };
+    let refused = [
+        with(1, String::new()),
+        with(11, no_name.to_string()),
+        with(12, json!({"Uid": "2", "FileName": "f.zip"}).to_string()),
+        with(10, json!({"MultiMsg": texts(21)}).to_string()),
+        with(
+            10,
+            json!({"MessageInfoList": [{"MessageType": 1, "Message": "t"}]}).to_string(),
+        ),
+        with(
+            10,
+            json!({"MultiMsg": [{"MsgType": 11, "Msg": image}]}).to_string(),
+        ),
+        with(10, json!({"MultiMsg": [{"MsgType": 2, "Msg": "t"}]}).to_string()),
+        with(
+            10,
+            json!({"MultiMsg": [{"MsgType": 200, "Msg": "t"}]}).to_string(),
+        ),
+        with(
+            10,
+            json!({"MultiMsg": [{"MsgType": 12, "Msg": no_name.to_string()}]}).to_string(),
+        ),
+    ];
+    for b in &refused {
+        assert_eq!(s.zim("ImportPeerMsg", b).await.code(), 660000002, "{b}");
+    }
+    assert_eq!(s.stats().await["zim"]["stored"], 0);
+    let accepted = [
+        with(11, image.to_string()),
+        with(10, json!({"MultiMsg": texts(20)}).to_string()),
+        with(
+            10,
+            json!({"MultiMsg": [{"MsgType": 1, "Msg": "look"}, {"MsgType": 12, "Msg": file.to_string()},
+                                {"MsgType": 200, "Msg": "c", "SubMsgType": 4, "SearchedContent": "s"}]})
+            .to_string(),
+        ),
+    ];
+    for b in &accepted {
+        assert_eq!(s.zim("ImportPeerMsg", b).await.code(), 0, "{b}");
+    }
+    s.sim.shutdown().await;
+}
+
+/// query-the-message-list-of-one-on-one-chats.md: text as sent, media and
+/// multi-item URL-encoded in the read-back schema, `Payload` the
+/// ExtendedData, `IsEmpty` a number.
+#[tokio::test]
+async fn zim_reads_media_and_multi_item_back_in_the_documented_schema() {
+    let s = TestSim::start(&config(), pinned(T0_MS)).await;
+    let mut text = zim_text("a", "b", "a", T0_MS - 3, "hello world");
+    text["MessageBody"]["ExtendedData"] = json!("ext");
+    let image = json!({"Uid": "1", "Origin": {"Url": "https://c/a b.png?x=1&y=2", "Width": 100, "Height": 200},
+                       "Thumbnail": {"Url": "https://c/t.png", "Width": 10, "Height": 20},
+                       "FileName": "a b.png", "Size": 1024});
+    let mut img = zim_text("a", "b", "a", T0_MS - 2, "");
+    img["MessageType"] = json!(11);
+    img["MessageBody"]["Message"] = json!(image.to_string());
+    let video = json!({"Uid": "2", "Url": "https://c/v.mp4", "FileName": "v.mp4", "Size": 9, "MediaDuration": 30,
+                       "Thumbnail": {"Url": "https://c/v.jpg", "Width": 3, "Height": 4}});
+    let mut multi = zim_text("b", "a", "a", T0_MS - 1, "");
+    multi["MessageType"] = json!(10);
+    multi["MessageBody"]["Message"] = json!(json!({"MultiMsg": [
+        {"MsgType": 1, "Msg": "look"},
+        {"MsgType": 14, "Msg": video.to_string()},
+        {"MsgType": 200, "Msg": "card", "SubMsgType": 4},
+    ]})
+    .to_string());
+    for b in [&text, &img, &multi] {
+        assert_eq!(s.zim("ImportPeerMsg", b).await.code(), 0, "{b}");
+    }
+    let r = s
+        .zim(
+            "QueryPeerMsg",
+            &json!({"FromUserId": "a", "ToUserId": "b", "Limit": 10, "Next": 0}),
+        )
+        .await;
+    let list = r.json["List"].as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    // Newest first.
+    assert_eq!(
+        (list[0]["MsgType"].clone(), list[0]["Sender"].clone()),
+        (json!(10), json!("b"))
+    );
+    for m in list {
+        assert_eq!(m["IsEmpty"], json!(0));
+        assert!(m["MsgId"].is_u64(), "{m}");
+    }
+    assert_eq!(
+        (list[2]["MsgBody"].clone(), list[2]["Payload"].clone()),
+        (json!("hello world"), json!("ext"))
+    );
+    let body = list[1]["MsgBody"].as_str().unwrap();
+    assert!(body.starts_with("%7B"), "URL-encoded: {body}");
+    let m = url_decoded_json(body);
+    assert_eq!(m["download_url"], "https://c/a b.png?x=1&y=2");
+    assert_eq!(m["file_name"], "a b.png");
+    assert_eq!(m["file_size"], "1024");
+    assert_eq!(
+        (m["origin_image_width"].clone(), m["origin_image_height"].clone()),
+        (json!(100), json!(200))
+    );
+    assert_eq!(m["thumbnail_download_url"], "https://c/t.png");
+    let m = url_decoded_json(list[0]["MsgBody"].as_str().unwrap());
+    let items = m["multi_msg"].as_array().unwrap();
+    assert_eq!(items[0], json!({"msg_type": 1, "callback_content": "look"}));
+    assert_eq!(items[1]["msg_type"], 14);
+    assert_eq!(items[1]["callback_content"]["download_url"], "https://c/v.mp4");
+    assert_eq!(items[1]["callback_content"]["media_duration"], "30");
+    assert_eq!(
+        items[1]["callback_content"]["video_first_frame_download_url"],
+        "https://c/v.jpg"
+    );
+    assert_eq!(
+        items[2],
+        json!({"msg_type": 200, "sub_msg_type": 4, "callback_content": "card"})
+    );
+    s.sim.shutdown().await;
+}

@@ -113,6 +113,9 @@ pub struct InputItem {
     pub data: Option<String>,
     #[serde(default)]
     pub sub_type: Option<i64>,
+    /// A custom part's `SearchedContent` (≤ 64 bytes).
+    #[serde(default)]
+    pub search_text: Option<String>,
     #[serde(default)]
     pub url: Option<String>,
     #[serde(default)]

@@ -88,8 +88,12 @@ impl TimMsg {
         })
     }
 
+    /// One `MsgList` item of admin_getroammsg (Tencent: "查询单聊消息",
+    /// product/269/42794): `MsgBody` elements as they were imported, in the
+    /// "消息格式描述" format, media elements included.
     fn roam_json(&self) -> Value {
         json!({
+            "IsPeerRead": 0,
             "From_Account": self.from,
             "To_Account": self.to,
             "MsgSeq": self.seq,

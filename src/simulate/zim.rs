@@ -14,14 +14,24 @@
 //!   that goes through f64 loses them): a **string** in the import answer, a
 //!   **number** in `QueryPeerMsg`. `MsgSeq` counts from 1 per view.
 //! - `QueryPeerMsg` pages newest (latest arrival) first; `Next` is the
-//!   `MsgSeq` of the next older message, 0 when done.
+//!   `MsgSeq` of the next older message, 0 when done. Items follow
+//!   ZEGO's zim-server/conversation/query-the-message-list-of-one-on-one-chats.md:
+//!   `MsgBody` of text and custom as sent, of media and multi-item
+//!   URL-encoded JSON in the read-back schema (`download_url`,
+//!   `file_name`, ...; `multi_msg[{msg_type, sub_msg_type?,
+//!   callback_content}]`), `Payload` = `ExtendedData`, `IsEmpty` 0.
 //! - Validation codes: not JSON / missing or mistyped field / `MessageType`
 //!   2 or unknown / `Priority` outside 1..=3 / `SubMsgType` missing or
 //!   outside 0..=200 for type 200 / `ImportedUserId` neither From nor To /
 //!   bad user id characters: 660000002; user id over 32 bytes: 660000012;
 //!   From == To: 660600030; `SendMessageTime` in the future: 660800046,
 //!   older than the target's `retention_days`: 660600023 (the code is the
-//!   simulator's guess); `Message`, `ExtendedData`, `SearchedContent`, a
+//!   simulator's guess); an empty `Message`, a media `Message` that is not
+//!   a JSON object string with its required keys (image `Uid`,
+//!   `Origin{Url,Width,Height}`, `FileName`; others `Uid`, `Url`,
+//!   `FileName`), a multi-item `Message` that is not `{"MultiMsg": [..]}`
+//!   with 1 to 20 items of types 1, 11..=14, 200 (ZEGO:
+//!   zim-server/messaging/messagebody-introduction.md): 660000002; `Message`, `ExtendedData`, `SearchedContent`, a
 //!   media URL or file name over its limit: 660400001; a user who is not
 //!   registered: 660500002.
 
@@ -428,20 +438,49 @@ struct RegisterUser {
     user_id: Option<String>,
 }
 
-/// Checks media `Message` JSON: URLs at most 500 bytes, file names 150.
-fn check_media(message: &str) -> Result<(), Refusal> {
-    let v: Value = serde_json::from_str(message).map_err(|_| {
-        bad(
-            660000002,
-            "a media message's Message must be a JSON object string",
-        )
-    })?;
-    if !v.is_object() {
-        return Err(bad(
-            660000002,
-            "a media message's Message must be a JSON object string",
-        ));
+/// The required keys of a media `Message` object
+/// (ZEGO: zim-server/messaging/messagebody-introduction.md, "Message 结构"
+/// of 图片/文件/音频/视频消息): image `Uid`, `Origin{Url,Width,Height}`,
+/// `FileName`; file, audio and video `Uid`, `Url`, `FileName`.
+fn check_media_required(msg_type: i64, v: &Value) -> Result<(), Refusal> {
+    let required: &[&str] = if msg_type == 11 {
+        &["Uid", "Origin", "FileName"]
+    } else {
+        &["Uid", "Url", "FileName"]
+    };
+    for k in required {
+        if v.get(*k).is_none() {
+            return Err(bad(
+                660000002,
+                format!("{k} is required in a type {msg_type} Message"),
+            ));
+        }
     }
+    if msg_type == 11 {
+        let o = &v["Origin"];
+        if !(o.get("Url").is_some_and(Value::is_string)
+            && o.get("Width").is_some()
+            && o.get("Height").is_some())
+        {
+            return Err(bad(660000002, "Origin needs Url, Width and Height"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a media `Message` (or a multi item's `Msg`): a JSON object
+/// string with the required keys, URLs at most 500 bytes, file names 150.
+fn check_media(msg_type: i64, message: &str) -> Result<(), Refusal> {
+    let v: Value = serde_json::from_str(message)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| {
+            bad(
+                660000002,
+                "a media message's Message must be a JSON object string",
+            )
+        })?;
+    check_media_required(msg_type, &v)?;
     fn walk(v: &Value) -> Result<(), Refusal> {
         match v {
             Value::Object(m) => {
@@ -463,6 +502,152 @@ fn check_media(message: &str) -> Result<(), Refusal> {
         }
     }
     walk(&v)
+}
+
+/// Most items of a multi-item message (messagebody-introduction.md, "组合消息").
+const MAX_MULTI_ITEMS: usize = 20;
+
+/// Checks a multi-item `Message`: `{"MultiMsg": [{"MsgType", "Msg",
+/// "SubMsgType"?, "SearchedContent"?}]}`, 1 to 20 items of types 1, 11,
+/// 12, 13, 14, 200, a media item's `Msg` being the media type's JSON string
+/// (ZEGO: zim-server/messaging/messagebody-introduction.md, "组合消息").
+fn check_multi(message: &str) -> Result<(), Refusal> {
+    let v: Value = serde_json::from_str(message)
+        .map_err(|_| bad(660000002, "a multi-item Message must be a JSON object string"))?;
+    let items = v
+        .get("MultiMsg")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad(660000002, "a multi-item Message needs the array MultiMsg"))?;
+    if items.is_empty() || items.len() > MAX_MULTI_ITEMS {
+        return Err(bad(660000002, "MultiMsg must hold 1 to 20 items"));
+    }
+    for item in items {
+        let msg = item.get("Msg").and_then(Value::as_str).unwrap_or("");
+        if msg.is_empty() {
+            return Err(bad(660000002, "a MultiMsg item's Msg is missing or empty"));
+        }
+        match item.get("MsgType").and_then(Value::as_i64) {
+            Some(1) => {}
+            Some(200) => match item.get("SubMsgType").and_then(Value::as_i64) {
+                Some(0..=200) => {}
+                _ => {
+                    return Err(bad(
+                        660000002,
+                        "a MultiMsg item of MsgType 200 needs SubMsgType 0..=200",
+                    ))
+                }
+            },
+            Some(t @ 11..=14) => check_media(t, msg)?,
+            _ => {
+                return Err(bad(
+                    660000002,
+                    "a MultiMsg item's MsgType must be 1, 11, 12, 13, 14 or 200",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Form-style percent-encoding (space as `+`): the query doc tells the
+/// reader to URLDecode media and multi-item bodies.
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3 / 2);
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => out.push(b as char),
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn num_text(v: &Value, key: &str) -> String {
+    v.get(key).and_then(Value::as_u64).unwrap_or(0).to_string()
+}
+
+/// A media import object in the read-back schema
+/// (ZEGO: zim-server/conversation/query-the-message-list-of-one-on-one-chats.md,
+/// "多媒体消息"): `file_size` and `media_duration` are strings there, the
+/// sizes in pixels integers. `md5` is the file's digest, which only a
+/// server holding the file could compute: the simulator returns it empty.
+fn media_read_back(msg_type: i64, m: &Value) -> Value {
+    let pic = |key: &str| {
+        let p = &m[key];
+        (
+            p["Url"].as_str().unwrap_or("").to_string(),
+            p["Width"].as_u64().unwrap_or(0),
+            p["Height"].as_u64().unwrap_or(0),
+        )
+    };
+    let url = if msg_type == 11 {
+        m["Origin"]["Url"].as_str()
+    } else {
+        m["Url"].as_str()
+    };
+    let mut o = json!({
+        "md5": "",
+        "file_name": m["FileName"].as_str().unwrap_or(""),
+        "file_size": num_text(m, "Size"),
+        "download_url": url.unwrap_or(""),
+        "media_duration": num_text(m, "MediaDuration"),
+    });
+    if msg_type == 11 {
+        let (_, w, h) = pic("Origin");
+        let (lu, lw, lh) = pic("LargeImage");
+        let (tu, tw, th) = pic("Thumbnail");
+        o["origin_image_width"] = json!(w);
+        o["origin_image_height"] = json!(h);
+        o["large_image_download_url"] = json!(lu);
+        o["large_image_width"] = json!(lw);
+        o["large_image_height"] = json!(lh);
+        o["thumbnail_download_url"] = json!(tu);
+        o["thumbnail_width"] = json!(tw);
+        o["thumbnail_height"] = json!(th);
+    } else if msg_type == 14 {
+        let (u, w, h) = pic("Thumbnail");
+        o["video_first_frame_download_url"] = json!(u);
+        o["video_first_frame_width"] = json!(w);
+        o["video_first_frame_height"] = json!(h);
+    }
+    o
+}
+
+/// A stored `Message` as QueryPeerMsg's `MsgBody`: text and custom as sent;
+/// media and multi-item as URL-encoded JSON in the read-back schema, a
+/// multi item's `callback_content` being the content of a text or custom
+/// item and the media object for a media item (the doc types it "Object").
+fn read_back_body(msg_type: i64, body: &str) -> String {
+    let Ok(v) = serde_json::from_str::<Value>(body) else {
+        return body.to_string();
+    };
+    let decoded = match msg_type {
+        11..=14 => media_read_back(msg_type, &v),
+        10 => {
+            let items: Vec<Value> = v["MultiMsg"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|it| {
+                    let t = it["MsgType"].as_i64().unwrap_or(0);
+                    let msg = it["Msg"].as_str().unwrap_or("");
+                    let mut o = json!({"msg_type": t});
+                    if t == 200 {
+                        o["sub_msg_type"] = it["SubMsgType"].clone();
+                    }
+                    o["callback_content"] = match serde_json::from_str::<Value>(msg) {
+                        Ok(m) if (11..=14).contains(&t) => media_read_back(t, &m),
+                        _ => json!(msg),
+                    };
+                    o
+                })
+                .collect();
+            json!({ "multi_msg": items })
+        }
+        _ => return body.to_string(),
+    };
+    url_encode(&decoded.to_string())
 }
 
 impl ZimApp {
@@ -541,6 +726,10 @@ impl ZimApp {
         let message = mb
             .message
             .ok_or_else(|| bad(660000002, "MessageBody.Message is missing"))?;
+        // messagebody-introduction.md: Message "不可为空" for every type.
+        if message.is_empty() {
+            return Err(bad(660000002, "MessageBody.Message is empty"));
+        }
         let limit = if msg_type == 10 {
             self.max_multi
         } else {
@@ -557,8 +746,10 @@ impl ZimApp {
                 ));
             }
         }
-        if (11..=14).contains(&msg_type) {
-            check_media(&message)?;
+        match msg_type {
+            11..=14 => check_media(msg_type, &message)?,
+            10 => check_multi(&message)?,
+            _ => {}
         }
         let (sub_type, searched) = if msg_type == 200 {
             let sub = b
@@ -704,11 +895,13 @@ impl ZimApp {
         let list: Vec<Value> = page
             .iter()
             .map(|m| {
+                // query-the-message-list-of-one-on-one-chats.md: the List
+                // item's fields; MsgId a number, IsEmpty a number (0: normal).
                 json!({
                     "Sender": m.from,
                     "MsgType": m.msg_type,
                     "SubMsgType": m.sub_type.unwrap_or(0),
-                    "MsgBody": m.body,
+                    "MsgBody": read_back_body(m.msg_type, &m.body),
                     "MsgId": m.msg_id,
                     "MsgSeq": m.seq,
                     "Payload": m.ext.as_deref().unwrap_or(""),

@@ -292,7 +292,7 @@ pub fn zim_label(m: &Value) -> String {
         1 | 200 => body.to_string(),
         10 => {
             let v: Value = serde_json::from_str(body).unwrap();
-            str_of(&v["MessageInfoList"][0]["Message"])
+            str_of(&v["MultiMsg"][0]["Msg"])
         }
         _ => {
             let v: Value = serde_json::from_str(body).unwrap();

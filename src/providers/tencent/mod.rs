@@ -231,6 +231,13 @@ pub fn classify_answer(v: &Value, sent_seq: Option<i64>) -> Outcome {
 }
 
 /// Sender and the dedup triple: what identifies an imported message.
+///
+/// Tencent: admin_getroammsg ("查询单聊消息", product/269/42794) answers
+/// every message with `From_Account`, `MsgSeq`, `MsgRandom` and
+/// `MsgTimeStamp`, whatever its elements; its `MsgBody` elements are in the
+/// send format of "消息格式描述" (media included). The element content is
+/// left out on purpose: the triple is what Tencent deduplicates on, so it
+/// identifies the message, and media elements then verify like text.
 fn fingerprint_of(v: &Value) -> Option<String> {
     Some(format!(
         "{}|{}|{}|{}",

@@ -1,21 +1,26 @@
 //! ZIM `ImportPeerMsg` request bodies, built and checked at load.
 //!
+//! Every layout here is ZEGO's (`zim-server/messaging/messagebody-introduction.md`;
+//! import: `zim-server/messaging/import-one-to-one-messages.md`).
 //! Text (1) and custom (200) carry their content in `MessageBody.Message`
-//! as is. Media types carry a JSON object **as a string** there
-//! (providers.md):
+//! as is. Media types carry a JSON object **as a string** there:
 //!
 //! - image (11): `{"Uid", "Origin": {"Url", "Width", "Height"},
-//!   "LargeImage"?: {..same..}, "Thumbnail"?: {..same..}, "FileName"?, "Size"?}`;
+//!   "LargeImage"?: {..same..}, "Thumbnail"?: {..same..}, "FileName", "Size"?}`
+//!   (`FileName` is required: from `file_name`, else the URL's last path
+//!   segment, else the line is refused);
 //! - file (12), audio (13), video (14): `{"Uid", "Url", "FileName", "Size"}`,
 //!   audio and video with `"MediaDuration"` (seconds), video with
 //!   `"Thumbnail"?: {"Url", "Width", "Height"}`;
-//! - multi-item (10): `{"MessageInfoList": [{"MessageType", "Message",
-//!   "SubMsgType"?}, ..]}` where a media part's `Message` is the object
-//!   itself (not a nested string). This layout is chatferry's choice: the
-//!   provider's is not documented; `native` sends any other verbatim.
+//! - multi-item (10): `{"MultiMsg": [{"MsgType", "Msg", "SubMsgType"?,
+//!   "SearchedContent"?}, ..]}`, at most 20 items of types 1, 11..=14 and
+//!   200, where a media item's `Msg` is itself the JSON **string** of that
+//!   media type's object.
 //!
-//! Limits checked here, each refusal naming the field and the limit: media
-//! URLs 500 bytes, file names 150 bytes, `Message` `max_message_bytes`
+//! ZEGO says `Message` "不可为空" (must not be empty) for every type, so an
+//! empty text, custom data or native `Message` is refused here, naming the
+//! field. Limits checked here, each refusal naming the field and the limit:
+//! media URLs 500 bytes, file names 150 bytes, `Message` `max_message_bytes`
 //! (multi-item: `max_multi_message_bytes`), `ExtendedData`
 //! `max_extended_bytes`, `SearchedContent` 64 bytes.
 
@@ -266,9 +271,8 @@ impl<'a> Media<'a> {
                 )? {
                     o.insert("Thumbnail".into(), v);
                 }
-                if self.file_name.is_some() {
-                    o.insert("FileName".into(), json!(self.file_name(url, "image")?));
-                }
+                // ZEGO marks the image FileName required (messagebody-introduction.md).
+                o.insert("FileName".into(), json!(self.file_name(url, "image")?));
                 if let Some(size) = self.size {
                     o.insert("Size".into(), json!(size));
                 }
@@ -328,6 +332,65 @@ fn check_sub_type(field: &str, sub: i64) -> Result<i64, String> {
     Ok(sub)
 }
 
+/// Most items in one multi-item message (`MultiMsg`, messagebody-introduction.md).
+pub const MAX_MULTI_ITEMS: usize = 20;
+
+/// A required, non-empty string field; the reason names it.
+fn non_empty<'s>(value: Option<&'s str>, field: &str, what: &str) -> Result<&'s str, String> {
+    match value {
+        None => Err(format!("{what} needs the field `{field}`")),
+        Some("") => Err(format!(
+            "{field} is empty; ZIM refuses an empty message (give it some content or leave the line out)"
+        )),
+        Some(v) => Ok(v),
+    }
+}
+
+/// A `SearchedContent` within its 64 bytes.
+fn check_searched(field: &str, s: Option<&str>) -> Result<(), String> {
+    match s {
+        Some(s) if s.len() > MAX_SEARCHED_BYTES => Err(format!(
+            "{field} is {} bytes; ZIM allows {MAX_SEARCHED_BYTES}",
+            s.len()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// One `MultiMsg` item: `{"MsgType", "Msg", "SubMsgType"?, "SearchedContent"?}`.
+fn multi_item(item: &InputItem, i: usize, uid: &str) -> Result<Value, String> {
+    let at = |f: &str| format!("items[{i}].{f}");
+    if item.search_text.is_some() && item.kind != "custom" {
+        return Err(format!("{} is only allowed on a custom part", at("search_text")));
+    }
+    match item.kind.as_str() {
+        "text" => {
+            let text = non_empty(item.text.as_deref(), &at("text"), &format!("items[{i}] (text)"))?;
+            Ok(json!({"MsgType": 1, "Msg": text}))
+        }
+        "custom" => {
+            let data = non_empty(item.data.as_deref(), &at("data"), &format!("items[{i}] (custom)"))?;
+            let sub = item
+                .sub_type
+                .ok_or_else(|| format!("items[{i}] is a custom part without `sub_type` (0..=200)"))?;
+            let mut o =
+                json!({"MsgType": 200, "Msg": data, "SubMsgType": check_sub_type(&at("sub_type"), sub)?});
+            if let Some(s) = item.search_text.as_deref() {
+                check_searched(&at("search_text"), Some(s))?;
+                o["SearchedContent"] = json!(s);
+            }
+            Ok(o)
+        }
+        kind => match media_type(kind) {
+            // A media item's Msg is the media object as a JSON string.
+            Some(t) => Ok(json!({"MsgType": t, "Msg": Media::of_item(item, i, uid).object(t)?.to_string()})),
+            None => Err(format!(
+                "items[{i}] has type {kind:?}; a part is text, custom, image, file, audio or video"
+            )),
+        },
+    }
+}
+
 /// The multi-item `Message` object.
 fn multi(m: &InputMessage, conversation: &str) -> Result<Value, String> {
     let items = m
@@ -337,46 +400,23 @@ fn multi(m: &InputMessage, conversation: &str) -> Result<Value, String> {
     if items.is_empty() {
         return Err("items is empty; a multi message needs at least one part".into());
     }
+    if items.len() > MAX_MULTI_ITEMS {
+        return Err(format!(
+            "items has {} parts; a ZIM multi-item message holds at most {MAX_MULTI_ITEMS} \
+             (split it into several messages)",
+            items.len()
+        ));
+    }
     let uid = m
         .uid
         .clone()
         .unwrap_or_else(|| default_media_uid(conversation, &m.id));
-    let mut list = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let part = match item.kind.as_str() {
-            "text" => {
-                let text = item
-                    .text
-                    .as_deref()
-                    .ok_or_else(|| format!("items[{i}] is a text part without `text`"))?;
-                json!({"MessageType": 1, "Message": text})
-            }
-            "custom" => {
-                let data = item
-                    .data
-                    .as_deref()
-                    .ok_or_else(|| format!("items[{i}] is a custom part without `data`"))?;
-                let sub = item
-                    .sub_type
-                    .ok_or_else(|| format!("items[{i}] is a custom part without `sub_type` (0..=200)"))?;
-                let sub = check_sub_type(&format!("items[{i}].sub_type"), sub)?;
-                json!({"MessageType": 200, "Message": data, "SubMsgType": sub})
-            }
-            kind => match media_type(kind) {
-                Some(t) => {
-                    let obj = Media::of_item(item, i, &uid).object(t)?;
-                    json!({"MessageType": t, "Message": obj})
-                }
-                None => {
-                    return Err(format!(
-                        "items[{i}] has type {kind:?}; a part is text, custom, image, file, audio or video"
-                    ))
-                }
-            },
-        };
-        list.push(part);
-    }
-    Ok(json!({ "MessageInfoList": list }))
+    let list = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| multi_item(item, i, &uid))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(json!({ "MultiMsg": list }))
 }
 
 /// Checks the URLs and file names inside a media `Message` (native bodies).
@@ -409,6 +449,68 @@ fn check_media_json(v: &Value, path: &str) -> Result<(), String> {
             .try_for_each(|(i, v)| check_media_json(v, &format!("{path}[{i}]"))),
         _ => Ok(()),
     }
+}
+
+/// A media `Message` (or a multi item's `Msg`) given as it is: a JSON
+/// object in a string with the keys ZEGO marks required
+/// (messagebody-introduction.md), URLs and file names within their limits.
+fn check_native_media(message_type: u32, text: &str, path: &str) -> Result<(), String> {
+    let inner: Value = serde_json::from_str(text)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| format!("{path} of MessageType {message_type} must be a JSON object in a string"))?;
+    let required: &[&str] = if message_type == 11 {
+        &["Uid", "Origin", "FileName"]
+    } else {
+        &["Uid", "Url", "FileName"]
+    };
+    if let Some(k) = required.iter().find(|k| inner.get(**k).is_none()) {
+        return Err(format!(
+            "{path}.{k} is missing; ZIM requires it for MessageType {message_type}"
+        ));
+    }
+    if message_type == 11 && !inner["Origin"].get("Url").is_some_and(Value::is_string) {
+        return Err(format!(
+            "{path}.Origin.Url is missing; ZIM requires it for an image"
+        ));
+    }
+    check_media_json(&inner, path)
+}
+
+/// A multi-item `Message` given as it is: `{"MultiMsg": [..]}` as ZEGO
+/// documents it, at most 20 items of the item types.
+fn check_native_multi(text: &str) -> Result<(), String> {
+    let v: Value = serde_json::from_str(text)
+        .map_err(|_| "native.Message of MessageType 10 must be a JSON object in a string".to_string())?;
+    let items = v.get("MultiMsg").and_then(Value::as_array).ok_or(
+        "native.Message of MessageType 10 needs \"MultiMsg\": [{\"MsgType\", \"Msg\", \"SubMsgType\"?}, ..]",
+    )?;
+    if items.is_empty() || items.len() > MAX_MULTI_ITEMS {
+        return Err(format!(
+            "native.Message.MultiMsg has {} items; ZIM takes 1 to {MAX_MULTI_ITEMS}",
+            items.len()
+        ));
+    }
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("native.Message.MultiMsg[{i}]");
+        let t = item.get("MsgType").and_then(Value::as_i64);
+        let msg = item.get("Msg").and_then(Value::as_str).unwrap_or("");
+        if msg.is_empty() {
+            return Err(format!("{at}.Msg is missing or empty"));
+        }
+        match t {
+            Some(1) => {}
+            Some(200)
+                if item
+                    .get("SubMsgType")
+                    .and_then(Value::as_i64)
+                    .is_some_and(|s| (0..=200).contains(&s)) => {}
+            Some(200) => return Err(format!("{at}.SubMsgType is required for MsgType 200 (0..=200)")),
+            Some(t @ 11..=14) => check_native_media(t as u32, msg, &format!("{at}.Msg"))?,
+            _ => return Err(format!("{at}.MsgType must be 1, 11, 12, 13, 14 or 200")),
+        }
+    }
+    Ok(())
 }
 
 /// What goes into one `ImportPeerMsg` besides the users and the time.
@@ -452,16 +554,13 @@ fn native(m: &InputMessage) -> Result<Content<'_>, String> {
         .get("Message")
         .and_then(Value::as_str)
         .ok_or("native.Message is missing or not a string (media content is a JSON string)")?;
-    if (10..=14).contains(&message_type) {
-        let inner: Value = serde_json::from_str(message).map_err(|_| {
-            format!("native.Message of MessageType {message_type} must be a JSON object in a string")
-        })?;
-        if !inner.is_object() {
-            return Err(format!(
-                "native.Message of MessageType {message_type} must be a JSON object in a string"
-            ));
-        }
-        check_media_json(&inner, "native.Message")?;
+    if message.is_empty() {
+        return Err("native.Message is empty; ZIM refuses an empty message".into());
+    }
+    match message_type {
+        10 => check_native_multi(message)?,
+        11..=14 => check_native_media(message_type, message, "native.Message")?,
+        _ => {}
     }
     let sub_msg_type = match (message_type, o.get("SubMsgType")) {
         (200, Some(s)) => Some(check_sub_type(
@@ -489,7 +588,7 @@ fn content<'a>(m: &'a InputMessage, conversation: &str) -> Result<Content<'a>, S
     }
     let c = match m.kind.as_str() {
         "text" => {
-            let text = m.text.as_deref().ok_or("a text message needs the field `text`")?;
+            let text = non_empty(m.text.as_deref(), "text", "a text message")?;
             Content {
                 message_type: 1,
                 message: Cow::Borrowed(text),
@@ -498,10 +597,7 @@ fn content<'a>(m: &'a InputMessage, conversation: &str) -> Result<Content<'a>, S
             }
         }
         "custom" => {
-            let data = m
-                .data
-                .as_deref()
-                .ok_or("a custom message needs the field `data`")?;
+            let data = non_empty(m.data.as_deref(), "data", "a custom message")?;
             let sub = m
                 .sub_type
                 .ok_or("a custom message for ZIM needs `sub_type` (SubMsgType, 0..=200)")?;
@@ -544,14 +640,7 @@ fn content<'a>(m: &'a InputMessage, conversation: &str) -> Result<Content<'a>, S
             }
         },
     };
-    if let Some(s) = c.searched {
-        if s.len() > MAX_SEARCHED_BYTES {
-            return Err(format!(
-                "search_text is {} bytes; ZIM allows {MAX_SEARCHED_BYTES}",
-                s.len()
-            ));
-        }
-    }
+    check_searched("search_text", c.searched)?;
     Ok(c)
 }
 
@@ -773,11 +862,13 @@ mod tests {
                 "Size": 12345,
             })
         );
-        // Only the URL given: the optional parts stay out, the uid is derived.
+        // Only the URL given: the optional parts stay out, the uid is
+        // derived, and the required FileName comes from the URL's path.
         let b = body(json!({"type": "image", "url": "https://cdn/o.png"}));
         assert_eq!(
             inner(&b),
-            json!({"Uid": uid(), "Origin": {"Url": "https://cdn/o.png", "Width": 0, "Height": 0}})
+            json!({"Uid": uid(), "Origin": {"Url": "https://cdn/o.png", "Width": 0, "Height": 0},
+                   "FileName": "o.png"})
         );
         // `uuid` is the same field as `uid`.
         let b = body(json!({"type": "image", "url": "https://cdn/o.png", "uuid": "u2"}));
@@ -826,20 +917,33 @@ mod tests {
         ]}));
         assert_eq!(b["MessageType"], 10);
         assert!(b.get("SubMsgType").is_none());
+        // messagebody-introduction.md, "组合消息": MultiMsg items, a media
+        // item's Msg being the media object as a JSON string.
+        let image = json!({"Uid": "mm-1", "Origin": {"Url": "https://cdn/p.jpg", "Width": 2, "Height": 3},
+                           "FileName": "p.jpg"});
+        let file = json!({"Uid": "own", "Url": "https://cdn/f.zip", "FileName": "f.zip", "Size": 0});
         assert_eq!(
             inner(&b),
-            json!({"MessageInfoList": [
-                {"MessageType": 1, "Message": "look"},
-                {"MessageType": 11, "Message": {"Uid": "mm-1", "Origin": {"Url": "https://cdn/p.jpg", "Width": 2, "Height": 3}}},
-                {"MessageType": 200, "Message": "{}", "SubMsgType": 4},
-                {"MessageType": 12, "Message": {"Uid": "own", "Url": "https://cdn/f.zip", "FileName": "f.zip", "Size": 0}},
+            json!({"MultiMsg": [
+                {"MsgType": 1, "Msg": "look"},
+                {"MsgType": 11, "Msg": image.to_string()},
+                {"MsgType": 200, "Msg": "{}", "SubMsgType": 4},
+                {"MsgType": 12, "Msg": file.to_string()},
             ]})
+        );
+        let b = body(json!({"type": "multi", "items": [
+            {"type": "custom", "data": "c", "sub_type": 1, "search_text": "find"},
+        ]}));
+        assert_eq!(
+            inner(&b),
+            json!({"MultiMsg": [{"MsgType": 200, "Msg": "c", "SubMsgType": 1, "SearchedContent": "find"}]})
         );
     }
 
     #[test]
     fn native_is_used_as_it_is() {
-        let image = json!({"Uid": "x", "Origin": {"Url": "u", "Width": 1, "Height": 1}}).to_string();
+        let image = json!({"Uid": "x", "Origin": {"Url": "u", "Width": 1, "Height": 1}, "FileName": "a.png"})
+            .to_string();
         let b = body(json!({"type": "native", "native": {"MessageType": 11, "Message": image}}));
         assert_eq!(b["MessageType"], 11);
         assert_eq!(b["MessageBody"]["Message"], image);
@@ -884,7 +988,7 @@ mod tests {
         );
         assert!(e.starts_with("items[1].url is 512 bytes"), "{e}");
         // A URL at the limit is fine.
-        body(json!({"type": "image", "url": format!("https://cdn/{}", "u".repeat(488))}));
+        body(json!({"type": "image", "url": format!("https://cdn/{}/a.png", "u".repeat(482))}));
     }
 
     #[test]
@@ -948,6 +1052,88 @@ mod tests {
     }
 
     #[test]
+    fn multi_holds_at_most_twenty_items() {
+        let items = |n: usize| -> Vec<Value> {
+            (0..n)
+                .map(|i| json!({"type": "text", "text": format!("p{i}")}))
+                .collect()
+        };
+        let b = body(json!({"type": "multi", "items": items(20)}));
+        assert_eq!(inner(&b)["MultiMsg"].as_array().unwrap().len(), 20);
+        let e = refused(json!({"type": "multi", "items": items(21)}));
+        assert!(
+            e.starts_with("items has 21 parts; a ZIM multi-item message holds at most 20"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_image_always_has_a_file_name() {
+        let b = body(json!({"type": "image", "url": "https://cdn/a/b.jpg?s=1", "file_name": "given.jpg"}));
+        assert_eq!(inner(&b)["FileName"], "given.jpg");
+        let b = body(json!({"type": "image", "url": "https://cdn/a/b.jpg?s=1"}));
+        assert_eq!(inner(&b)["FileName"], "b.jpg");
+        for url in [
+            "https://cdn.example",
+            "https://cdn.example/",
+            "https://cdn.example/dir/?x=1",
+        ] {
+            let e = refused(json!({"type": "image", "url": url}));
+            assert!(
+                e.starts_with("file_name is missing and url has no file name to take; an image needs one"),
+                "{url}: {e}"
+            );
+        }
+        let e = refused(json!({"type": "multi", "items": [{"type": "image", "url": "https://cdn/"}]}));
+        assert!(e.starts_with("items[0].file_name is missing"), "{e}");
+    }
+
+    #[test]
+    fn empty_content_is_refused() {
+        let e = refused(json!({"type": "text", "text": ""}));
+        assert!(
+            e.starts_with("text is empty; ZIM refuses an empty message"),
+            "{e}"
+        );
+        let e = refused(json!({"type": "custom", "data": "", "sub_type": 1}));
+        assert!(e.starts_with("data is empty"), "{e}");
+        let e = refused(json!({"type": "multi", "items": [{"type": "text", "text": ""}]}));
+        assert!(e.starts_with("items[0].text is empty"), "{e}");
+        let e = refused(json!({"type": "native", "native": {"MessageType": 1, "Message": ""}}));
+        assert!(e.starts_with("native.Message is empty"), "{e}");
+    }
+
+    #[test]
+    fn native_multi_and_media_follow_the_documented_layout() {
+        let image = json!({"Uid": "u", "Origin": {"Url": "https://x/a.png", "Width": 1, "Height": 1},
+                           "FileName": "a.png"})
+        .to_string();
+        let multi =
+            json!({"MultiMsg": [{"MsgType": 1, "Msg": "t"}, {"MsgType": 11, "Msg": image}]}).to_string();
+        let b = body(json!({"type": "native", "native": {"MessageType": 10, "Message": multi}}));
+        assert_eq!(b["MessageBody"]["Message"], multi);
+        let old = json!({"MessageInfoList": [{"MessageType": 1, "Message": "t"}]}).to_string();
+        let e = refused(json!({"type": "native", "native": {"MessageType": 10, "Message": old}}));
+        assert!(e.contains("needs \"MultiMsg\""), "{e}");
+        let no_name = json!({"Uid": "u", "Origin": {"Url": "https://x/a.png"}}).to_string();
+        let e = refused(json!({"type": "native", "native": {"MessageType": 11, "Message": no_name}}));
+        assert_eq!(
+            e,
+            "native.Message.FileName is missing; ZIM requires it for MessageType 11"
+        );
+        let bad = json!({"MultiMsg": [{"MsgType": 12, "Msg": "{}"}]}).to_string();
+        let e = refused(json!({"type": "native", "native": {"MessageType": 10, "Message": bad}}));
+        assert!(
+            e.starts_with("native.Message.MultiMsg[0].Msg.Uid is missing"),
+            "{e}"
+        );
+        let many: Vec<Value> = (0..21).map(|_| json!({"MsgType": 1, "Msg": "t"})).collect();
+        let many = json!({ "MultiMsg": many }).to_string();
+        let e = refused(json!({"type": "native", "native": {"MessageType": 10, "Message": many}}));
+        assert!(e.contains("has 21 items; ZIM takes 1 to 20"), "{e}");
+    }
+
+    #[test]
     fn native_is_checked_before_it_goes() {
         let e = refused(json!({"type": "native"}));
         assert!(e.contains("needs `native`"), "{e}");
@@ -962,7 +1148,7 @@ mod tests {
         assert!(e.contains("native.Message is missing or not a string"), "{e}");
         let e = refused(json!({"type": "native", "native": {"MessageType": 11, "Message": "not json"}}));
         assert!(e.contains("must be a JSON object in a string"), "{e}");
-        let big = json!({"Origin": {"Url": "u".repeat(501)}}).to_string();
+        let big = json!({"Uid": "u", "FileName": "f", "Origin": {"Url": "u".repeat(501)}}).to_string();
         let e = refused(json!({"type": "native", "native": {"MessageType": 11, "Message": big}}));
         assert_eq!(
             e,

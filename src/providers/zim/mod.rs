@@ -1,7 +1,7 @@
 //! ZEGO ZIM: `ImportPeerMsg` over the server API, signed per call.
 //!
 //! The wire format is in `body`, the signature in `sign`, the code table in
-//! `codes`.
+//! `codes`, the parsing of what QueryPeerMsg gives back in `readback`.
 
 use std::time::Duration;
 
@@ -16,10 +16,12 @@ use super::{
 use crate::config::{zim_base_url, ZimTarget};
 use crate::probe::MsgTimeMode;
 use crate::ratelimit;
+use readback::Expected;
 
 pub mod body;
 pub mod codes;
 pub mod probe;
+pub mod readback;
 pub mod sign;
 
 /// Largest answer we read; ZIM answers are small.
@@ -204,49 +206,6 @@ pub fn classify_answer(v: &Value) -> Outcome {
     }
 }
 
-/// The parts of an ImportPeerMsg body that identify its content.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Content {
-    sender: String,
-    msg_type: i64,
-    sub_type: Option<i64>,
-    body: String,
-    time_ms: i64,
-    view: String,
-    peer: String,
-}
-
-impl Content {
-    fn of_body(body: &str) -> Option<Content> {
-        let v: Value = serde_json::from_str(body).ok()?;
-        let from = v.get("FromUserId")?.as_str()?.to_string();
-        let to = v.get("ToUserId")?.as_str()?.to_string();
-        let view = v.get("ImportedUserId")?.as_str()?.to_string();
-        let peer = if view == from { to } else { from.clone() };
-        Some(Content {
-            sender: from,
-            msg_type: int_field(&v, "MessageType")?,
-            sub_type: int_field(&v, "SubMsgType"),
-            body: v.get("MessageBody")?.get("Message")?.as_str()?.to_string(),
-            time_ms: int_field(&v, "SendMessageTime").unwrap_or(0),
-            view,
-            peer,
-        })
-    }
-
-    /// Same sender, type and body as a QueryPeerMsg list item.
-    fn matches(&self, item: &Value) -> bool {
-        item.get("Sender").and_then(Value::as_str) == Some(self.sender.as_str())
-            && int_field(item, "MsgType") == Some(self.msg_type)
-            && item.get("MsgBody").and_then(Value::as_str) == Some(self.body.as_str())
-            && (self.msg_type != 200 || int_field(item, "SubMsgType") == self.sub_type)
-    }
-
-    fn fingerprint(sender: &str, msg_type: i64, body: &str, time_ms: i64) -> String {
-        format!("{sender}\u{1f}{msg_type}\u{1f}{time_ms}\u{1f}{body}")
-    }
-}
-
 /// Most QueryPeerMsg pages one reconcile reads (100 messages each) before
 /// it gives up for now.
 const MAX_RECONCILE_PAGES: usize = 2_000;
@@ -284,18 +243,19 @@ impl ZimClient {
     /// Users already chatting on ZIM put newer messages on top, so the
     /// search pages back until the messages are older than every time our
     /// import could carry.
-    async fn find_in_view(&self, content: &Content, job: &SendJob<'_>) -> Result<Option<Value>, Outcome> {
+    async fn find_in_view(&self, content: &Expected, job: &SendJob<'_>) -> Result<Option<readback::Item>, Outcome> {
         let mode = *self.msg_time.lock().unwrap_or_else(|p| p.into_inner());
         let now = super::unix_ms();
-        let since = job.first_mark_ms.unwrap_or(content.time_ms).min(now) - self.skew_ms;
+        let sent = content.send_time_ms;
+        let since = job.first_mark_ms.unwrap_or(sent).min(now) - self.skew_ms;
         let time_ok = |t: i64| match mode {
-            Some(MsgTimeMode::Echo) => t == content.time_ms,
-            _ => t == content.time_ms || (since..=now + self.skew_ms).contains(&t),
+            Some(MsgTimeMode::Echo) => t == sent,
+            _ => t == sent || (since..=now + self.skew_ms).contains(&t),
         };
         let floor = match mode {
-            Some(MsgTimeMode::Echo) => content.time_ms,
+            Some(MsgTimeMode::Echo) => sent,
             Some(MsgTimeMode::Receive) => since,
-            None => content.time_ms.min(since),
+            None => sent.min(since),
         };
         let known: std::collections::HashSet<&str> = job.known_ids.iter().map(String::as_str).collect();
         let mut next = 0u64;
@@ -303,15 +263,16 @@ impl ZimClient {
             let (list, n) = self.query_page(&content.view, &content.peer, next).await?;
             metrics::counter!(crate::ops::metrics::RECONCILE_READS, "target" => self.target.clone())
                 .increment(1);
-            let found = list.iter().find(|item| {
+            let items: Vec<readback::Item> = list.iter().filter_map(readback::parse_item).collect();
+            let found = items.iter().find(|item| {
                 content.matches(item)
-                    && !id_field(item, "MsgId").is_some_and(|i| known.contains(i.as_str()))
-                    && int_field(item, "MsgTime").is_some_and(time_ok)
+                    && !item.msg_id.as_deref().is_some_and(|i| known.contains(i))
+                    && item.msg_time.is_some_and(time_ok)
             });
             if let Some(item) = found {
                 return Ok(Some(item.clone()));
             }
-            let oldest = list.iter().filter_map(|i| int_field(i, "MsgTime")).min();
+            let oldest = items.iter().filter_map(|i| i.msg_time).min();
             if n == 0 || list.is_empty() || oldest.is_some_and(|t| t < floor) {
                 return Ok(None);
             }
@@ -446,7 +407,7 @@ impl Provider for ZimClient {
             }
             if let Outcome::Permanent { code: Some(c), .. } = &outcome {
                 if self.ensure_users && codes::classify(*c) == codes::Class::UserMissing {
-                    if let Some(content) = Content::of_body(job.body) {
+                    if let Some(content) = Expected::of_body(job.body) {
                         let users = [content.view.clone(), content.peer.clone()];
                         return super::after_registration(*c, self.register(&users).await);
                     }
@@ -460,13 +421,13 @@ impl Provider for ZimClient {
     /// message reached the view before sending it again (see
     /// [`ZimClient::find_in_view`]).
     async fn reconcile(&self, job: &SendJob<'_>) -> Reconciled {
-        let Some(content) = Content::of_body(job.body) else {
+        let Some(content) = Expected::of_body(job.body) else {
             return Reconciled::NotApplied;
         };
         match self.find_in_view(&content, job).await {
             Ok(Some(item)) => Reconciled::Applied(Accepted {
-                msg_id: id_field(&item, "MsgId"),
-                msg_seq: int_field(&item, "MsgSeq"),
+                msg_id: item.msg_id,
+                msg_seq: item.msg_seq,
                 request_id: None,
             }),
             Ok(None) => Reconciled::NotApplied,
@@ -498,8 +459,9 @@ impl Provider for ZimClient {
     }
 
     fn fingerprint(&self, body: &str) -> Option<String> {
-        let c = Content::of_body(body)?;
-        Some(Content::fingerprint(&c.sender, c.msg_type, &c.body, c.time_ms))
+        // Content only: MsgTime is the server's receive time by the doc,
+        // and ids are the provider's.
+        Some(Expected::of_body(body)?.fingerprint())
     }
 
     async fn read_back(&self, lane_key: &str) -> Result<LaneReadBack, String> {
@@ -511,15 +473,17 @@ impl Provider for ZimClient {
                 .query_page(view, peer, next)
                 .await
                 .map_err(|o| describe_outcome(&o))?;
-            for item in &list {
-                out.push(ReadBack {
-                    fingerprint: Content::fingerprint(
-                        item.get("Sender").and_then(Value::as_str).unwrap_or(""),
-                        int_field(item, "MsgType").unwrap_or(-1),
-                        item.get("MsgBody").and_then(Value::as_str).unwrap_or(""),
-                        int_field(item, "MsgTime").unwrap_or(0),
-                    ),
-                    msg_id: id_field(item, "MsgId"),
+            for raw in &list {
+                // An item without sender or type still counts (as extra).
+                out.push(match readback::parse_item(raw) {
+                    Some(item) => ReadBack {
+                        fingerprint: item.fingerprint(),
+                        msg_id: item.msg_id,
+                    },
+                    None => ReadBack {
+                        fingerprint: format!("unreadable list item {raw}"),
+                        msg_id: None,
+                    },
                 });
             }
             if n == 0 || list.is_empty() {
