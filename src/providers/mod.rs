@@ -38,8 +38,9 @@ pub enum Outcome {
     /// Will never be accepted as it is.
     Permanent { code: Option<i64>, reason: String },
     /// May or may not have been applied (timeout after the send, reset,
-    /// unreadable answer): resolve through [`Provider::reconcile`].
-    Unknown { reason: String },
+    /// unreadable answer, a server-side error code): resolve through
+    /// [`Provider::reconcile`]. `code` is the provider's code, when it gave one.
+    Unknown { code: Option<i64>, reason: String },
     /// The target itself is unusable (credentials, app, endpoint): stop
     /// sending to it instead of failing the whole backlog.
     Halt { code: Option<i64>, reason: String },
@@ -225,10 +226,12 @@ pub(crate) fn transport_outcome(e: &reqwest::Error) -> Outcome {
         }
     } else if e.is_timeout() {
         Outcome::Unknown {
+            code: None,
             reason: format!("no answer within the request timeout: {shown}"),
         }
     } else {
         Outcome::Unknown {
+            code: None,
             reason: format!("connection failed after the request left: {shown}"),
         }
     }
@@ -292,6 +295,7 @@ pub(crate) fn http_status_outcome(status: reqwest::StatusCode, body: &[u8]) -> O
     if status.is_server_error() {
         // A gateway error may come after the service applied the call.
         return Outcome::Unknown {
+            code: None,
             reason: format!("HTTP {}: {snippet}", status.as_u16()),
         };
     }
@@ -305,6 +309,7 @@ pub(crate) fn http_status_outcome(status: reqwest::StatusCode, body: &[u8]) -> O
         };
     }
     Outcome::Unknown {
+        code: None,
         reason: format!("HTTP {} with an unreadable body: {snippet}", status.as_u16()),
     }
 }
@@ -334,6 +339,7 @@ pub(crate) async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Re
             Ok(Some(c)) => {
                 if buf.len() + c.len() > limit {
                     return Err(Outcome::Unknown {
+                        code: None,
                         reason: format!("answer larger than {limit} bytes; not a provider answer"),
                     });
                 }

@@ -135,6 +135,7 @@ pub fn parse_answer(status: u16, bytes: &[u8]) -> Result<Value, Outcome> {
         Ok(v @ Value::Object(_)) if v.get("ActionStatus").is_some() || v.get("ErrorCode").is_some() => Ok(v),
         _ if !status.is_success() => Err(super::http_status_outcome(status, bytes)),
         _ => Err(Outcome::Unknown {
+            code: None,
             reason: format!(
                 "HTTP {} with an answer that is not Tencent's JSON: {}",
                 status.as_u16(),
@@ -166,6 +167,7 @@ pub fn classify_answer(v: &Value, sent_seq: Option<i64>) -> Outcome {
             .is_some_and(|s| s != "OK")
     {
         return Outcome::Unknown {
+            code: None,
             reason: format!("answer says ErrorCode 0 but ActionStatus is not OK ({info})"),
         };
     }
@@ -198,11 +200,11 @@ pub fn classify_answer(v: &Value, sent_seq: Option<i64>) -> Outcome {
             code: Some(code),
             reason: format!("Tencent refused the UserSig ({info}); check sdk_app_id and secret_key"),
         },
-        NotAdmin => Outcome::Halt {
+        AppUnusable => Outcome::Halt {
             code: Some(code),
             reason: format!(
-                "Tencent refused the admin identity ({info}); admin_identifier must be an app admin \
-                 of this sdk_app_id"
+                "Tencent refused the app or the admin identity ({info}); admin_identifier must be an \
+                 app admin of this sdk_app_id, and the app must be enabled, paid up and allow this host's IP"
             ),
         },
         AppCapped => Outcome::Halt {
@@ -221,6 +223,7 @@ pub fn classify_answer(v: &Value, sent_seq: Option<i64>) -> Outcome {
             ),
         },
         Unrecognized if code < 0 => Outcome::Unknown {
+            code: None,
             reason: "answer has neither ErrorCode nor ActionStatus OK".into(),
         },
         Unrecognized => Outcome::Permanent {

@@ -103,6 +103,7 @@ pub fn parse_answer(status: u16, bytes: &[u8]) -> Result<Value, Outcome> {
         Ok(v @ Value::Object(_)) if v.get("Code").is_some() => Ok(v),
         _ if !status.is_success() => Err(super::http_status_outcome(status, bytes)),
         _ => Err(Outcome::Unknown {
+            code: None,
             reason: format!(
                 "HTTP {} with an answer that is not ZIM's JSON: {}",
                 status.as_u16(),
@@ -130,10 +131,18 @@ pub(crate) fn id_field(v: &Value, key: &str) -> Option<String> {
     }
 }
 
-/// Classifies a parsed ZIM answer.
+/// Classifies a parsed ZIM answer as an `ImportPeerMsg` outcome.
+///
+/// Only answers that prove nothing was written are retried blindly (rate
+/// limits; auth and parameter refusals are not retried at all). A
+/// server-side error or a code ZEGO does not document may come after the
+/// write, so it is in doubt: the worker reconciles before resending
+/// (providers.md, Corrections 5). Reads (QueryPeerMsg) and UserRegister
+/// are idempotent and retry an in-doubt answer themselves.
 pub fn classify_answer(v: &Value) -> Outcome {
     let Some(code) = int_field(v, "Code") else {
         return Outcome::Unknown {
+            code: None,
             reason: "answer has no numeric Code".into(),
         };
     };
@@ -145,6 +154,7 @@ pub fn classify_answer(v: &Value) -> Outcome {
     let request_id = id_field(v, "RequestId");
     let rid = request_id.as_deref().unwrap_or("-");
     use codes::Class::*;
+    let code_ = Some(code);
     match codes::classify(code) {
         Success => Outcome::Accepted(Accepted {
             msg_id: id_field(v, "MsgId"),
@@ -152,41 +162,50 @@ pub fn classify_answer(v: &Value) -> Outcome {
             request_id,
         }),
         RateLimited => Outcome::RetryLater {
-            code: Some(code),
+            code: code_,
             reason: format!("rate limited ({message}; request {rid})"),
             delay: None,
             throttled: true,
         },
-        Transient => Outcome::RetryLater {
-            code: Some(code),
-            reason: format!("transient server error ({message}; request {rid})"),
-            delay: None,
-            throttled: false,
+        ServerError => Outcome::Unknown {
+            code: code_,
+            reason: format!(
+                "ZIM server error {code} ({message}; request {rid}); the write may have happened"
+            ),
+        },
+        Unrecognized => Outcome::Unknown {
+            code: code_,
+            reason: format!(
+                "undocumented ZIM code {code} ({message}; request {rid}); the write may have happened"
+            ),
         },
         ClockSkew | Auth => Outcome::Halt {
-            code: Some(code),
+            code: code_,
             reason: format!(
                 "ZIM refused the credentials ({message}); check app_id, server_secret and the host clock"
             ),
         },
         AppUnusable => Outcome::Halt {
-            code: Some(code),
-            reason: format!("the ZIM app cannot be used ({message}); check the app's status in the console"),
+            code: code_,
+            reason: format!(
+                "the ZIM endpoint or app cannot be used ({message}); check the endpoint's host and \
+                 the app's status and services in the console"
+            ),
         },
         BadMessage => Outcome::Permanent {
-            code: Some(code),
+            code: code_,
             reason: format!("ZIM refused the message ({message})"),
         },
+        Moderation => Outcome::Permanent {
+            code: code_,
+            reason: format!("refused by moderation or by the app's own callback ({message})"),
+        },
         UserMissing => Outcome::Permanent {
-            code: Some(code),
+            code: code_,
             reason: format!(
                 "a user is not registered in ZIM ({message}); register users with \
                  `chatferry accounts import` or set ensure_users = true, then `chatferry retry`"
             ),
-        },
-        Unrecognized => Outcome::Permanent {
-            code: Some(code),
-            reason: format!("unrecognized ZIM code ({message}; request {rid})"),
         },
     }
 }
@@ -329,7 +348,11 @@ pub(crate) fn describe_outcome(o: &Outcome) -> String {
             Some(c) => format!("code {c}: {reason}"),
             None => reason.clone(),
         },
-        Outcome::Unknown { reason } => reason.clone(),
+        Outcome::Unknown {
+            code: Some(c),
+            reason,
+        } => format!("code {c}: {reason}"),
+        Outcome::Unknown { reason, .. } => reason.clone(),
     }
 }
 
