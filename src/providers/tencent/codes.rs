@@ -305,3 +305,47 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod answers {
+    use super::super::classify_answer;
+    use super::*;
+    use crate::providers::Outcome;
+    use serde_json::json;
+
+    fn outcome(code: i64) -> Outcome {
+        classify_answer(
+            &json!({"ActionStatus": "FAIL", "ErrorCode": code, "ErrorInfo": "i"}),
+            Some(1),
+        )
+    }
+
+    /// Tencent dedups imports, so a transient answer is simply resent;
+    /// an app-level answer halts the target.
+    #[test]
+    fn each_class_becomes_its_outcome() {
+        for &c in TRANSIENT.iter().chain(RATE_LIMITED).chain(&[SIG_LOCKOUT]) {
+            assert!(
+                matches!(outcome(c), Outcome::RetryLater { code: Some(x), .. } if x == c),
+                "{c}"
+            );
+        }
+        for &c in APP_UNUSABLE
+            .iter()
+            .chain(SIG_EXPIRED)
+            .chain(SIG_INVALID)
+            .chain(&[TRIAL_ACCOUNT_CAP])
+        {
+            assert!(
+                matches!(outcome(c), Outcome::Halt { code: Some(x), .. } if x == c),
+                "{c}"
+            );
+        }
+        for &c in BAD_MESSAGE.iter().chain(ACCOUNT_MISSING).chain(&[123456]) {
+            assert!(
+                matches!(outcome(c), Outcome::Permanent { code: Some(x), .. } if x == c),
+                "{c}"
+            );
+        }
+    }
+}

@@ -318,7 +318,7 @@ impl Provider for TencentClient {
             // An expired or invalidated UserSig is refused before anything
             // is applied: regenerate it once, then fail loudly.
             if let Outcome::Halt {
-                code: Some(70001 | 70052),
+                code: Some(codes::USERSIG_EXPIRED | codes::USERSIG_INVALIDATED),
                 ..
             } = outcome
             {

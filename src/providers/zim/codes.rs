@@ -298,3 +298,50 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod answers {
+    use super::super::classify_answer;
+    use super::*;
+    use crate::providers::Outcome;
+    use serde_json::json;
+
+    fn outcome(code: i64) -> Outcome {
+        classify_answer(&json!({"Code": code, "Message": "m", "RequestId": "r1"}))
+    }
+
+    /// What each class becomes for `ImportPeerMsg`: only answers that
+    /// prove nothing was written are retried; server errors and unknown
+    /// codes are in doubt and carry their code.
+    #[test]
+    fn each_class_becomes_its_outcome() {
+        for &c in SERVER_ERRORS.iter().chain(&[424242, 660500009]) {
+            match outcome(c) {
+                Outcome::Unknown { code, reason } => {
+                    assert_eq!(code, Some(c));
+                    assert!(reason.contains(&c.to_string()), "{reason}");
+                }
+                o => panic!("{c}: {o:?}"),
+            }
+        }
+        for &c in RATE_LIMITED {
+            assert!(
+                matches!(outcome(c), Outcome::RetryLater { throttled: true, .. }),
+                "{c}"
+            );
+        }
+        for &c in AUTH.iter().chain(APP_UNUSABLE).chain(&[SIGNATURE_EXPIRED]) {
+            assert!(
+                matches!(outcome(c), Outcome::Halt { code: Some(x), .. } if x == c),
+                "{c}"
+            );
+        }
+        for &c in BAD_MESSAGE.iter().chain(MODERATION).chain(USER_MISSING) {
+            assert!(
+                matches!(outcome(c), Outcome::Permanent { code: Some(x), .. } if x == c),
+                "{c}"
+            );
+        }
+        assert!(matches!(outcome(SUCCESS), Outcome::Accepted(_)));
+    }
+}

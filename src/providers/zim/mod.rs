@@ -368,7 +368,7 @@ impl Provider for ZimClient {
             // A skewed timestamp is refused before anything is applied, so
             // one retry with a fresh signature is safe.
             if let Outcome::Halt {
-                code: Some(100000004),
+                code: Some(codes::SIGNATURE_EXPIRED),
                 ..
             } = outcome
             {
