@@ -73,6 +73,26 @@ pub struct SendJob<'a> {
     pub known_ids: &'a [String],
 }
 
+/// A user to register, with the profile the provider should show.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserProfile {
+    pub id: String,
+    /// ZIM `UserName`, Tencent `Nick`.
+    pub name: Option<String>,
+    /// ZIM `UserAvatar`, Tencent `FaceUrl`.
+    pub avatar: Option<String>,
+}
+
+impl UserProfile {
+    /// A user known only by id (what the job table knows).
+    pub fn bare(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            ..Self::default()
+        }
+    }
+}
+
 /// What registering users found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registered {
@@ -112,7 +132,9 @@ pub trait Provider: Send + Sync + 'static {
     }
 
     /// Registers users with the provider, within its rate limits.
-    async fn register_users(&self, users: &[String]) -> Result<Registered, String>;
+    /// Registering a user who exists already counts as success, so a
+    /// registration can be re-run.
+    async fn register_users(&self, users: &[UserProfile]) -> Result<Registered, String>;
 
     /// The content fingerprint of a frozen body, as [`ReadBack`] has it.
     fn fingerprint(&self, body: &str) -> Option<String>;
@@ -127,9 +149,71 @@ pub trait Provider: Send + Sync + 'static {
     }
 }
 
+/// Bounds `ensure_users` / `ensure_accounts`: a send refused because a
+/// user is missing registers that user once; if a request sent *after*
+/// that registration completed is refused the same way, registering again
+/// cannot help, and the job fails for good with a reason that says so. A
+/// refusal of a request that left before the registration completed is
+/// simply retried, so concurrent lanes of the same users do not fail.
+#[derive(Debug, Default)]
+pub(crate) struct EnsureUsers {
+    registered_at: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl EnsureUsers {
+    /// The outcome of a send of `users`' message (started at `sent_at`)
+    /// refused with user-missing `code`; `register` registers them.
+    pub(crate) async fn on_missing<F, Fut>(
+        &self,
+        code: i64,
+        users: &[String],
+        sent_at: std::time::Instant,
+        register: F,
+    ) -> Outcome
+    where
+        F: FnOnce(Vec<UserProfile>) -> Fut,
+        Fut: std::future::Future<Output = Result<Registered, String>>,
+    {
+        let (fresh, stale) = {
+            let map = self.registered_at.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh: Vec<String> = users.iter().filter(|u| !map.contains_key(*u)).cloned().collect();
+            let stale = users.iter().all(|u| map.get(u).is_some_and(|t| *t <= sent_at));
+            (fresh, stale)
+        };
+        if fresh.is_empty() {
+            return if stale {
+                Outcome::Permanent {
+                    code: Some(code),
+                    reason: format!(
+                        "users {users:?} are still missing although chatferry registered them before \
+                         this send; check that these ids can be registered (`chatferry accounts import`), \
+                         then `chatferry retry`"
+                    ),
+                }
+            } else {
+                Outcome::RetryLater {
+                    code: Some(code),
+                    reason: "users were missing; they were registered meanwhile".into(),
+                    delay: Some(Duration::ZERO),
+                    throttled: false,
+                }
+            };
+        }
+        let result = register(fresh.iter().map(UserProfile::bare).collect()).await;
+        if let Ok(r) = &result {
+            let now = std::time::Instant::now();
+            let mut map = self.registered_at.lock().unwrap_or_else(|p| p.into_inner());
+            for u in fresh.iter().filter(|u| !r.failed.iter().any(|(f, _)| f == *u)) {
+                map.insert(u.clone(), now);
+            }
+        }
+        after_registration(code, result)
+    }
+}
+
 /// The outcome of a send refused for missing users, once registering them
 /// was tried: retry at once if it worked.
-pub(crate) fn after_registration(code: i64, result: Result<Registered, String>) -> Outcome {
+fn after_registration(code: i64, result: Result<Registered, String>) -> Outcome {
     match result {
         Ok(r) if r.failed.is_empty() => Outcome::RetryLater {
             code: Some(code),

@@ -118,6 +118,8 @@ struct Conv {
 #[derive(Debug)]
 struct TimState {
     accounts: HashSet<String>,
+    /// Nick and FaceUrl of imported accounts.
+    profiles: HashMap<String, Profile>,
     /// (smaller id, larger id) → conversation.
     convs: HashMap<(String, String), Conv>,
     arrivals: u64,
@@ -127,6 +129,7 @@ impl TimState {
     fn new(users: &[String]) -> Self {
         Self {
             accounts: users.iter().cloned().collect(),
+            profiles: HashMap::new(),
             convs: HashMap::new(),
             arrivals: 0,
         }
@@ -404,6 +407,33 @@ pub(crate) fn handle(apps: &HashMap<u32, TimApp>, api: Api, q: &Query, body: &[u
 
 fn u32_field(v: &Value) -> Option<u32> {
     v.as_u64().and_then(|n| u32::try_from(n).ok())
+}
+
+type Profile = (Option<String>, Option<String>);
+
+/// One account to import: `UserID` (1 to 32 bytes), `Nick` and `FaceUrl`
+/// at most 500 bytes each (导入单个账号: 40601).
+fn account_entry(v: &Value) -> Result<(String, Profile), Refusal> {
+    let id = account(v.get("UserID").cloned()).ok_or_else(|| {
+        bad(
+            codes::ACCOUNT_PARAMS_INVALID,
+            "UserID is missing or longer than 32 bytes",
+        )
+    })?;
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let (nick, face) = (text("Nick"), text("FaceUrl"));
+    for (k, val) in [("Nick", &nick), ("FaceUrl", &face)] {
+        if val
+            .as_ref()
+            .is_some_and(|s| s.len() > codes::MAX_PROFILE_VALUE_BYTES)
+        {
+            return Err(bad(
+                codes::PROFILE_VALUE_TOO_LONG,
+                format!("{k} is longer than 500 bytes"),
+            ));
+        }
+    }
+    Ok((id, (nick, face)))
 }
 
 fn account(v: Option<Value>) -> Option<String> {
@@ -690,29 +720,29 @@ impl TimApp {
         })))
     }
 
+    /// Tencent: 导入单个账号. Importing again is harmless; an account
+    /// imported again takes the new profile, as 导入多个账号 says of its own
+    /// calls (the single-account page is silent: either way is safe for
+    /// a re-run that carries the same profile).
     fn account_import(&self, raw: &[u8]) -> Result<Reply, Refusal> {
         let v: Value = serde_json::from_slice(raw)
             .map_err(|e| bad(codes::JSON_INVALID, format!("JSON parse failed: {e}")))?;
-        let id = account(v.get("UserID").cloned()).ok_or_else(|| {
-            bad(
-                codes::ACCOUNT_PARAMS_INVALID,
-                "UserID is missing or longer than 32 bytes",
-            )
-        })?;
-        lock(&self.state).accounts.insert(id);
+        let (id, profile) = account_entry(&v)?;
+        let mut st = lock(&self.state);
+        st.profiles.insert(id.clone(), profile);
+        st.accounts.insert(id);
         Ok(Reply::Fields(json!({})))
     }
 
+    /// Tencent: 导入多个账号. `AccountList[{UserID, Nick?, FaceUrl?}]` (the
+    /// old form `Accounts[id]` too), 1 to 100; an existing account is
+    /// updated with the new profile; refused entries in `FailAccounts`.
     fn multiaccount_import(&self, raw: &[u8]) -> Result<Reply, Refusal> {
         let v: Value = serde_json::from_slice(raw)
             .map_err(|e| bad(codes::JSON_INVALID, format!("JSON parse failed: {e}")))?;
-        // The current form is AccountList[{UserID}], the old one Accounts[id].
-        let entries: Vec<&Value> = match (v.get("AccountList"), v.get("Accounts")) {
-            (Some(Value::Array(a)), _) => a
-                .iter()
-                .map(|e| e.get("UserID").unwrap_or(&Value::Null))
-                .collect(),
-            (None, Some(Value::Array(a))) => a.iter().collect(),
+        let entries: Vec<Value> = match (v.get("AccountList"), v.get("Accounts")) {
+            (Some(Value::Array(a)), _) => a.clone(),
+            (None, Some(Value::Array(a))) => a.iter().map(|id| json!({ "UserID": id })).collect(),
             _ => return Err(bad(codes::ACCOUNT_PARAMS_INVALID, "AccountList is missing")),
         };
         if entries.is_empty() || entries.len() > 100 {
@@ -723,15 +753,31 @@ impl TimApp {
         }
         let mut failed = Vec::new();
         let mut st = lock(&self.state);
-        for e in entries {
-            match account(Some(e.clone())) {
-                Some(id) => {
+        for e in &entries {
+            match account_entry(e) {
+                Ok((id, profile)) => {
+                    st.profiles.insert(id.clone(), profile);
                     st.accounts.insert(id);
                 }
-                None => failed.push(e.clone()),
+                Err(_) => failed.push(e.get("UserID").cloned().unwrap_or(Value::Null)),
             }
         }
         Ok(Reply::Fields(json!({ "FailAccounts": failed })))
+    }
+
+    /// Every account of this app, with its profile (`GET /_sim/users`).
+    pub(crate) fn users_json(&self) -> Value {
+        let st = lock(&self.state);
+        let mut ids: Vec<&String> = st.accounts.iter().collect();
+        ids.sort();
+        let users: Vec<Value> = ids
+            .into_iter()
+            .map(|id| {
+                let (name, avatar) = st.profiles.get(id).cloned().unwrap_or_default();
+                json!({"id": id, "name": name, "avatar": avatar})
+            })
+            .collect();
+        json!({"app": self.sdk_app_id, "users": users})
     }
 }
 

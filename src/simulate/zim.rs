@@ -139,6 +139,8 @@ struct View {
 #[derive(Debug)]
 struct ZimState {
     users: HashSet<String>,
+    /// UserName and UserAvatar of users registered through UserRegister.
+    profiles: HashMap<String, (Option<String>, Option<String>)>,
     /// (ImportedUserId, peer) → that user's view.
     views: HashMap<(String, String), View>,
     nonces: HashSet<String>,
@@ -150,6 +152,7 @@ impl ZimState {
     fn new(users: &[String]) -> Self {
         Self {
             users: users.iter().cloned().collect(),
+            profiles: HashMap::new(),
             views: HashMap::new(),
             nonces: HashSet::new(),
             nonce_expiry: VecDeque::new(),
@@ -317,8 +320,11 @@ pub(crate) fn handle(apps: &HashMap<u32, ZimApp>, api: Api, q: &Query, body: &[u
     };
     match result {
         Ok(Reply::Fields(mut v)) => {
-            v["Code"] = json!(0);
-            v["Message"] = json!("success");
+            // A call whose every user exists answers its own Code.
+            if v.get("Code").is_none() {
+                v["Code"] = json!(0);
+                v["Message"] = json!("success");
+            }
             v["RequestId"] = json!(cx.rid.to_string());
             Answer::json(200, v.to_string())
         }
@@ -395,6 +401,10 @@ struct RegisterBody {
 struct RegisterUser {
     #[serde(rename = "UserId")]
     user_id: Option<String>,
+    #[serde(rename = "UserName")]
+    user_name: Option<String>,
+    #[serde(rename = "UserAvatar")]
+    user_avatar: Option<String>,
 }
 
 /// Checks media `Message` JSON: URLs at most 500 bytes, file names 150.
@@ -435,6 +445,31 @@ fn check_media(message: &str) -> Result<(), Refusal> {
         }
     }
     walk(&v)
+}
+
+/// Checks one `UserInfo` entry: the id, `UserName` at most 256 bytes,
+/// `UserAvatar` at most 500 (ZEGO: zim-server/user/batch-register-users.md).
+fn check_register_user(u: &RegisterUser) -> Result<String, Refusal> {
+    let id = user_id("UserId", &u.user_id)?;
+    if u.user_name
+        .as_ref()
+        .is_some_and(|n| n.len() > codes::MAX_USER_NAME_BYTES)
+    {
+        return Err(bad(
+            codes::USER_NAME_TOO_LONG,
+            "UserName is longer than 256 bytes",
+        ));
+    }
+    if u.user_avatar
+        .as_ref()
+        .is_some_and(|a| a.len() > codes::MAX_USER_AVATAR_BYTES)
+    {
+        return Err(bad(
+            codes::USER_AVATAR_TOO_LONG,
+            "UserAvatar is longer than 500 bytes",
+        ));
+    }
+    Ok(id)
 }
 
 impl ZimApp {
@@ -696,6 +731,14 @@ impl ZimApp {
         Ok(Reply::Fields(json!({ "Next": lo as u64, "List": list })))
     }
 
+    /// ZEGO: zim-server/user/batch-register-users.md. `Code` 0 when at
+    /// least one user registered, the others in `ErrorList`. When every
+    /// user failed: if they all exist already, a non-zero `Code` with the
+    /// `ErrorList` ("ErrorList 不为空，表示所有用户都注册失败，全部都是已经存在的
+    /// 用户"; the page does not say which code: the simulator uses
+    /// 660700002); otherwise the first failure's code and no `ErrorList`
+    /// ("ErrorList 为空，表示参数错误…"). An existing user keeps its profile:
+    /// the page documents no update.
     fn register_call(&self, body: &[u8]) -> Result<Reply, Refusal> {
         let b: RegisterBody = serde_json::from_slice(body).map_err(|e| {
             bad(
@@ -707,28 +750,53 @@ impl ZimApp {
         if users.is_empty() || users.len() > 100 {
             return Err(bad(codes::INVALID_INPUT, "UserInfo must hold 1 to 100 users"));
         }
-        let mut errors = Vec::new();
+        let mut errors: Vec<(String, i64, String)> = Vec::new();
+        let mut registered = 0;
         let mut st = self.lock();
         for u in users {
-            match user_id("UserId", &u.user_id) {
-                Err((code, msg)) => errors.push(json!({
-                    "UserId": u.user_id.unwrap_or_default(),
-                    "SubCode": code,
-                    "SubMessage": msg,
-                })),
+            let shown = u.user_id.clone().unwrap_or_default();
+            match check_register_user(&u) {
+                Err((code, msg)) => errors.push((shown, code, msg)),
+                Ok(id) if st.users.contains(&id) => {
+                    errors.push((id, codes::USER_EXISTS, "user already exists".into()))
+                }
                 Ok(id) => {
-                    if st.users.contains(&id) {
-                        errors.push(json!({
-                            "UserId": id,
-                            "SubCode": codes::USER_EXISTS,
-                            "SubMessage": "user already exists",
-                        }));
-                    } else {
-                        st.users.insert(id);
-                    }
+                    st.profiles.insert(id.clone(), (u.user_name, u.user_avatar));
+                    st.users.insert(id);
+                    registered += 1;
                 }
             }
         }
-        Ok(Reply::Fields(json!({ "ErrorList": errors })))
+        let list: Vec<Value> = errors
+            .iter()
+            .map(|(u, c, m)| json!({"UserId": u, "SubCode": c, "SubMessage": m}))
+            .collect();
+        if registered > 0 {
+            return Ok(Reply::Fields(json!({ "ErrorList": list })));
+        }
+        match errors.iter().find(|(_, c, _)| *c != codes::USER_EXISTS) {
+            None => Ok(Reply::Fields(json!({
+                "Code": codes::USER_EXISTS,
+                "Message": "user already exists",
+                "ErrorList": list,
+            }))),
+            Some((_, code, msg)) => Err(bad(*code, msg.clone())),
+        }
+    }
+
+    /// Every user of this app, with the profile registered for it
+    /// (`GET /_sim/users`).
+    pub(crate) fn users_json(&self) -> Value {
+        let st = self.lock();
+        let mut ids: Vec<&String> = st.users.iter().collect();
+        ids.sort();
+        let users: Vec<Value> = ids
+            .into_iter()
+            .map(|id| {
+                let (name, avatar) = st.profiles.get(id).cloned().unwrap_or_default();
+                json!({"id": id, "name": name, "avatar": avatar})
+            })
+            .collect();
+        json!({"app": self.app_id, "users": users})
     }
 }

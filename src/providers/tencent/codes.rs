@@ -125,6 +125,9 @@ pub const BODY_TOO_LONG: i64 = 80002;
 /// The JSON packet is too long.
 pub const PACKET_TOO_LONG: i64 = 93000;
 
+/// A profile value is longer than 500 bytes (导入单个账号).
+pub const PROFILE_VALUE_TOO_LONG: i64 = 40601;
+
 /// Longest `Nick` and `FaceUrl`, in bytes: the account pages refuse a
 /// profile value over 500 bytes (40601).
 pub const MAX_PROFILE_VALUE_BYTES: usize = 500;
@@ -190,6 +193,7 @@ pub const BAD_MESSAGE: &[i64] = &[
     SYNC_MODE_INVALID,
     PACKET_TOO_LONG,
     BODY_TOO_LONG,
+    PROFILE_VALUE_TOO_LONG,
 ];
 /// An account is missing: permanent until imported.
 pub const ACCOUNT_MISSING: &[i64] = &[

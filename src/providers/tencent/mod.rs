@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::{
     read_capped, snippet, transport_outcome, Accepted, LaneReadBack, Outcome, Provider, ReadBack, Registered,
-    SendJob,
+    SendJob, UserProfile,
 };
 use crate::config::{tencent_base_url, TencentTarget};
 use crate::providers::zim::{describe_outcome, int_field};
@@ -43,6 +43,7 @@ pub struct TencentClient {
     roaming_days: u32,
     query_bucket: ratelimit::Bucket,
     account_bucket: ratelimit::Bucket,
+    ensure: super::EnsureUsers,
 }
 
 /// Accounts per multiaccount_import call.
@@ -65,6 +66,7 @@ impl TencentClient {
             roaming_days: cfg.roaming_days,
             query_bucket: ratelimit::bucket(cfg.query_rate_per_sec),
             account_bucket: ratelimit::bucket(cfg.account_rate_per_sec),
+            ensure: super::EnsureUsers::default(),
         })
     }
 
@@ -274,10 +276,14 @@ impl TencentClient {
         }
     }
 
-    async fn import_accounts(&self, users: &[String]) -> Result<Registered, String> {
+    /// Imports accounts with their profiles (multiaccount_import's
+    /// `AccountList`), 100 per call. Importing an account again is
+    /// harmless (Tencent: 导入多个账号: one internal id per account, and an
+    /// existing account takes the new Nick/FaceUrl), so re-runs succeed.
+    async fn import_accounts(&self, users: &[UserProfile]) -> Result<Registered, String> {
         let mut out = Registered::default();
         for chunk in users.chunks(ACCOUNT_BATCH) {
-            let list: Vec<Value> = chunk.iter().map(|u| json!({"UserID": u})).collect();
+            let list: Vec<Value> = chunk.iter().map(account_item).collect();
             let body = json!({"AccountList": list}).to_string();
             let v = self
                 .idempotent_call(
@@ -293,7 +299,7 @@ impl TencentClient {
                 .flatten()
                 .filter_map(|x| x.as_str().map(str::to_string))
                 .collect();
-            out.ok += chunk.len() - failed.len();
+            out.ok += chunk.len().saturating_sub(failed.len());
             out.failed.extend(
                 failed
                     .into_iter()
@@ -304,6 +310,18 @@ impl TencentClient {
     }
 }
 
+/// One `AccountList` entry (Tencent: 导入多个账号, multiaccount_import).
+fn account_item(u: &UserProfile) -> Value {
+    let mut v = json!({"UserID": u.id});
+    if let Some(n) = &u.name {
+        v["Nick"] = json!(n);
+    }
+    if let Some(a) = &u.avatar {
+        v["FaceUrl"] = json!(a);
+    }
+    v
+}
+
 #[async_trait]
 impl Provider for TencentClient {
     async fn send(&self, job: &SendJob<'_>) -> Outcome {
@@ -311,6 +329,7 @@ impl Provider for TencentClient {
         let sent_seq = parsed.as_ref().and_then(|v| int_field(v, "MsgSeq"));
         let mut regenerated = false;
         loop {
+            let sent_at = Instant::now();
             let outcome = match self.call("v4/openim/importmsg", job.body, regenerated).await {
                 Ok(v) => classify_answer(&v, sent_seq),
                 Err(o) => o,
@@ -333,14 +352,15 @@ impl Provider for TencentClient {
                         .iter()
                         .filter_map(|k| parsed.as_ref()?.get(*k)?.as_str().map(str::to_string))
                         .collect();
-                    return super::after_registration(*c, self.import_accounts(&users).await);
+                    let import = |u: Vec<UserProfile>| async move { self.import_accounts(&u).await };
+                    return self.ensure.on_missing(*c, &users, sent_at, import).await;
                 }
             }
             return outcome;
         }
     }
 
-    async fn register_users(&self, users: &[String]) -> Result<Registered, String> {
+    async fn register_users(&self, users: &[UserProfile]) -> Result<Registered, String> {
         self.import_accounts(users).await
     }
 

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::{
     read_capped, snippet, transport_outcome, Accepted, LaneReadBack, Outcome, Provider, ReadBack, Reconciled,
-    Registered, SendJob,
+    Registered, SendJob, UserProfile,
 };
 use crate::config::{zim_base_url, ZimTarget};
 use crate::ratelimit;
@@ -32,6 +32,7 @@ pub struct ZimClient {
     /// QueryPeerMsg has its own 20/s budget (reconcile and verify).
     query_bucket: ratelimit::Bucket,
     register_bucket: ratelimit::Bucket,
+    ensure: super::EnsureUsers,
 }
 
 /// Users per UserRegister call.
@@ -52,6 +53,7 @@ impl ZimClient {
             ensure_users: cfg.ensure_users,
             query_bucket: ratelimit::bucket(cfg.query_rate_per_sec),
             register_bucket: ratelimit::bucket(cfg.register_rate_per_sec),
+            ensure: super::EnsureUsers::default(),
         })
     }
 
@@ -289,52 +291,111 @@ impl ZimClient {
         Ok((list, next))
     }
 
-    /// Registers users (UserRegister), 100 per call; "already exists"
-    /// counts as success.
-    async fn register(&self, users: &[String]) -> Result<Registered, String> {
+    /// Registers users (UserRegister), 100 per call, with their profiles.
+    /// Registering is idempotent, so an in-doubt or rate-limited call is
+    /// retried; a user who exists already counts as registered.
+    async fn register(&self, users: &[UserProfile]) -> Result<Registered, String> {
         let mut out = Registered::default();
         for chunk in users.chunks(REGISTER_BATCH) {
-            let infos: Vec<Value> = chunk.iter().map(|u| json!({"UserId": u})).collect();
+            let infos: Vec<Value> = chunk.iter().map(user_info).collect();
             let body = json!({"UserInfo": infos}).to_string();
+            let ids: Vec<&str> = chunk.iter().map(|u| u.id.as_str()).collect();
             let mut attempt = 0u32;
-            let v = loop {
+            let (ok, failed) = loop {
                 self.register_bucket.until_ready().await;
-                match self
-                    .call("UserRegister", &body)
-                    .await
-                    .map(|v| (classify_answer(&v), v))
-                {
-                    Ok((Outcome::Accepted(_), v)) => break v,
-                    Ok((Outcome::RetryLater { .. }, _))
-                    | Err(Outcome::RetryLater { .. } | Outcome::Unknown { .. })
-                        if attempt < 5 =>
-                    {
-                        // Registering twice is harmless, so an unknown
-                        // outcome is simply retried.
+                let step = match self.call("UserRegister", &body).await {
+                    Ok(v) => judge_register(&ids, &v),
+                    Err(o) => RegisterStep::Retry(describe_outcome(&o)),
+                };
+                match step {
+                    RegisterStep::Done { ok, failed } => break (ok, failed),
+                    RegisterStep::Retry(_) if attempt < 5 => {
                         attempt += 1;
                         tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
                     }
-                    Ok((o, _)) | Err(o) => return Err(describe_outcome(&o)),
+                    RegisterStep::Retry(why) | RegisterStep::Fail(why) => return Err(why),
                 }
             };
-            let mut failed_here = 0;
-            for e in v.get("ErrorList").and_then(Value::as_array).into_iter().flatten() {
-                let code = int_field(e, "SubCode").unwrap_or(-1);
-                if code == 660700002 {
-                    continue;
-                }
-                let user = e.get("UserId").and_then(Value::as_str).unwrap_or("?").to_string();
-                let msg = e
-                    .get("SubMessage")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                out.failed.push((user, format!("code {code}: {msg}")));
-                failed_here += 1;
-            }
-            out.ok += chunk.len() - failed_here;
+            out.ok += ok;
+            out.failed.extend(failed);
         }
         Ok(out)
+    }
+}
+
+/// One `UserInfo` entry (ZEGO: zim-server/user/batch-register-users.md).
+fn user_info(u: &UserProfile) -> Value {
+    let mut v = json!({"UserId": u.id});
+    if let Some(n) = &u.name {
+        v["UserName"] = json!(n);
+    }
+    if let Some(a) = &u.avatar {
+        v["UserAvatar"] = json!(a);
+    }
+    v
+}
+
+/// What one UserRegister answer means.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RegisterStep {
+    /// Users now known to ZIM, and those refused (with the reason).
+    Done {
+        ok: usize,
+        failed: Vec<(String, String)>,
+    },
+    /// Nothing learnt (rate limit, server error, unreadable): call again.
+    Retry(String),
+    /// The call cannot work (credentials, app): stop.
+    Fail(String),
+}
+
+/// Judges a UserRegister answer for the users `ids` of the call.
+///
+/// ZEGO: zim-server/user/batch-register-users.md. `Code` 0 when at least
+/// one user registered, the others in `ErrorList[{UserId, SubCode,
+/// SubMessage}]`; when every user failed, `Code` is non-zero, and a
+/// non-empty `ErrorList` then means they all exist already. Whatever the
+/// `Code`, a listed user is judged by its own `SubCode` (660700002, exists:
+/// success), so a mixed answer the page does not describe is still read
+/// safely. A non-zero `Code` with an empty list is a refusal of the call.
+pub fn judge_register(ids: &[&str], v: &Value) -> RegisterStep {
+    let Some(code) = int_field(v, "Code") else {
+        return RegisterStep::Retry("UserRegister answer has no numeric Code".into());
+    };
+    let listed: Vec<&Value> = v
+        .get("ErrorList")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect();
+    if code != codes::SUCCESS && code != codes::USER_EXISTS && listed.is_empty() {
+        return match classify_answer(v) {
+            Outcome::RetryLater { .. } | Outcome::Unknown { .. } => {
+                RegisterStep::Retry(describe_outcome(&classify_answer(v)))
+            }
+            o @ Outcome::Halt { .. } => RegisterStep::Fail(describe_outcome(&o)),
+            o => RegisterStep::Done {
+                ok: 0,
+                failed: ids
+                    .iter()
+                    .map(|u| (u.to_string(), describe_outcome(&o)))
+                    .collect(),
+            },
+        };
+    }
+    let mut failed = Vec::new();
+    for e in listed {
+        let sub = int_field(e, "SubCode").unwrap_or(-1);
+        if sub == codes::USER_EXISTS {
+            continue;
+        }
+        let user = e.get("UserId").and_then(Value::as_str).unwrap_or("?").to_string();
+        let msg = e.get("SubMessage").and_then(Value::as_str).unwrap_or("");
+        failed.push((user, format!("code {sub}: {}", snippet(msg.as_bytes()))));
+    }
+    RegisterStep::Done {
+        ok: ids.len().saturating_sub(failed.len()),
+        failed,
     }
 }
 
@@ -361,6 +422,7 @@ impl Provider for ZimClient {
     async fn send(&self, job: &SendJob<'_>) -> Outcome {
         let mut fresh_signature_tried = false;
         loop {
+            let sent_at = std::time::Instant::now();
             let outcome = match self.call("ImportPeerMsg", job.body).await {
                 Ok(v) => classify_answer(&v),
                 Err(o) => o,
@@ -381,7 +443,8 @@ impl Provider for ZimClient {
                 if self.ensure_users && codes::classify(*c) == codes::Class::UserMissing {
                     if let Some(content) = Content::of_body(job.body) {
                         let users = [content.view.clone(), content.peer.clone()];
-                        return super::after_registration(*c, self.register(&users).await);
+                        let register = |u: Vec<UserProfile>| async move { self.register(&u).await };
+                        return self.ensure.on_missing(*c, &users, sent_at, register).await;
                     }
                 }
             }
@@ -429,7 +492,7 @@ impl Provider for ZimClient {
         }
     }
 
-    async fn register_users(&self, users: &[String]) -> Result<Registered, String> {
+    async fn register_users(&self, users: &[UserProfile]) -> Result<Registered, String> {
         self.register(users).await
     }
 
