@@ -546,7 +546,8 @@ async fn rate_override_applies_to_every_api_and_zero_is_unlimited() {
     .iter()
     .map(Reply::code)
     .collect();
-    assert_eq!(codes, [0, 0, zc::REGISTER_RATE_LIMITED]);
+    // The second call's one user exists: the call answers that code.
+    assert_eq!(codes, [0, zc::USER_EXISTS, zc::REGISTER_RATE_LIMITED]);
     s.sim.shutdown().await;
 
     let s = TestSim::start(
@@ -815,15 +816,40 @@ async fn zim_validation_and_registration_codes() {
     let r = s.zim("UserRegister", &reg).await;
     assert_eq!(r.code(), 0);
     assert_eq!(r.json["ErrorList"][0]["UserId"], "bad/id");
+    // Every user of the call exists: a non-zero Code and the ErrorList
+    // (ZEGO: zim-server/user/batch-register-users.md); her profile stays.
     let r = s
-        .zim("UserRegister", &json!({"UserInfo": [{"UserId": "carol"}]}))
+        .zim(
+            "UserRegister",
+            &json!({"UserInfo": [{"UserId": "carol", "UserName": "Other"}]}),
+        )
         .await;
+    assert_eq!(r.code(), zc::USER_EXISTS);
     assert_eq!(r.json["ErrorList"][0]["SubCode"], zc::USER_EXISTS);
+    // Every user refused for another reason: that code, no ErrorList.
+    let r = s
+        .zim(
+            "UserRegister",
+            &json!({"UserInfo": [{"UserId": "dave", "UserName": "x".repeat(257)}]}),
+        )
+        .await;
+    assert_eq!(r.code(), zc::USER_NAME_TOO_LONG);
+    assert!(r.json.get("ErrorList").is_none(), "{}", r.json);
+    let users = s.get("_sim/users?provider=zim").await;
+    let carol = users["apps"][0]["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == "carol")
+        .cloned()
+        .unwrap();
+    assert_eq!(carol, json!({"id": "carol", "name": "Carol", "avatar": null}));
     let to_carol = with(&|b| b["ToUserId"] = json!("carol"));
     assert_eq!(s.zim("ImportPeerMsg", &to_carol).await.code(), 0);
 
     let st = s.stats().await;
-    assert_eq!(st["zim"]["validation_failures"], cases.len() as u64);
+    // The cases and dave's refused registration.
+    assert_eq!(st["zim"]["validation_failures"], cases.len() as u64 + 1);
     assert_eq!(st["zim"]["validation_failures_by_code"]["660000002"], 5);
     assert_eq!(st["zim"]["stored"], 3);
     s.sim.shutdown().await;
@@ -855,6 +881,23 @@ async fn tencent_validation_and_account_codes() {
         .await;
     assert_eq!(r.code(), 0);
     assert_eq!(r.json["FailAccounts"], json!([""]));
+    // Importing again updates the profile (Tencent: 导入多个账号); a Nick
+    // over 500 bytes is refused.
+    let r = s
+        .tim(
+            "multiaccount_import",
+            &json!({"AccountList": [{"UserID": "bob", "Nick": "Bob", "FaceUrl": "http://f/b.png"},
+                                    {"UserID": "eve", "Nick": "x".repeat(501)}]}),
+        )
+        .await;
+    assert_eq!(r.code(), 0);
+    assert_eq!(r.json["FailAccounts"], json!(["eve"]));
+    let users = s.get("_sim/users?provider=tencent").await;
+    assert_eq!(
+        users["apps"][0]["users"],
+        json!([{"id": "alice", "name": null, "avatar": null},
+               {"id": "bob", "name": "Bob", "avatar": "http://f/b.png"}])
+    );
     assert_eq!(s.tim("importmsg", &ok).await.code(), 0);
 
     let with = |f: &dyn Fn(&mut Value)| {
