@@ -434,3 +434,52 @@ pub(crate) async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Re
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    /// A user-missing answer registers once; a later send refused the same
+    /// way fails for good instead of registering forever; a send that left
+    /// before the registration finished is retried without registering.
+    #[tokio::test]
+    async fn ensure_users_registers_once_and_never_loops() {
+        let ensure = EnsureUsers::default();
+        let calls = AtomicUsize::new(0);
+        let register = |u: Vec<UserProfile>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                Ok(Registered {
+                    ok: u.len(),
+                    failed: vec![],
+                })
+            }
+        };
+        let users = ["a".to_string(), "b".to_string()];
+        let before = Instant::now();
+        let o = ensure.on_missing(7, &users, before, register).await;
+        assert!(
+            matches!(o, Outcome::RetryLater { delay: Some(d), .. } if d.is_zero()),
+            "{o:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Another lane's send that left before the registration finished.
+        let o = ensure.on_missing(7, &users, before, register).await;
+        assert!(matches!(o, Outcome::RetryLater { .. }), "{o:?}");
+        // A send after the registration is still refused: give up.
+        let after = Instant::now();
+        let o = ensure.on_missing(7, &users, after, register).await;
+        match o {
+            Outcome::Permanent {
+                code: Some(7),
+                reason,
+            } => {
+                assert!(reason.contains("still missing"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "registered once");
+    }
+}

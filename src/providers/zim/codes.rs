@@ -345,3 +345,76 @@ mod answers {
         assert!(matches!(outcome(SUCCESS), Outcome::Accepted(_)));
     }
 }
+
+#[cfg(test)]
+mod register {
+    use super::super::{judge_register, RegisterStep};
+    use super::*;
+    use serde_json::json;
+
+    fn err(user: &str, code: i64) -> serde_json::Value {
+        json!({"UserId": user, "SubCode": code, "SubMessage": "m"})
+    }
+
+    /// ZEGO: zim-server/user/batch-register-users.md, answer by answer.
+    #[test]
+    fn registration_answers_as_documented() {
+        let ids = ["a", "b", "c"];
+        // Every user registered.
+        let r = judge_register(&ids, &json!({"Code": 0, "ErrorList": []}));
+        assert_eq!(
+            r,
+            RegisterStep::Done {
+                ok: 3,
+                failed: vec![]
+            }
+        );
+        // Partial: one existed (fine), one refused.
+        let v = json!({"Code": 0, "ErrorList": [err("a", USER_EXISTS), err("b", USER_ID_TOO_LONG)]});
+        match judge_register(&ids, &v) {
+            RegisterStep::Done { ok: 2, failed } => {
+                assert_eq!(failed.len(), 1);
+                assert_eq!(failed[0].0, "b");
+                assert!(failed[0].1.contains("660000012"), "{failed:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Every user existed: a non-zero Code with the list is success.
+        let v = json!({"Code": USER_EXISTS, "ErrorList": ids.map(|u| err(u, USER_EXISTS))});
+        assert_eq!(
+            judge_register(&ids, &v),
+            RegisterStep::Done {
+                ok: 3,
+                failed: vec![]
+            }
+        );
+        let v = json!({"Code": USER_EXISTS});
+        assert_eq!(
+            judge_register(&ids, &v),
+            RegisterStep::Done {
+                ok: 3,
+                failed: vec![]
+            }
+        );
+        // A refused call: rate limits and server errors are retried (it
+        // is idempotent), credentials stop, bad input fails its users.
+        for c in [REGISTER_RATE_LIMITED, DB_REQUEST_FAILED, 424242] {
+            assert!(
+                matches!(judge_register(&ids, &json!({"Code": c})), RegisterStep::Retry(_)),
+                "{c}"
+            );
+        }
+        assert!(matches!(
+            judge_register(&ids, &json!({"Code": SIGNATURE_WRONG})),
+            RegisterStep::Fail(_)
+        ));
+        match judge_register(&ids, &json!({"Code": INVALID_INPUT, "ErrorList": []})) {
+            RegisterStep::Done { ok: 0, failed } => assert_eq!(failed.len(), 3),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            judge_register(&ids, &json!({"Nope": 1})),
+            RegisterStep::Retry(_)
+        ));
+    }
+}
