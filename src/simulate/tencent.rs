@@ -17,6 +17,11 @@
 //!   or not positive 90006; `From_Account` missing 90008; `MsgSeq` not a
 //!   u32, `CloudCustomData` not a string 90010; `SyncFromOldSystem` not 1,
 //!   2 or 5 90030; sender not imported 20003, recipient not imported 90012.
+//! - Accounts (导入单个账号, 导入多个账号): `UserID` 1 to 32 bytes, `Nick`
+//!   and `FaceUrl` at most 500 bytes (40601; `FailAccounts` in the batch
+//!   call); importing again is harmless and updates the profile
+//!   (`GET /_sim/users`). Codes are the constants of
+//!   `providers::tencent::codes`.
 //! - Dedup: in a conversation (either direction), a (MsgSeq, MsgRandom,
 //!   MsgTimeStamp) seen before is answered OK and stores nothing; the first
 //!   import wins. A missing `MsgSeq` gets a random one. Conversations read

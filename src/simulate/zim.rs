@@ -24,6 +24,15 @@
 //!   simulator's guess); `Message`, `ExtendedData`, `SearchedContent`, a
 //!   media URL or file name over its limit: 660400001; a user who is not
 //!   registered: 660500002.
+//! - `UserRegister` (ZEGO: zim-server/user/batch-register-users.md): 1 to
+//!   100 users; `UserName` over 256 bytes 660700006, `UserAvatar` over 500
+//!   660700007. `Code` 0 when at least one user registered, the others in
+//!   `ErrorList`; when all of them exist already, `Code` 660700002 with the
+//!   `ErrorList`; when none registered for another reason, that code and
+//!   no `ErrorList`. Profiles are kept (`GET /_sim/users`); an existing
+//!   user keeps its first profile.
+//! - Every code is a named constant of `providers::zim::codes`, with the
+//!   meaning ZEGO's return-code page gives it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
