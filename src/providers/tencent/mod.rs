@@ -174,64 +174,61 @@ pub fn classify_answer(v: &Value, sent_seq: Option<i64>) -> Outcome {
         };
     }
     use codes::Class::*;
-    match codes::classify(code) {
-        Success => Outcome::Accepted(Accepted {
-            msg_id: v.get("MsgKey").and_then(Value::as_str).map(str::to_string),
-            msg_seq: int_field(v, "MsgSeq").or(sent_seq),
-            request_id: None,
-        }),
-        RateLimited => Outcome::RetryLater {
-            code: Some(code),
-            reason: format!("rate limited ({info})"),
-            delay: None,
-            throttled: true,
-        },
-        SigLockout => Outcome::RetryLater {
-            code: Some(code),
-            reason: format!("too many bad UserSigs; waiting a minute ({info})"),
-            delay: Some(Duration::from_secs(60)),
-            throttled: true,
-        },
-        Transient => Outcome::RetryLater {
-            code: Some(code),
-            reason: format!("transient server error ({info})"),
-            delay: None,
-            throttled: false,
-        },
-        SigExpired | SigInvalid => Outcome::Halt {
-            code: Some(code),
-            reason: format!("Tencent refused the UserSig ({info}); check sdk_app_id and secret_key"),
-        },
-        AppUnusable => Outcome::Halt {
-            code: Some(code),
-            reason: format!(
-                "Tencent refused the app or the admin identity ({info}); admin_identifier must be an \
-                 app admin of this sdk_app_id, and the app must be enabled, paid up and allow this host's IP"
-            ),
-        },
-        AppCapped => Outcome::Halt {
-            code: Some(code),
-            reason: format!("the Tencent app hit its account cap ({info}); upgrade the app"),
-        },
-        BadMessage => Outcome::Permanent {
-            code: Some(code),
-            reason: format!("Tencent refused the message ({info})"),
-        },
-        AccountMissing => Outcome::Permanent {
-            code: Some(code),
-            reason: format!(
-                "an account is missing in Tencent IM ({info}); import accounts with \
-                 `chatferry accounts import` or set ensure_accounts = true, then `chatferry retry`"
-            ),
-        },
-        Unrecognized if code < 0 => Outcome::Unknown {
-            code: None,
-            reason: "answer has neither ErrorCode nor ActionStatus OK".into(),
-        },
-        Unrecognized => Outcome::Permanent {
-            code: Some(code),
-            reason: format!("unrecognized Tencent code ({info})"),
-        },
+    let class = codes::classify(code);
+    match class {
+        Success => {
+            return Outcome::Accepted(Accepted {
+                msg_id: v.get("MsgKey").and_then(Value::as_str).map(str::to_string),
+                msg_seq: int_field(v, "MsgSeq").or(sent_seq),
+                request_id: None,
+            })
+        }
+        Unrecognized if code < 0 => {
+            return Outcome::Unknown {
+                code: None,
+                reason: "answer has neither ErrorCode nor ActionStatus OK".into(),
+            }
+        }
+        _ => {}
+    }
+    let reason = refusal_reason(class, &info);
+    let code = Some(code);
+    let (delay, throttled) = match class {
+        RateLimited => (None, true),
+        SigLockout => (Some(Duration::from_secs(60)), true),
+        Transient => (None, false),
+        SigExpired | SigInvalid | AppUnusable | AppCapped => return Outcome::Halt { code, reason },
+        Success | BadMessage | AccountMissing | Unrecognized => return Outcome::Permanent { code, reason },
+    };
+    Outcome::RetryLater {
+        code,
+        reason,
+        delay,
+        throttled,
+    }
+}
+
+/// What an answer of class `class` tells the operator.
+fn refusal_reason(class: codes::Class, info: &str) -> String {
+    use codes::Class::*;
+    match class {
+        RateLimited => format!("rate limited ({info})"),
+        SigLockout => format!("too many bad UserSigs; waiting a minute ({info})"),
+        Transient => format!("transient server error ({info})"),
+        SigExpired | SigInvalid => {
+            format!("Tencent refused the UserSig ({info}); check sdk_app_id and secret_key")
+        }
+        AppUnusable => format!(
+            "Tencent refused the app or the admin identity ({info}); admin_identifier must be an \
+             app admin of this sdk_app_id, and the app must be enabled, paid up and allow this host's IP"
+        ),
+        AppCapped => format!("the Tencent app hit its account cap ({info}); upgrade the app"),
+        BadMessage => format!("Tencent refused the message ({info})"),
+        AccountMissing => format!(
+            "an account is missing in Tencent IM ({info}); import accounts with \
+             `chatferry accounts import` or set ensure_accounts = true, then `chatferry retry`"
+        ),
+        Success | Unrecognized => format!("unrecognized Tencent code ({info})"),
     }
 }
 

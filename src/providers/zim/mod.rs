@@ -148,67 +148,60 @@ pub fn classify_answer(v: &Value) -> Outcome {
             reason: "answer has no numeric Code".into(),
         };
     };
+    let request_id = id_field(v, "RequestId");
+    use codes::Class::*;
+    let class = codes::classify(code);
+    if class == Success {
+        return Outcome::Accepted(Accepted {
+            msg_id: id_field(v, "MsgId"),
+            msg_seq: int_field(v, "MsgSeq"),
+            request_id,
+        });
+    }
     let message = v
         .get("Message")
         .and_then(Value::as_str)
         .map(|s| snippet(s.as_bytes()))
         .unwrap_or_default();
-    let request_id = id_field(v, "RequestId");
-    let rid = request_id.as_deref().unwrap_or("-");
-    use codes::Class::*;
-    let code_ = Some(code);
-    match codes::classify(code) {
-        Success => Outcome::Accepted(Accepted {
-            msg_id: id_field(v, "MsgId"),
-            msg_seq: int_field(v, "MsgSeq"),
-            request_id,
-        }),
+    let reason = refusal_reason(class, code, &message, request_id.as_deref().unwrap_or("-"));
+    let code = Some(code);
+    match class {
         RateLimited => Outcome::RetryLater {
-            code: code_,
-            reason: format!("rate limited ({message}; request {rid})"),
+            code,
+            reason,
             delay: None,
             throttled: true,
         },
-        ServerError => Outcome::Unknown {
-            code: code_,
-            reason: format!(
-                "ZIM server error {code} ({message}; request {rid}); the write may have happened"
-            ),
-        },
-        Unrecognized => Outcome::Unknown {
-            code: code_,
-            reason: format!(
-                "undocumented ZIM code {code} ({message}; request {rid}); the write may have happened"
-            ),
-        },
-        ClockSkew | Auth => Outcome::Halt {
-            code: code_,
-            reason: format!(
-                "ZIM refused the credentials ({message}); check app_id, server_secret and the host clock"
-            ),
-        },
-        AppUnusable => Outcome::Halt {
-            code: code_,
-            reason: format!(
-                "the ZIM endpoint or app cannot be used ({message}); check the endpoint's host and \
-                 the app's status and services in the console"
-            ),
-        },
-        BadMessage => Outcome::Permanent {
-            code: code_,
-            reason: format!("ZIM refused the message ({message})"),
-        },
-        Moderation => Outcome::Permanent {
-            code: code_,
-            reason: format!("refused by moderation or by the app's own callback ({message})"),
-        },
-        UserMissing => Outcome::Permanent {
-            code: code_,
-            reason: format!(
-                "a user is not registered in ZIM ({message}); register users with \
-                 `chatferry accounts import` or set ensure_users = true, then `chatferry retry`"
-            ),
-        },
+        ServerError | Unrecognized | Success => Outcome::Unknown { code, reason },
+        ClockSkew | Auth | AppUnusable => Outcome::Halt { code, reason },
+        BadMessage | Moderation | UserMissing => Outcome::Permanent { code, reason },
+    }
+}
+
+/// What a refusal of class `class` tells the operator.
+fn refusal_reason(class: codes::Class, code: i64, message: &str, rid: &str) -> String {
+    use codes::Class::*;
+    match class {
+        RateLimited => format!("rate limited ({message}; request {rid})"),
+        ServerError => {
+            format!("ZIM server error {code} ({message}; request {rid}); the write may have happened")
+        }
+        Unrecognized | Success => {
+            format!("undocumented ZIM code {code} ({message}; request {rid}); the write may have happened")
+        }
+        ClockSkew | Auth => {
+            format!("ZIM refused the credentials ({message}); check app_id, server_secret and the host clock")
+        }
+        AppUnusable => format!(
+            "the ZIM endpoint or app cannot be used ({message}); check the endpoint's host and \
+             the app's status and services in the console"
+        ),
+        BadMessage => format!("ZIM refused the message ({message})"),
+        Moderation => format!("refused by moderation or by the app's own callback ({message})"),
+        UserMissing => format!(
+            "a user is not registered in ZIM ({message}); register users with \
+             `chatferry accounts import` or set ensure_users = true, then `chatferry retry`"
+        ),
     }
 }
 
