@@ -156,3 +156,61 @@ async fn zim_profiles_arrive_and_a_rerun_succeeds() {
 async fn tencent_profiles_arrive_and_a_rerun_succeeds() {
     profiles_arrive(Kind::Tencent).await;
 }
+
+/// `ensure_accounts` against a provider that keeps saying an account is
+/// missing although importing it succeeds: the account is imported once,
+/// the resend is refused again, and the job fails with a reason that says
+/// so. Before the bound, each refusal imported again and the job never
+/// ended (max_attempts defaults to unlimited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensure_accounts_registers_once_and_then_fails_the_job() {
+    use chatferry::providers::tencent::codes as tc;
+    use common::{Recorder, Reply};
+    let rec = Recorder::start(|body, _| {
+        if body.get("AccountList").is_some() {
+            Reply::Ok
+        } else {
+            Reply::Code(tc::ACCOUNT_NOT_IMPORTED)
+        }
+    })
+    .await;
+    let db = common::TestDb::new().await;
+    let cfg = common::config(
+        &db,
+        &format!(
+            "{}{}ensure_accounts = true\n",
+            common::FAST_WORKER,
+            common::tencent_target("t", rec.addr)
+        ),
+    );
+    let f = common::jsonl(&[common::text_line(
+        "m1",
+        "ann",
+        "bob",
+        common::now_ms() - 1000,
+        "hi",
+    )]);
+    common::load(&db, &cfg, "t", "b", &[f.path()], None).await;
+    let report = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        common::run_until_idle(&db, &cfg),
+    )
+    .await
+    .expect("the worker goes idle: registering does not loop");
+    assert!(report.halted.is_empty(), "{:?}", report.halted);
+    let (status, code, reason): (String, Option<i64>, Option<String>) =
+        sqlx::query_as("SELECT status::text, last_code, last_error FROM chatferry.jobs")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(status, "failed");
+    assert_eq!(code, Some(tc::ACCOUNT_NOT_IMPORTED));
+    assert!(
+        reason.as_deref().unwrap_or("").contains("still missing"),
+        "{reason:?}"
+    );
+    let log = rec.log.lock().unwrap().clone();
+    let imports = log.iter().filter(|r| r.from.is_empty()).count();
+    let sends = log.len() - imports;
+    assert_eq!((imports, sends), (1, 2), "one account import, one resend");
+}
