@@ -113,8 +113,13 @@ pub enum AccountsCommand {
         #[arg(long)]
         target: String,
         /// Only the users of this batch.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "users")]
         batch: Option<String>,
+        /// Register the users of this JSON Lines file (`{"id", "name"?,
+        /// "avatar"?}` a line; `-` reads stdin) with their profiles,
+        /// instead of the job table's users.
+        #[arg(long)]
+        users: Option<String>,
     },
 }
 
@@ -313,33 +318,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             crate::simulate::run_cli(&config, args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Accounts(AccountsCommand::Import { target, batch }) => {
-            config.target(&target)?;
-            let store = open_store(&config).await?;
-            let users = store.users(&target, batch.as_deref()).await.map_err(db_err)?;
-            let providers = crate::providers::build_all(&config)?;
-            let p = &providers
-                .iter()
-                .find(|(n, _)| *n == target)
-                .expect("target exists")
-                .1;
-            let r = p
-                .register_users(&users)
-                .await
-                .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot register users with {target}: {e}")))?;
-            println!(
-                "{} users registered with {target}, {} refused",
-                r.ok,
-                r.failed.len()
-            );
-            for (u, why) in r.failed.iter().take(20) {
-                eprintln!("refused: {u}: {why}");
-            }
-            Ok(if r.failed.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+        Command::Accounts(AccountsCommand::Import { target, batch, users }) => {
+            accounts_import(&config, &target, batch.as_deref(), users.as_deref()).await
         }
         Command::Probe { target, users, json } => {
             let [a, b] = users.as_slice() else {
@@ -453,4 +433,64 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `accounts import`: registers the users of a file (with profiles) or of
+/// the job table (by id). Exit 1 when the provider refused a user, else 3
+/// when lines of the file were rejected (like `load`), else 0.
+async fn accounts_import(
+    config: &Config,
+    target: &str,
+    batch: Option<&str>,
+    file: Option<&str>,
+) -> Result<ExitCode, Failure> {
+    let target_cfg = config.target(target)?;
+    let (users, rejected) = match file {
+        Some(path) => {
+            let f =
+                crate::load::users::read(path, target_cfg).map_err(|e| Failure::Usage(format!("{e:#}")))?;
+            for (line, why) in &f.rejected {
+                eprintln!("rejected: {path} line {line}: {why}");
+            }
+            (f.users, f.rejected.len())
+        }
+        None => {
+            let store = open_store(config).await?;
+            let ids = store.users(target, batch).await.map_err(db_err)?;
+            (
+                ids.into_iter().map(crate::providers::UserProfile::bare).collect(),
+                0,
+            )
+        }
+    };
+    let providers = crate::providers::build_all(config)?;
+    let p = &providers
+        .iter()
+        .find(|(n, _)| n == target)
+        .expect("target exists")
+        .1;
+    let r = p
+        .register_users(&users)
+        .await
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot register users with {target}: {e}")))?;
+    println!(
+        "{} users registered with {target} (already registered ones included), {} refused{}",
+        r.ok,
+        r.failed.len(),
+        if rejected > 0 {
+            format!(", {rejected} lines rejected")
+        } else {
+            String::new()
+        }
+    );
+    for (u, why) in r.failed.iter().take(20) {
+        eprintln!("refused: {u}: {why}");
+    }
+    Ok(if !r.failed.is_empty() {
+        ExitCode::from(1)
+    } else if rejected > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

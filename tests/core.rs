@@ -8,6 +8,8 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use chatferry::providers::tencent::codes as tc;
+
 use common::*;
 
 fn conv(a: &str, b: &str) -> (String, String) {
@@ -214,7 +216,7 @@ async fn retry_later_waits_in_place_and_keeps_order() {
         let text = v["MsgBody"][0]["MsgContent"]["Text"].as_str().unwrap_or_default();
         let k: u32 = text.rsplit('m').next().unwrap().parse().unwrap();
         if k % 3 == 0 && nth <= 2 {
-            Reply::Code(90994)
+            Reply::Code(tc::INTERNAL_90994)
         } else {
             Reply::Ok
         }
@@ -242,7 +244,7 @@ async fn permanent_run(mode: &str) -> (TestDb, Recorder) {
     let rec = Recorder::start(|v, _| {
         let text = v["MsgBody"][0]["MsgContent"]["Text"].as_str().unwrap_or_default();
         if text.ends_with("m1") {
-            Reply::Code(90001)
+            Reply::Code(tc::JSON_INVALID)
         } else {
             Reply::Ok
         }

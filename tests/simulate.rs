@@ -9,7 +9,9 @@ mod sim;
 
 use std::time::{Duration, Instant};
 
+use chatferry::providers::tencent::codes as tc;
 use chatferry::providers::tencent::usersig;
+use chatferry::providers::zim::codes as zc;
 use chatferry::simulate::zim::check_signature;
 use chatferry::simulate::{Clock, FaultConfig, SimOptions, Simulator};
 use serde_json::{json, Value};
@@ -42,13 +44,13 @@ async fn zim_published_signature_vector_verifies() {
         check_signature(app, nonce, secret, ts, sig, ts + 601)
             .unwrap_err()
             .code,
-        100000004
+        zc::SIGNATURE_EXPIRED
     );
     assert_eq!(
         check_signature(app, nonce, "other", ts, sig, ts)
             .unwrap_err()
             .code,
-        100000005
+        zc::SIGNATURE_WRONG
     );
 
     // The same vector through a live call, the simulator's clock pinned to it.
@@ -67,7 +69,7 @@ async fn zim_published_signature_vector_verifies() {
 
     // The same nonce again is a replay.
     let r = s.post(&url, &body).await.unwrap();
-    assert_eq!(r.code(), 100000008, "{}", r.json);
+    assert_eq!(r.code(), zc::NONCE_MISSING, "{}", r.json);
     // A signature 11 minutes old has expired.
     s.sim.clock().advance_ms(660_000);
     let stale = s.zim_url_with(
@@ -77,7 +79,7 @@ async fn zim_published_signature_vector_verifies() {
         ts,
         &chatferry::providers::zim::sign::signature(app, "0123456789abcdef", secret, ts),
     );
-    assert_eq!(s.post(&stale, &body).await.unwrap().code(), 100000004);
+    assert_eq!(s.post(&stale, &body).await.unwrap().code(), zc::SIGNATURE_EXPIRED);
     // A wrong secret, an unknown app, a missing signature.
     let now = s.sim.clock().now_secs();
     let wrong = chatferry::providers::zim::sign::signature(app, "aaaa", "not-the-secret", now);
@@ -86,20 +88,23 @@ async fn zim_published_signature_vector_verifies() {
             .await
             .unwrap()
             .code(),
-        100000005
+        zc::SIGNATURE_WRONG
     );
     assert_eq!(
         s.post(&s.zim_url_with("ImportPeerMsg", 999, "bbbb", now, "x"), &body)
             .await
             .unwrap()
             .code(),
-        100000010
+        zc::SERVER_SECRET_FAILED
     );
     let no_sig = format!(
         "{}?Action=ImportPeerMsg&AppId={app}&SignatureNonce=cc&Timestamp={now}&SignatureVersion=2.0",
         s.base
     );
-    assert_eq!(s.post(&no_sig, &body).await.unwrap().code(), 100000009);
+    assert_eq!(
+        s.post(&no_sig, &body).await.unwrap().code(),
+        zc::SIGNATURE_MISSING
+    );
 
     let st = s.stats().await;
     assert_eq!(st["zim"]["accepted"], 1);
@@ -137,24 +142,38 @@ async fn tencent_usersig_official_algorithm_verifies_and_bad_sigs_get_their_code
         15_552_000,
     );
     let r = call(wrong_key, "xiaojun").await;
-    assert_eq!((r.status, r.code()), (200, 70009), "{}", r.json);
+    assert_eq!(
+        (r.status, r.code()),
+        (200, tc::USERSIG_BAD_SIGNATURE),
+        "{}",
+        r.json
+    );
     assert_eq!(r.json["ActionStatus"], "FAIL");
 
     let short = usersig::generate(u64::from(TIM_APP), "xiaojun", TIM_KEY, 1_700_000_000 - 7200, 3600);
-    assert_eq!(call(short, "xiaojun").await.code(), 70001);
+    assert_eq!(call(short, "xiaojun").await.code(), tc::USERSIG_EXPIRED);
     // The good sig itself expires with the clock.
     s.sim.clock().advance_ms(15_552_001_000);
-    assert_eq!(call(good.clone(), "xiaojun").await.code(), 70001);
+    assert_eq!(call(good.clone(), "xiaojun").await.code(), tc::USERSIG_EXPIRED);
     s.sim.clock().set_ms(1_700_000_000_000);
 
-    assert_eq!(call(good.clone(), "someone").await.code(), 70013);
+    assert_eq!(
+        call(good.clone(), "someone").await.code(),
+        tc::USERSIG_WRONG_IDENTIFIER
+    );
     let not_admin = usersig::generate(u64::from(TIM_APP), "bob", TIM_KEY, 1_700_000_000, 86_400);
-    assert_eq!(call(not_admin, "bob").await.code(), 60010);
+    assert_eq!(call(not_admin, "bob").await.code(), tc::NOT_ADMIN);
     let other_app = usersig::generate(1400000001, "xiaojun", TIM_KEY, 1_700_000_000, 86_400);
-    assert_eq!(call(other_app, "xiaojun").await.code(), 70014);
-    assert_eq!(call("garbage".into(), "xiaojun").await.code(), 70003);
+    assert_eq!(call(other_app, "xiaojun").await.code(), tc::USERSIG_WRONG_APP);
+    assert_eq!(
+        call("garbage".into(), "xiaojun").await.code(),
+        tc::USERSIG_MALFORMED
+    );
     let unknown_app = s.tim_url_with("importmsg", 42, "xiaojun", &good);
-    assert_eq!(s.post(&unknown_app, &body).await.unwrap().code(), 70020);
+    assert_eq!(
+        s.post(&unknown_app, &body).await.unwrap().code(),
+        tc::SDKAPPID_NOT_FOUND
+    );
 
     let st = s.stats().await;
     assert_eq!(st["tencent"]["accepted"], 1);
@@ -175,7 +194,7 @@ fn config_with_admin(admin: &str) -> chatferry::config::Config {
 #[tokio::test]
 async fn fault_transient_code_is_answered_and_not_applied() {
     let s = TestSim::start(&config(), opts()).await;
-    s.faults(json!({"zim": {"transient_rate": 1.0}, "tencent": {"transient_rate": 1.0, "transient_codes": [90994]}}))
+    s.faults(json!({"zim": {"transient_rate": 1.0}, "tencent": {"transient_rate": 1.0, "transient_codes": [tc::INTERNAL_90994]}}))
         .await;
     let now = s.sim.clock().now_ms();
     let r = s
@@ -190,7 +209,7 @@ async fn fault_transient_code_is_answered_and_not_applied() {
     let r = s
         .tim("importmsg", &tim_text("a", "b", Some(1), 1, now / 1000, "x"))
         .await;
-    assert_eq!((r.status, r.code()), (200, 90994));
+    assert_eq!((r.status, r.code()), (200, tc::INTERNAL_90994));
     assert_eq!(r.json["ActionStatus"], "FAIL");
 
     let st = s.stats().await;
@@ -432,7 +451,19 @@ async fn rate_limit_refuses_exactly_the_excess_with_the_provider_code() {
             .await;
         codes.push(r.code());
     }
-    assert_eq!(codes, [0, 0, 0, 0, 0, 660300005, 660300005, 660300005]);
+    assert_eq!(
+        codes,
+        [
+            0,
+            0,
+            0,
+            0,
+            0,
+            zc::APP_RATE_LIMITED,
+            zc::APP_RATE_LIMITED,
+            zc::APP_RATE_LIMITED
+        ]
+    );
     let view = s.zim_view("a", "b").await;
     assert_eq!(view["count"], 5);
     let bodies: Vec<&str> = view["messages"]
@@ -457,7 +488,10 @@ async fn rate_limit_refuses_exactly_the_excess_with_the_provider_code() {
             .code(),
         );
     }
-    assert_eq!(codes, [0, 0, 0, 0, 60007, 60007]);
+    assert_eq!(
+        codes,
+        [0, 0, 0, 0, tc::RATE_LIMITED_60007, tc::RATE_LIMITED_60007]
+    );
     assert_eq!(s.tim_conv("a", "b").await["count"], 4);
 
     // One second later the window has room again.
@@ -502,7 +536,7 @@ async fn rate_override_applies_to_every_api_and_zero_is_unlimited() {
     .iter()
     .map(Reply::code)
     .collect();
-    assert_eq!(codes, [0, 0, 660300005]);
+    assert_eq!(codes, [0, 0, zc::APP_RATE_LIMITED]);
     let reg = json!({"UserInfo": [{"UserId": "u1"}]});
     let codes: Vec<i64> = [
         s.zim("UserRegister", &reg).await,
@@ -512,7 +546,8 @@ async fn rate_override_applies_to_every_api_and_zero_is_unlimited() {
     .iter()
     .map(Reply::code)
     .collect();
-    assert_eq!(codes, [0, 0, 660700001]);
+    // The second call's one user exists: the call answers that code.
+    assert_eq!(codes, [0, zc::USER_EXISTS, zc::REGISTER_RATE_LIMITED]);
     s.sim.shutdown().await;
 
     let s = TestSim::start(
@@ -734,29 +769,38 @@ async fn zim_validation_and_registration_codes() {
         b
     };
     let cases: Vec<(i64, Value)> = vec![
-        (660600030, with(&|b| b["ToUserId"] = json!("alice"))),
-        (660800046, with(&|b| b["SendMessageTime"] = json!(T0_MS + 1))),
+        (zc::FROM_EQUALS_TO, with(&|b| b["ToUserId"] = json!("alice"))),
         (
-            660600023,
+            zc::TIME_IN_FUTURE,
+            with(&|b| b["SendMessageTime"] = json!(T0_MS + 1)),
+        ),
+        (
+            zc::MESSAGE_LENGTH_EXCEEDED,
             with(&|b| b["SendMessageTime"] = json!(T0_MS - 3 * 86_400_000)),
         ),
         (
-            660400001,
+            zc::MESSAGE_TOO_LARGE,
             with(&|b| b["MessageBody"]["Message"] = json!("x".repeat(17))),
         ),
-        (660000002, with(&|b| b["ImportedUserId"] = json!("carol"))),
-        (660000002, with(&|b| b["MessageType"] = json!(2))),
-        (660000002, with(&|b| b["MessageType"] = json!(200))),
+        (zc::INVALID_INPUT, with(&|b| b["ImportedUserId"] = json!("carol"))),
+        (zc::INVALID_INPUT, with(&|b| b["MessageType"] = json!(2))),
+        (zc::INVALID_INPUT, with(&|b| b["MessageType"] = json!(200))),
         (
-            660000002,
+            zc::INVALID_INPUT,
             with(&|b| {
                 b["MessageType"] = json!(200);
                 b["SubMsgType"] = json!(201);
             }),
         ),
-        (660000012, with(&|b| b["ToUserId"] = json!("x".repeat(33)))),
-        (660500002, with(&|b| b["ToUserId"] = json!("carol"))),
-        (660000002, json!("not an object")),
+        (
+            zc::USER_ID_TOO_LONG,
+            with(&|b| b["ToUserId"] = json!("x".repeat(33))),
+        ),
+        (
+            zc::OPERATOR_NOT_REGISTERED,
+            with(&|b| b["ToUserId"] = json!("carol")),
+        ),
+        (zc::INVALID_INPUT, json!("not an object")),
     ];
     for (code, body) in &cases {
         assert_eq!(s.zim("ImportPeerMsg", body).await.code(), *code, "{body}");
@@ -772,15 +816,40 @@ async fn zim_validation_and_registration_codes() {
     let r = s.zim("UserRegister", &reg).await;
     assert_eq!(r.code(), 0);
     assert_eq!(r.json["ErrorList"][0]["UserId"], "bad/id");
+    // Every user of the call exists: a non-zero Code and the ErrorList
+    // (ZEGO: zim-server/user/batch-register-users.md); her profile stays.
     let r = s
-        .zim("UserRegister", &json!({"UserInfo": [{"UserId": "carol"}]}))
+        .zim(
+            "UserRegister",
+            &json!({"UserInfo": [{"UserId": "carol", "UserName": "Other"}]}),
+        )
         .await;
-    assert_eq!(r.json["ErrorList"][0]["SubCode"], 660700002);
+    assert_eq!(r.code(), zc::USER_EXISTS);
+    assert_eq!(r.json["ErrorList"][0]["SubCode"], zc::USER_EXISTS);
+    // Every user refused for another reason: that code, no ErrorList.
+    let r = s
+        .zim(
+            "UserRegister",
+            &json!({"UserInfo": [{"UserId": "dave", "UserName": "x".repeat(257)}]}),
+        )
+        .await;
+    assert_eq!(r.code(), zc::USER_NAME_TOO_LONG);
+    assert!(r.json.get("ErrorList").is_none(), "{}", r.json);
+    let users = s.get("_sim/users?provider=zim").await;
+    let carol = users["apps"][0]["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == "carol")
+        .cloned()
+        .unwrap();
+    assert_eq!(carol, json!({"id": "carol", "name": "Carol", "avatar": null}));
     let to_carol = with(&|b| b["ToUserId"] = json!("carol"));
     assert_eq!(s.zim("ImportPeerMsg", &to_carol).await.code(), 0);
 
     let st = s.stats().await;
-    assert_eq!(st["zim"]["validation_failures"], cases.len() as u64);
+    // The cases and dave's refused registration.
+    assert_eq!(st["zim"]["validation_failures"], cases.len() as u64 + 1);
     assert_eq!(st["zim"]["validation_failures_by_code"]["660000002"], 5);
     assert_eq!(st["zim"]["stored"], 3);
     s.sim.shutdown().await;
@@ -798,12 +867,12 @@ async fn tencent_validation_and_account_codes() {
     .await;
     let ts = T0_MS / 1000 - 10;
     let ok = tim_text("alice", "bob", Some(1), 1, ts, "fine");
-    assert_eq!(s.tim("importmsg", &ok).await.code(), 20003);
+    assert_eq!(s.tim("importmsg", &ok).await.code(), tc::SENDER_NOT_IMPORTED);
     assert_eq!(
         s.tim("account_import", &json!({"UserID": "alice"})).await.code(),
         0
     );
-    assert_eq!(s.tim("importmsg", &ok).await.code(), 90012);
+    assert_eq!(s.tim("importmsg", &ok).await.code(), tc::TO_ACCOUNT_NOT_IMPORTED);
     let r = s
         .tim(
             "multiaccount_import",
@@ -812,6 +881,23 @@ async fn tencent_validation_and_account_codes() {
         .await;
     assert_eq!(r.code(), 0);
     assert_eq!(r.json["FailAccounts"], json!([""]));
+    // Importing again updates the profile (Tencent: 导入多个账号); a Nick
+    // over 500 bytes is refused.
+    let r = s
+        .tim(
+            "multiaccount_import",
+            &json!({"AccountList": [{"UserID": "bob", "Nick": "Bob", "FaceUrl": "http://f/b.png"},
+                                    {"UserID": "eve", "Nick": "x".repeat(501)}]}),
+        )
+        .await;
+    assert_eq!(r.code(), 0);
+    assert_eq!(r.json["FailAccounts"], json!(["eve"]));
+    let users = s.get("_sim/users?provider=tencent").await;
+    assert_eq!(
+        users["apps"][0]["users"],
+        json!([{"id": "alice", "name": null, "avatar": null},
+               {"id": "bob", "name": "Bob", "avatar": "http://f/b.png"}])
+    );
     assert_eq!(s.tim("importmsg", &ok).await.code(), 0);
 
     let with = |f: &dyn Fn(&mut Value)| {
@@ -821,25 +907,34 @@ async fn tencent_validation_and_account_codes() {
     };
     let cases: Vec<(i64, Value)> = vec![
         (
-            93000,
+            tc::PACKET_TOO_LONG,
             with(&|b| b["MsgBody"][0]["MsgContent"]["Text"] = json!("x".repeat(400))),
         ),
         (
-            90005,
+            tc::MSG_RANDOM_INVALID,
             with(&|b| {
                 b.as_object_mut().unwrap().remove("MsgRandom");
             }),
         ),
-        (90006, with(&|b| b["MsgTimeStamp"] = json!("soon"))),
-        (90007, with(&|b| b["MsgBody"] = json!({"Text": "x"}))),
         (
-            90002,
+            tc::MSG_TIMESTAMP_INVALID,
+            with(&|b| b["MsgTimeStamp"] = json!("soon")),
+        ),
+        (
+            tc::MSG_BODY_NOT_ARRAY,
+            with(&|b| b["MsgBody"] = json!({"Text": "x"})),
+        ),
+        (
+            tc::MSG_BODY_INVALID,
             with(&|b| b["MsgBody"] = json!([{"MsgType": "TIMNopeElem", "MsgContent": {}}])),
         ),
-        (90030, with(&|b| b["SyncFromOldSystem"] = json!(3))),
-        (90010, with(&|b| b["MsgSeq"] = json!(-1))),
         (
-            90008,
+            tc::SYNC_MODE_INVALID,
+            with(&|b| b["SyncFromOldSystem"] = json!(3)),
+        ),
+        (tc::FIELD_INVALID, with(&|b| b["MsgSeq"] = json!(-1))),
+        (
+            tc::FROM_ACCOUNT_INVALID,
             with(&|b| {
                 b.as_object_mut().unwrap().remove("From_Account");
             }),
@@ -851,9 +946,9 @@ async fn tencent_validation_and_account_codes() {
     // Past the simulator's 1 MiB read limit it is still Tencent's 200 + 93000.
     let huge = with(&|b| b["MsgBody"][0]["MsgContent"]["Text"] = json!("x".repeat(1 << 20)));
     let r = s.tim("importmsg", &huge).await;
-    assert_eq!((r.status, r.code()), (200, 93000));
+    assert_eq!((r.status, r.code()), (200, tc::PACKET_TOO_LONG));
     let r = s.post(&s.tim_url("importmsg"), &json!(null)).await.unwrap();
-    assert_eq!(r.code(), 90001);
+    assert_eq!(r.code(), tc::JSON_INVALID);
     let r = s
         .post(
             &format!("{}v4/openim/nope?sdkappid={TIM_APP}", s.base),
@@ -964,7 +1059,7 @@ async fn reset_forgets_messages_users_and_counters() {
         s.zim("ImportPeerMsg", &zim_text("a", "b", "a", now - 1, "x"))
             .await
             .code(),
-        660500002
+        zc::OPERATOR_NOT_REGISTERED
     );
     s.sim.shutdown().await;
 }

@@ -22,6 +22,7 @@ use crate::providers::{self, PlanContext};
 use crate::store::{self, NewJob, Store};
 
 pub mod input;
+pub mod users;
 
 /// What a load did.
 #[derive(Debug, Default, Clone, Serialize)]

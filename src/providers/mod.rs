@@ -38,8 +38,9 @@ pub enum Outcome {
     /// Will never be accepted as it is.
     Permanent { code: Option<i64>, reason: String },
     /// May or may not have been applied (timeout after the send, reset,
-    /// unreadable answer): resolve through [`Provider::reconcile`].
-    Unknown { reason: String },
+    /// unreadable answer, a server-side error code): resolve through
+    /// [`Provider::reconcile`]. `code` is the provider's code, when it gave one.
+    Unknown { code: Option<i64>, reason: String },
     /// The target itself is unusable (credentials, app, endpoint): stop
     /// sending to it instead of failing the whole backlog.
     Halt { code: Option<i64>, reason: String },
@@ -86,6 +87,26 @@ pub struct SendJob<'a> {
     /// database clock). A provider that reports its own receive time got
     /// the message after this.
     pub first_mark_ms: Option<i64>,
+}
+
+/// A user to register, with the profile the provider should show.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserProfile {
+    pub id: String,
+    /// ZIM `UserName`, Tencent `Nick`.
+    pub name: Option<String>,
+    /// ZIM `UserAvatar`, Tencent `FaceUrl`.
+    pub avatar: Option<String>,
+}
+
+impl UserProfile {
+    /// A user known only by id (what the job table knows).
+    pub fn bare(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            ..Self::default()
+        }
+    }
 }
 
 /// What registering users found.
@@ -144,7 +165,9 @@ pub trait Provider: Send + Sync + 'static {
     }
 
     /// Registers users with the provider, within its rate limits.
-    async fn register_users(&self, users: &[String]) -> Result<Registered, String>;
+    /// Registering a user who exists already counts as success, so a
+    /// registration can be re-run.
+    async fn register_users(&self, users: &[UserProfile]) -> Result<Registered, String>;
 
     /// The content fingerprint of a frozen body, as [`ReadBack`] has it.
     fn fingerprint(&self, body: &str) -> Option<String>;
@@ -159,9 +182,71 @@ pub trait Provider: Send + Sync + 'static {
     }
 }
 
+/// Bounds `ensure_users` / `ensure_accounts`: a send refused because a
+/// user is missing registers that user once; if a request sent *after*
+/// that registration completed is refused the same way, registering again
+/// cannot help, and the job fails for good with a reason that says so. A
+/// refusal of a request that left before the registration completed is
+/// simply retried, so concurrent lanes of the same users do not fail.
+#[derive(Debug, Default)]
+pub(crate) struct EnsureUsers {
+    registered_at: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl EnsureUsers {
+    /// The outcome of a send of `users`' message (started at `sent_at`)
+    /// refused with user-missing `code`; `register` registers them.
+    pub(crate) async fn on_missing<F, Fut>(
+        &self,
+        code: i64,
+        users: &[String],
+        sent_at: std::time::Instant,
+        register: F,
+    ) -> Outcome
+    where
+        F: FnOnce(Vec<UserProfile>) -> Fut,
+        Fut: std::future::Future<Output = Result<Registered, String>>,
+    {
+        let (fresh, stale) = {
+            let map = self.registered_at.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh: Vec<String> = users.iter().filter(|u| !map.contains_key(*u)).cloned().collect();
+            let stale = users.iter().all(|u| map.get(u).is_some_and(|t| *t <= sent_at));
+            (fresh, stale)
+        };
+        if fresh.is_empty() {
+            return if stale {
+                Outcome::Permanent {
+                    code: Some(code),
+                    reason: format!(
+                        "users {users:?} are still missing although chatferry registered them before \
+                         this send; check that these ids can be registered (`chatferry accounts import`), \
+                         then `chatferry retry`"
+                    ),
+                }
+            } else {
+                Outcome::RetryLater {
+                    code: Some(code),
+                    reason: "users were missing; they were registered meanwhile".into(),
+                    delay: Some(Duration::ZERO),
+                    throttled: false,
+                }
+            };
+        }
+        let result = register(fresh.iter().map(UserProfile::bare).collect()).await;
+        if let Ok(r) = &result {
+            let now = std::time::Instant::now();
+            let mut map = self.registered_at.lock().unwrap_or_else(|p| p.into_inner());
+            for u in fresh.iter().filter(|u| !r.failed.iter().any(|(f, _)| f == *u)) {
+                map.insert(u.clone(), now);
+            }
+        }
+        after_registration(code, result)
+    }
+}
+
 /// The outcome of a send refused for missing users, once registering them
 /// was tried: retry at once if it worked.
-pub(crate) fn after_registration(code: i64, result: Result<Registered, String>) -> Outcome {
+fn after_registration(code: i64, result: Result<Registered, String>) -> Outcome {
     match result {
         Ok(r) if r.failed.is_empty() => Outcome::RetryLater {
             code: Some(code),
@@ -267,10 +352,12 @@ pub(crate) fn transport_outcome(e: &reqwest::Error) -> Outcome {
         }
     } else if e.is_timeout() {
         Outcome::Unknown {
+            code: None,
             reason: format!("no answer within the request timeout: {shown}"),
         }
     } else {
         Outcome::Unknown {
+            code: None,
             reason: format!("connection failed after the request left: {shown}"),
         }
     }
@@ -334,6 +421,7 @@ pub(crate) fn http_status_outcome(status: reqwest::StatusCode, body: &[u8]) -> O
     if status.is_server_error() {
         // A gateway error may come after the service applied the call.
         return Outcome::Unknown {
+            code: None,
             reason: format!("HTTP {}: {snippet}", status.as_u16()),
         };
     }
@@ -347,6 +435,7 @@ pub(crate) fn http_status_outcome(status: reqwest::StatusCode, body: &[u8]) -> O
         };
     }
     Outcome::Unknown {
+        code: None,
         reason: format!("HTTP {} with an unreadable body: {snippet}", status.as_u16()),
     }
 }
@@ -376,6 +465,7 @@ pub(crate) async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Re
             Ok(Some(c)) => {
                 if buf.len() + c.len() > limit {
                     return Err(Outcome::Unknown {
+                        code: None,
                         reason: format!("answer larger than {limit} bytes; not a provider answer"),
                     });
                 }
@@ -384,5 +474,54 @@ pub(crate) async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Re
             Ok(None) => return Ok(buf),
             Err(e) => return Err(transport_outcome(&e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    /// A user-missing answer registers once; a later send refused the same
+    /// way fails for good instead of registering forever; a send that left
+    /// before the registration finished is retried without registering.
+    #[tokio::test]
+    async fn ensure_users_registers_once_and_never_loops() {
+        let ensure = EnsureUsers::default();
+        let calls = AtomicUsize::new(0);
+        let register = |u: Vec<UserProfile>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                Ok(Registered {
+                    ok: u.len(),
+                    failed: vec![],
+                })
+            }
+        };
+        let users = ["a".to_string(), "b".to_string()];
+        let before = Instant::now();
+        let o = ensure.on_missing(7, &users, before, register).await;
+        assert!(
+            matches!(o, Outcome::RetryLater { delay: Some(d), .. } if d.is_zero()),
+            "{o:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Another lane's send that left before the registration finished.
+        let o = ensure.on_missing(7, &users, before, register).await;
+        assert!(matches!(o, Outcome::RetryLater { .. }), "{o:?}");
+        // A send after the registration is still refused: give up.
+        let after = Instant::now();
+        let o = ensure.on_missing(7, &users, after, register).await;
+        match o {
+            Outcome::Permanent {
+                code: Some(7),
+                reason,
+            } => {
+                assert!(reason.contains("still missing"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "registered once");
     }
 }

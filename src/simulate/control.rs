@@ -27,6 +27,7 @@ pub(crate) async fn handle(sh: &Shared, parts: &Parts, body: Incoming) -> Answer
         (&Method::GET, "/_sim/stats") => ok(sh.stats_json()),
         (&Method::GET, "/_sim/messages") => messages(sh, &q),
         (&Method::GET, "/_sim/dump") => ok(sh.dump_json()),
+        (&Method::GET, "/_sim/users") => users(sh, &q),
         (&Method::GET, "/_sim/faults") => ok(json!(sh.faults.config())),
         (&Method::POST | &Method::PUT, "/_sim/faults") => {
             let bytes = match Limited::new(body, MAX_BODY).collect().await {
@@ -55,8 +56,8 @@ pub(crate) async fn handle(sh: &Shared, parts: &Parts, body: Incoming) -> Answer
         }
         _ => err(
             404,
-            "unknown simulator endpoint; use GET /_sim/stats, /_sim/messages, /_sim/faults, \
-             /_sim/dump, /_sim/health, POST /_sim/faults or /_sim/reset",
+            "unknown simulator endpoint; use GET /_sim/stats, /_sim/messages, /_sim/users, \
+             /_sim/faults, /_sim/dump, /_sim/health, POST /_sim/faults or /_sim/reset",
         ),
     }
 }
@@ -133,4 +134,36 @@ fn messages(sh: &Shared, q: &Query) -> Answer {
         }
         _ => err(400, "provider must be zim or tencent"),
     }
+}
+
+/// `GET /_sim/users?provider=zim|tencent[&app=ID]`: every user (account)
+/// of each app, with the profile registered for it, so a test can check
+/// what `accounts import` sent.
+fn users(sh: &Shared, q: &Query) -> Answer {
+    let app: Option<u32> = match q.get("app") {
+        None | Some("") => None,
+        Some(s) => match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => return err(400, "app must be a u32 app id"),
+        },
+    };
+    let keep = |id: &u32| app.map_or(true, |a| a == *id);
+    let mut apps: Vec<(u32, Value)> = match q.get("provider") {
+        Some("zim") => sh
+            .zim
+            .iter()
+            .filter(|(id, _)| keep(id))
+            .map(|(id, a)| (*id, a.users_json()))
+            .collect(),
+        Some("tencent") => sh
+            .tencent
+            .iter()
+            .filter(|(id, _)| keep(id))
+            .map(|(id, t)| (*id, t.users_json()))
+            .collect(),
+        _ => return err(400, "provider must be zim or tencent"),
+    };
+    apps.sort_by_key(|(id, _)| *id);
+    let apps: Vec<Value> = apps.into_iter().map(|(_, v)| v).collect();
+    ok(json!({ "provider": q.get("provider"), "apps": apps }))
 }

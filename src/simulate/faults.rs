@@ -58,12 +58,24 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// ZIM's documented transient codes (providers.md).
-pub const ZIM_TRANSIENT_CODES: &[i64] = &[1, 105001, 100000015, 660000001, 660000003];
-/// Tencent's documented transient codes (providers.md).
-pub const TENCENT_TRANSIENT_CODES: &[i64] = &[
-    60008, 20004, 20005, 70169, 70202, 70500, 90992, 90994, 90995, 91000,
-];
+/// The codes a `transient` fault answers on ZIM: general server-side
+/// errors (ZEGO: zim-server/return-codes.md). The fault applies nothing,
+/// which is one thing such an answer can mean; the client must still
+/// treat them as in doubt, since the real service may have written.
+pub const ZIM_TRANSIENT_CODES: &[i64] = {
+    use crate::providers::zim::codes::*;
+    &[
+        SERVER_BUSY,
+        DB_REQUEST_FAILED,
+        GATEWAY_INTERNAL,
+        BUSINESS_ERROR,
+        LOGIC_ERROR,
+        SERVER_DB_ERROR,
+    ]
+};
+/// The codes a `transient` fault answers on Tencent: its documented
+/// transient class (REST API 公共错误码), safe to resend since it dedups.
+pub const TENCENT_TRANSIENT_CODES: &[i64] = crate::providers::tencent::codes::TRANSIENT;
 
 /// What an outage looks like to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -20,6 +20,9 @@
 //!   conversation in display order (MsgTimeStamp, MsgSeq) or arrival order;
 //!   without users: every view/conversation with its count. `app` may be
 //!   left out when the provider has one app.
+//! - `GET /_sim/users?provider=zim|tencent[&app=ID]`: every user of each
+//!   app with the profile registered for it (ZIM `UserName`/`UserAvatar`,
+//!   Tencent `Nick`/`FaceUrl`; null when none was given).
 //! - `GET /_sim/faults`, `POST /_sim/faults` (a JSON merge patch of the
 //!   [`FaultConfig`]; `?replace=true` replaces it whole).
 //! - `POST /_sim/reset`: forgets messages, users (back to `--users`),

@@ -242,7 +242,7 @@ async fn handle(
                 return Ok(response(match side {
                     Side::Zim => Answer::html(413),
                     Side::Tencent => {
-                        stats.validation_failure(93000);
+                        stats.validation_failure(crate::providers::tencent::codes::PACKET_TOO_LONG);
                         tencent::too_large()
                     }
                 }));

@@ -269,7 +269,8 @@ mod tests {
         s.zim.call(Api::ImportPeerMsg);
         s.tencent.call(Api::ImportMsg);
         s.tencent.call(Api::ImportMsg);
-        s.zim.validation_failure(660400001);
+        s.zim
+            .validation_failure(crate::providers::zim::codes::MESSAGE_TOO_LARGE);
         s.tencent.inversion("1/a\u{1f}b".into());
         s.zim.fault(super::super::faults::F_RESET);
         let v = s.json();

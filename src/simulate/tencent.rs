@@ -17,6 +17,11 @@
 //!   or not positive 90006; `From_Account` missing 90008; `MsgSeq` not a
 //!   u32, `CloudCustomData` not a string 90010; `SyncFromOldSystem` not 1,
 //!   2 or 5 90030; sender not imported 20003, recipient not imported 90012.
+//! - Accounts (导入单个账号, 导入多个账号): `UserID` 1 to 32 bytes, `Nick`
+//!   and `FaceUrl` at most 500 bytes (40601; `FailAccounts` in the batch
+//!   call); importing again is harmless and updates the profile
+//!   (`GET /_sim/users`). Codes are the constants of
+//!   `providers::tencent::codes`.
 //! - Dedup: in a conversation (either direction), a (MsgSeq, MsgRandom,
 //!   MsgTimeStamp) seen before is answered OK and stores nothing; the first
 //!   import wins. A missing `MsgSeq` gets a random one. Conversations read
@@ -42,6 +47,7 @@ use super::ratelimit::RateWindow;
 use super::state::Api;
 use super::{Answer, Ctx, Query, Reply};
 use crate::config::TencentTarget;
+use crate::providers::tencent::codes;
 use crate::providers::tencent::usersig::{self, Fields, UserSigError};
 
 const ROAM_ANSWER_CAP: usize = 13 * 1024;
@@ -121,6 +127,8 @@ struct Conv {
 #[derive(Debug)]
 struct TimState {
     accounts: HashSet<String>,
+    /// Nick and FaceUrl of imported accounts.
+    profiles: HashMap<String, Profile>,
     /// (smaller id, larger id) → conversation.
     convs: HashMap<(String, String), Conv>,
     arrivals: u64,
@@ -130,6 +138,7 @@ impl TimState {
     fn new(users: &[String]) -> Self {
         Self {
             accounts: users.iter().cloned().collect(),
+            profiles: HashMap::new(),
             convs: HashMap::new(),
             arrivals: 0,
         }
@@ -171,12 +180,12 @@ pub(crate) fn transient(code: i64) -> Answer {
 
 /// The answer to a body over the simulator's read limit.
 pub(crate) fn too_large() -> Answer {
-    fail(93000, "the JSON packet is too long")
+    fail(codes::PACKET_TOO_LONG, "the JSON packet is too long")
 }
 
 /// The answer to a path under `/v4/` that is not served.
 pub(crate) fn unknown_api() -> Answer {
-    fail(60009, "request resource error: unknown REST API")
+    fail(codes::UNKNOWN_API, "request resource error: unknown REST API")
 }
 
 type Refusal = (i64, String);
@@ -280,11 +289,16 @@ impl TimApp {
 
     fn authenticate(&self, q: &Query, now_secs: i64) -> Result<(), Refusal> {
         let identifier = match q.get("identifier") {
-            None | Some("") => return Err(bad(60004, "identifier is missing from the URL")),
+            None | Some("") => {
+                return Err(bad(
+                    codes::URL_PARAMS_INVALID,
+                    "identifier is missing from the URL",
+                ))
+            }
             Some(i) => i,
         };
         let sig = match q.get("usersig") {
-            None | Some("") => return Err(bad(60004, "usersig is missing from the URL")),
+            None | Some("") => return Err(bad(codes::URL_PARAMS_INVALID, "usersig is missing from the URL")),
             Some(s) => s,
         };
         // A sig that verified once is only checked for its identifier and
@@ -322,7 +336,10 @@ impl TimApp {
             return Err(sig_refusal(&UserSigError::Expired));
         }
         if identifier != self.admin {
-            return Err(bad(60010, "the request needs the App admin's identity"));
+            return Err(bad(
+                codes::NOT_ADMIN,
+                "the request needs the App admin's identity",
+            ));
         }
         Ok(())
     }
@@ -330,11 +347,11 @@ impl TimApp {
 
 fn sig_refusal(e: &UserSigError) -> Refusal {
     let code = match e {
-        UserSigError::Malformed => 70003,
-        UserSigError::BadSignature => 70009,
-        UserSigError::Expired => 70001,
-        UserSigError::WrongIdentifier => 70013,
-        UserSigError::WrongApp => 70014,
+        UserSigError::Malformed => codes::USERSIG_MALFORMED,
+        UserSigError::BadSignature => codes::USERSIG_BAD_SIGNATURE,
+        UserSigError::Expired => codes::USERSIG_EXPIRED,
+        UserSigError::WrongIdentifier => codes::USERSIG_WRONG_IDENTIFIER,
+        UserSigError::WrongApp => codes::USERSIG_WRONG_APP,
     };
     (code, e.to_string())
 }
@@ -347,11 +364,16 @@ pub(crate) fn handle(apps: &HashMap<u32, TimApp>, api: Api, q: &Query, body: &[u
         fail(code, msg)
     };
     let app_id = match q.get("sdkappid") {
-        None | Some("") => return auth_fail(60012, "the REST API needs sdkappid in the URL"),
+        None | Some("") => {
+            return auth_fail(codes::SDKAPPID_MISSING, "the REST API needs sdkappid in the URL")
+        }
         Some(s) => s.parse::<u32>().ok(),
     };
     let Some(app) = app_id.and_then(|id| apps.get(&id)) else {
-        return auth_fail(70020, "SDKAppID does not exist: UserSig verification failed");
+        return auth_fail(
+            codes::SDKAPPID_NOT_FOUND,
+            "SDKAppID does not exist: UserSig verification failed",
+        );
     };
     if !cx.no_auth {
         if let Err((code, msg)) = app.authenticate(q, cx.now_ms / 1000) {
@@ -366,7 +388,10 @@ pub(crate) fn handle(apps: &HashMap<u32, TimApp>, api: Api, q: &Query, body: &[u
     };
     if !limit.try_acquire(cx.mono_ns) {
         stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-        return fail(60007, "REST API call frequency exceeds the limit");
+        return fail(
+            codes::RATE_LIMITED_60007,
+            "REST API call frequency exceeds the limit",
+        );
     }
     let result = match api {
         Api::ImportMsg => app.import(body, cx),
@@ -393,6 +418,33 @@ fn u32_field(v: &Value) -> Option<u32> {
     v.as_u64().and_then(|n| u32::try_from(n).ok())
 }
 
+type Profile = (Option<String>, Option<String>);
+
+/// One account to import: `UserID` (1 to 32 bytes), `Nick` and `FaceUrl`
+/// at most 500 bytes each (导入单个账号: 40601).
+fn account_entry(v: &Value) -> Result<(String, Profile), Refusal> {
+    let id = account(v.get("UserID").cloned()).ok_or_else(|| {
+        bad(
+            codes::ACCOUNT_PARAMS_INVALID,
+            "UserID is missing or longer than 32 bytes",
+        )
+    })?;
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let (nick, face) = (text("Nick"), text("FaceUrl"));
+    for (k, val) in [("Nick", &nick), ("FaceUrl", &face)] {
+        if val
+            .as_ref()
+            .is_some_and(|s| s.len() > codes::MAX_PROFILE_VALUE_BYTES)
+        {
+            return Err(bad(
+                codes::PROFILE_VALUE_TOO_LONG,
+                format!("{k} is longer than 500 bytes"),
+            ));
+        }
+    }
+    Ok((id, (nick, face)))
+}
+
 fn account(v: Option<Value>) -> Option<String> {
     match v {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 32 => Some(s),
@@ -402,10 +454,10 @@ fn account(v: Option<Value>) -> Option<String> {
 
 fn check_body(body: &Value) -> Result<(), Refusal> {
     let Some(elems) = body.as_array() else {
-        return Err(bad(90007, "MsgBody is not an array"));
+        return Err(bad(codes::MSG_BODY_NOT_ARRAY, "MsgBody is not an array"));
     };
     if elems.is_empty() {
-        return Err(bad(90002, "MsgBody is empty"));
+        return Err(bad(codes::MSG_BODY_INVALID, "MsgBody is empty"));
     }
     let mut customs = 0;
     for e in elems {
@@ -414,25 +466,28 @@ fn check_body(body: &Value) -> Result<(), Refusal> {
             e.get("MsgContent").and_then(Value::as_object),
         ) else {
             return Err(bad(
-                90002,
+                codes::MSG_BODY_INVALID,
                 "a MsgBody element needs MsgType and a MsgContent object",
             ));
         };
         match kind {
             "TIMTextElem" => {
                 if !content.get("Text").is_some_and(Value::is_string) {
-                    return Err(bad(90002, "TIMTextElem needs MsgContent.Text"));
+                    return Err(bad(codes::MSG_BODY_INVALID, "TIMTextElem needs MsgContent.Text"));
                 }
             }
             "TIMCustomElem" => {
                 customs += 1;
                 if customs > 1 {
-                    return Err(bad(90002, "a message holds at most one TIMCustomElem"));
+                    return Err(bad(
+                        codes::MSG_BODY_INVALID,
+                        "a message holds at most one TIMCustomElem",
+                    ));
                 }
             }
             "TIMFaceElem" | "TIMLocationElem" | "TIMSoundElem" | "TIMImageElem" | "TIMFileElem"
             | "TIMVideoFileElem" => {}
-            _ => return Err(bad(90002, "unknown MsgBody element MsgType")),
+            _ => return Err(bad(codes::MSG_BODY_INVALID, "unknown MsgBody element MsgType")),
         }
     }
     Ok(())
@@ -484,39 +539,58 @@ impl TimApp {
     fn import(&self, raw: &[u8], cx: &Ctx) -> Result<Reply, Refusal> {
         if raw.len() > self.max_message {
             return Err(bad(
-                93000,
+                codes::PACKET_TOO_LONG,
                 format!("the JSON packet is longer than {} bytes", self.max_message),
             ));
         }
-        let b: ImportBody =
-            serde_json::from_slice(raw).map_err(|e| bad(90001, format!("JSON parse failed: {e}")))?;
+        let b: ImportBody = serde_json::from_slice(raw)
+            .map_err(|e| bad(codes::JSON_INVALID, format!("JSON parse failed: {e}")))?;
         let sync = b.sync.as_ref().and_then(Value::as_i64).unwrap_or(-1);
         if ![1, 2, 5].contains(&sync) {
-            return Err(bad(90030, "SyncFromOldSystem must be 2 (history) or 5 (live)"));
+            return Err(bad(
+                codes::SYNC_MODE_INVALID,
+                "SyncFromOldSystem must be 2 (history) or 5 (live)",
+            ));
         }
-        let from =
-            account(b.from).ok_or_else(|| bad(90008, "From_Account is missing or not a valid account"))?;
-        let to = account(b.to).ok_or_else(|| bad(90003, "To_Account is missing or not a valid account"))?;
+        let from = account(b.from).ok_or_else(|| {
+            bad(
+                codes::FROM_ACCOUNT_INVALID,
+                "From_Account is missing or not a valid account",
+            )
+        })?;
+        let to = account(b.to).ok_or_else(|| {
+            bad(
+                codes::TO_ACCOUNT_INVALID,
+                "To_Account is missing or not a valid account",
+            )
+        })?;
         let seq = match &b.seq {
             None | Some(Value::Null) => None,
-            Some(v) => Some(u32_field(v).ok_or_else(|| bad(90010, "MsgSeq is not a u32"))?),
+            Some(v) => Some(u32_field(v).ok_or_else(|| bad(codes::FIELD_INVALID, "MsgSeq is not a u32"))?),
         };
         let random = b
             .random
             .as_ref()
             .and_then(u32_field)
-            .ok_or_else(|| bad(90005, "MsgRandom is missing or not a u32"))?;
+            .ok_or_else(|| bad(codes::MSG_RANDOM_INVALID, "MsgRandom is missing or not a u32"))?;
         let ts =
             b.ts.as_ref()
                 .and_then(Value::as_i64)
                 .filter(|t| *t > 0)
-                .ok_or_else(|| bad(90006, "MsgTimeStamp is missing or not Unix seconds"))?;
+                .ok_or_else(|| {
+                    bad(
+                        codes::MSG_TIMESTAMP_INVALID,
+                        "MsgTimeStamp is missing or not Unix seconds",
+                    )
+                })?;
         let custom = match b.custom {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s),
-            Some(_) => return Err(bad(90010, "CloudCustomData is not a string")),
+            Some(_) => return Err(bad(codes::FIELD_INVALID, "CloudCustomData is not a string")),
         };
-        let body = b.body.ok_or_else(|| bad(90007, "MsgBody is missing"))?;
+        let body = b
+            .body
+            .ok_or_else(|| bad(codes::MSG_BODY_NOT_ARRAY, "MsgBody is missing"))?;
         check_body(&body)?;
         // serde_json's maps are ordered, so equal bodies give equal text.
         let body: Box<str> = body.to_string().into_boxed_str();
@@ -530,14 +604,20 @@ impl TimApp {
             if cx.auto_register {
                 st.accounts.insert(from.clone());
             } else {
-                return Err(bad(20003, "the sender's account has not been imported"));
+                return Err(bad(
+                    codes::SENDER_NOT_IMPORTED,
+                    "the sender's account has not been imported",
+                ));
             }
         }
         if !st.accounts.contains(&to) {
             if cx.auto_register {
                 st.accounts.insert(to.clone());
             } else {
-                return Err(bad(90012, "To_Account has not been imported"));
+                return Err(bad(
+                    codes::TO_ACCOUNT_NOT_IMPORTED,
+                    "To_Account has not been imported",
+                ));
             }
         }
         let stats = cx.stats;
@@ -588,21 +668,26 @@ impl TimApp {
     }
 
     fn roam(&self, raw: &[u8], cx: &Ctx) -> Result<Reply, Refusal> {
-        let b: RoamBody =
-            serde_json::from_slice(raw).map_err(|e| bad(90001, format!("JSON parse failed: {e}")))?;
+        let b: RoamBody = serde_json::from_slice(raw)
+            .map_err(|e| bad(codes::JSON_INVALID, format!("JSON parse failed: {e}")))?;
         let (Some(op), Some(peer)) = (b.operator, b.peer) else {
-            return Err(bad(90001, "Operator_Account and Peer_Account are required"));
+            return Err(bad(
+                codes::JSON_INVALID,
+                "Operator_Account and Peer_Account are required",
+            ));
         };
         let max_cnt = b
             .max_cnt
             .filter(|n| *n >= 1)
-            .ok_or_else(|| bad(90001, "MaxCnt must be at least 1"))?;
+            .ok_or_else(|| bad(codes::JSON_INVALID, "MaxCnt must be at least 1"))?;
         let (Some(min_t), Some(max_t)) = (b.min_time, b.max_time) else {
-            return Err(bad(90001, "MinTime and MaxTime are required"));
+            return Err(bad(codes::JSON_INVALID, "MinTime and MaxTime are required"));
         };
         let last = match b.last_key.as_deref() {
             None | Some("") => None,
-            Some(k) => Some(parse_key(k).ok_or_else(|| bad(90001, "LastMsgKey is not a message key"))?),
+            Some(k) => Some(
+                parse_key(k).ok_or_else(|| bad(codes::JSON_INVALID, "LastMsgKey is not a message key"))?,
+            ),
         };
         let lo = min_t.max(cx.now_ms / 1000 - i64::from(self.roaming_days) * 86_400);
         let hi_key = (max_t, u32::MAX, u32::MAX);
@@ -644,41 +729,64 @@ impl TimApp {
         })))
     }
 
+    /// Tencent: 导入单个账号. Importing again is harmless; an account
+    /// imported again takes the new profile, as 导入多个账号 says of its own
+    /// calls (the single-account page is silent: either way is safe for
+    /// a re-run that carries the same profile).
     fn account_import(&self, raw: &[u8]) -> Result<Reply, Refusal> {
-        let v: Value =
-            serde_json::from_slice(raw).map_err(|e| bad(90001, format!("JSON parse failed: {e}")))?;
-        let id = account(v.get("UserID").cloned())
-            .ok_or_else(|| bad(70402, "UserID is missing or longer than 32 bytes"))?;
-        lock(&self.state).accounts.insert(id);
+        let v: Value = serde_json::from_slice(raw)
+            .map_err(|e| bad(codes::JSON_INVALID, format!("JSON parse failed: {e}")))?;
+        let (id, profile) = account_entry(&v)?;
+        let mut st = lock(&self.state);
+        st.profiles.insert(id.clone(), profile);
+        st.accounts.insert(id);
         Ok(Reply::Fields(json!({})))
     }
 
+    /// Tencent: 导入多个账号. `AccountList[{UserID, Nick?, FaceUrl?}]` (the
+    /// old form `Accounts[id]` too), 1 to 100; an existing account is
+    /// updated with the new profile; refused entries in `FailAccounts`.
     fn multiaccount_import(&self, raw: &[u8]) -> Result<Reply, Refusal> {
-        let v: Value =
-            serde_json::from_slice(raw).map_err(|e| bad(90001, format!("JSON parse failed: {e}")))?;
-        // The current form is AccountList[{UserID}], the old one Accounts[id].
-        let entries: Vec<&Value> = match (v.get("AccountList"), v.get("Accounts")) {
-            (Some(Value::Array(a)), _) => a
-                .iter()
-                .map(|e| e.get("UserID").unwrap_or(&Value::Null))
-                .collect(),
-            (None, Some(Value::Array(a))) => a.iter().collect(),
-            _ => return Err(bad(70402, "AccountList is missing")),
+        let v: Value = serde_json::from_slice(raw)
+            .map_err(|e| bad(codes::JSON_INVALID, format!("JSON parse failed: {e}")))?;
+        let entries: Vec<Value> = match (v.get("AccountList"), v.get("Accounts")) {
+            (Some(Value::Array(a)), _) => a.clone(),
+            (None, Some(Value::Array(a))) => a.iter().map(|id| json!({ "UserID": id })).collect(),
+            _ => return Err(bad(codes::ACCOUNT_PARAMS_INVALID, "AccountList is missing")),
         };
         if entries.is_empty() || entries.len() > 100 {
-            return Err(bad(70402, "AccountList must hold 1 to 100 accounts"));
+            return Err(bad(
+                codes::ACCOUNT_PARAMS_INVALID,
+                "AccountList must hold 1 to 100 accounts",
+            ));
         }
         let mut failed = Vec::new();
         let mut st = lock(&self.state);
-        for e in entries {
-            match account(Some(e.clone())) {
-                Some(id) => {
+        for e in &entries {
+            match account_entry(e) {
+                Ok((id, profile)) => {
+                    st.profiles.insert(id.clone(), profile);
                     st.accounts.insert(id);
                 }
-                None => failed.push(e.clone()),
+                Err(_) => failed.push(e.get("UserID").cloned().unwrap_or(Value::Null)),
             }
         }
         Ok(Reply::Fields(json!({ "FailAccounts": failed })))
+    }
+
+    /// Every account of this app, with its profile (`GET /_sim/users`).
+    pub(crate) fn users_json(&self) -> Value {
+        let st = lock(&self.state);
+        let mut ids: Vec<&String> = st.accounts.iter().collect();
+        ids.sort();
+        let users: Vec<Value> = ids
+            .into_iter()
+            .map(|id| {
+                let (name, avatar) = st.profiles.get(id).cloned().unwrap_or_default();
+                json!({"id": id, "name": name, "avatar": avatar})
+            })
+            .collect();
+        json!({"app": self.sdk_app_id, "users": users})
     }
 }
 
@@ -704,16 +812,19 @@ mod tests {
 
     #[test]
     fn body_rules() {
-        assert_eq!(check_body(&json!({})).unwrap_err().0, 90007);
-        assert_eq!(check_body(&json!([])).unwrap_err().0, 90002);
+        assert_eq!(check_body(&json!({})).unwrap_err().0, codes::MSG_BODY_NOT_ARRAY);
+        assert_eq!(check_body(&json!([])).unwrap_err().0, codes::MSG_BODY_INVALID);
         assert_eq!(
             check_body(&json!([{"MsgType": "TIMTextElem", "MsgContent": {}}]))
                 .unwrap_err()
                 .0,
-            90002
+            codes::MSG_BODY_INVALID
         );
         let custom = json!({"MsgType": "TIMCustomElem", "MsgContent": {"Data": "x"}});
         assert!(check_body(&json!([custom.clone()])).is_ok());
-        assert_eq!(check_body(&json!([custom.clone(), custom])).unwrap_err().0, 90002);
+        assert_eq!(
+            check_body(&json!([custom.clone(), custom])).unwrap_err().0,
+            codes::MSG_BODY_INVALID
+        );
     }
 }

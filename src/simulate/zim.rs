@@ -34,6 +34,15 @@
 //!   zim-server/messaging/messagebody-introduction.md): 660000002; `Message`, `ExtendedData`, `SearchedContent`, a
 //!   media URL or file name over its limit: 660400001; a user who is not
 //!   registered: 660500002.
+//! - `UserRegister` (ZEGO: zim-server/user/batch-register-users.md): 1 to
+//!   100 users; `UserName` over 256 bytes 660700006, `UserAvatar` over 500
+//!   660700007. `Code` 0 when at least one user registered, the others in
+//!   `ErrorList`; when all of them exist already, `Code` 660700002 with the
+//!   `ErrorList`; when none registered for another reason, that code and
+//!   no `ErrorList`. Profiles are kept (`GET /_sim/users`); an existing
+//!   user keeps its first profile.
+//! - Every code is a named constant of `providers::zim::codes`, with the
+//!   meaning ZEGO's return-code page gives it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -48,6 +57,7 @@ use super::ratelimit::RateWindow;
 use super::state::{Api, ProviderStats};
 use super::{Answer, Ctx, Query, Reply};
 use crate::config::ZimTarget;
+use crate::providers::zim::codes;
 
 /// How far a signature's `Timestamp` may be from now, in seconds.
 pub const SKEW_SECS: i64 = 600;
@@ -78,13 +88,13 @@ pub fn check_signature(
 ) -> Result<(), AuthRefusal> {
     if (now_secs - timestamp).abs() > SKEW_SECS {
         return Err(refuse(
-            100000004,
+            codes::SIGNATURE_EXPIRED,
             "signature expired: Timestamp is more than 10 minutes from the server's clock",
         ));
     }
     let expected = crate::providers::zim::sign::signature(app_id, nonce, secret, timestamp);
     if expected != signature {
-        return Err(refuse(100000005, "signature error"));
+        return Err(refuse(codes::SIGNATURE_WRONG, "signature error"));
     }
     Ok(())
 }
@@ -177,6 +187,8 @@ struct View {
 #[derive(Debug)]
 struct ZimState {
     users: HashSet<String>,
+    /// UserName and UserAvatar of users registered through UserRegister.
+    profiles: HashMap<String, (Option<String>, Option<String>)>,
     /// (ImportedUserId, peer) → that user's view.
     views: HashMap<(String, String), View>,
     nonces: HashSet<String>,
@@ -188,6 +200,7 @@ impl ZimState {
     fn new(users: &[String]) -> Self {
         Self {
             users: users.iter().cloned().collect(),
+            profiles: HashMap::new(),
             views: HashMap::new(),
             nonces: HashSet::new(),
             nonce_expiry: VecDeque::new(),
@@ -321,8 +334,8 @@ pub(crate) fn transient(code: i64, rid: u64) -> Answer {
 /// The answer of an unknown or missing `Action`.
 pub(crate) fn bad_action(action: Option<&str>, rid: u64) -> Answer {
     match action {
-        None | Some("") => error(100000006, "Action is empty", rid),
-        Some(_) => error(100000007, "unsupported Action", rid),
+        None | Some("") => error(codes::ACTION_MISSING, "Action is empty", rid),
+        Some(_) => error(codes::ACTION_UNSUPPORTED, "unsupported Action", rid),
     }
 }
 
@@ -334,10 +347,13 @@ pub(crate) fn handle(apps: &HashMap<u32, ZimApp>, api: Api, q: &Query, body: &[u
         error(code, msg, cx.rid)
     };
     let Some(app_id) = q.get("AppId").and_then(|s| s.parse::<u32>().ok()) else {
-        return auth_fail(100000001, "AppId is missing or not a u32");
+        return auth_fail(codes::APP_ID_MALFORMED, "AppId is missing or not a u32");
     };
     let Some(app) = apps.get(&app_id) else {
-        return auth_fail(100000010, "failed to get the ServerSecret: unknown AppId");
+        return auth_fail(
+            codes::SERVER_SECRET_FAILED,
+            "failed to get the ServerSecret: unknown AppId",
+        );
     };
     if !cx.no_auth {
         if let Err(r) = app.authenticate(q, cx.now_ms / 1000) {
@@ -345,9 +361,9 @@ pub(crate) fn handle(apps: &HashMap<u32, ZimApp>, api: Api, q: &Query, body: &[u
         }
     }
     let (limit, limited_code) = match api {
-        Api::ImportPeerMsg => (&app.limits[0], 660300005),
-        Api::QueryPeerMsg => (&app.limits[1], 660300005),
-        _ => (&app.limits[2], 660700001),
+        Api::ImportPeerMsg => (&app.limits[0], codes::APP_RATE_LIMITED),
+        Api::QueryPeerMsg => (&app.limits[1], codes::APP_RATE_LIMITED),
+        _ => (&app.limits[2], codes::REGISTER_RATE_LIMITED),
     };
     if !limit.try_acquire(cx.mono_ns) {
         stats.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -364,8 +380,11 @@ pub(crate) fn handle(apps: &HashMap<u32, ZimApp>, api: Api, q: &Query, body: &[u
     };
     match result {
         Ok(Reply::Fields(mut v)) => {
-            v["Code"] = json!(0);
-            v["Message"] = json!("success");
+            // A call whose every user exists answers its own Code.
+            if v.get("Code").is_none() {
+                v["Code"] = json!(0);
+                v["Message"] = json!("success");
+            }
             v["RequestId"] = json!(cx.rid.to_string());
             Answer::json(200, v.to_string())
         }
@@ -379,19 +398,25 @@ pub(crate) fn handle(apps: &HashMap<u32, ZimApp>, api: Api, q: &Query, body: &[u
 
 fn user_id(field: &str, v: &Option<String>) -> Result<String, Refusal> {
     let Some(id) = v.as_deref() else {
-        return Err(bad(660000002, format!("{field} is missing")));
+        return Err(bad(codes::INVALID_INPUT, format!("{field} is missing")));
     };
     if id.is_empty() {
-        return Err(bad(660000002, format!("{field} is empty")));
+        return Err(bad(codes::INVALID_INPUT, format!("{field} is empty")));
     }
     if id.len() > 32 {
-        return Err(bad(660000012, format!("{field} is longer than 32 bytes")));
+        return Err(bad(
+            codes::USER_ID_TOO_LONG,
+            format!("{field} is longer than 32 bytes"),
+        ));
     }
     if !id
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || " !#$%&()+-:;<=.>?@[]^_{}|~".contains(c))
     {
-        return Err(bad(660000002, format!("{field} has a character ZIM refuses")));
+        return Err(bad(
+            codes::INVALID_INPUT,
+            format!("{field} has a character ZIM refuses"),
+        ));
     }
     Ok(id.to_string())
 }
@@ -436,6 +461,10 @@ struct RegisterBody {
 struct RegisterUser {
     #[serde(rename = "UserId")]
     user_id: Option<String>,
+    #[serde(rename = "UserName")]
+    user_name: Option<String>,
+    #[serde(rename = "UserAvatar")]
+    user_avatar: Option<String>,
 }
 
 /// The required keys of a media `Message` object
@@ -451,7 +480,7 @@ fn check_media_required(msg_type: i64, v: &Value) -> Result<(), Refusal> {
     for k in required {
         if v.get(*k).is_none() {
             return Err(bad(
-                660000002,
+                codes::INVALID_INPUT,
                 format!("{k} is required in a type {msg_type} Message"),
             ));
         }
@@ -462,7 +491,7 @@ fn check_media_required(msg_type: i64, v: &Value) -> Result<(), Refusal> {
             && o.get("Width").is_some()
             && o.get("Height").is_some())
         {
-            return Err(bad(660000002, "Origin needs Url, Width and Height"));
+            return Err(bad(codes::INVALID_INPUT, "Origin needs Url, Width and Height"));
         }
     }
     Ok(())
@@ -476,7 +505,7 @@ fn check_media(msg_type: i64, message: &str) -> Result<(), Refusal> {
         .filter(Value::is_object)
         .ok_or_else(|| {
             bad(
-                660000002,
+                codes::INVALID_INPUT,
                 "a media message's Message must be a JSON object string",
             )
         })?;
@@ -487,10 +516,13 @@ fn check_media(msg_type: i64, message: &str) -> Result<(), Refusal> {
                 for (k, v) in m {
                     match (k.as_str(), v) {
                         ("Url" | "Thumbnail", Value::String(s)) if s.len() > 500 => {
-                            return Err(bad(660400001, format!("{k} is longer than 500 bytes")))
+                            return Err(bad(
+                                codes::MESSAGE_TOO_LARGE,
+                                format!("{k} is longer than 500 bytes"),
+                            ))
                         }
                         ("FileName", Value::String(s)) if s.len() > 150 => {
-                            return Err(bad(660400001, "FileName is longer than 150 bytes"))
+                            return Err(bad(codes::MESSAGE_TOO_LARGE, "FileName is longer than 150 bytes"))
                         }
                         _ => walk(v)?,
                     }
@@ -513,18 +545,18 @@ const MAX_MULTI_ITEMS: usize = 20;
 /// (ZEGO: zim-server/messaging/messagebody-introduction.md, "组合消息").
 fn check_multi(message: &str) -> Result<(), Refusal> {
     let v: Value = serde_json::from_str(message)
-        .map_err(|_| bad(660000002, "a multi-item Message must be a JSON object string"))?;
+        .map_err(|_| bad(codes::INVALID_INPUT, "a multi-item Message must be a JSON object string"))?;
     let items = v
         .get("MultiMsg")
         .and_then(Value::as_array)
-        .ok_or_else(|| bad(660000002, "a multi-item Message needs the array MultiMsg"))?;
+        .ok_or_else(|| bad(codes::INVALID_INPUT, "a multi-item Message needs the array MultiMsg"))?;
     if items.is_empty() || items.len() > MAX_MULTI_ITEMS {
-        return Err(bad(660000002, "MultiMsg must hold 1 to 20 items"));
+        return Err(bad(codes::INVALID_INPUT, "MultiMsg must hold 1 to 20 items"));
     }
     for item in items {
         let msg = item.get("Msg").and_then(Value::as_str).unwrap_or("");
         if msg.is_empty() {
-            return Err(bad(660000002, "a MultiMsg item's Msg is missing or empty"));
+            return Err(bad(codes::INVALID_INPUT, "a MultiMsg item's Msg is missing or empty"));
         }
         match item.get("MsgType").and_then(Value::as_i64) {
             Some(1) => {}
@@ -532,7 +564,7 @@ fn check_multi(message: &str) -> Result<(), Refusal> {
                 Some(0..=200) => {}
                 _ => {
                     return Err(bad(
-                        660000002,
+                        codes::INVALID_INPUT,
                         "a MultiMsg item of MsgType 200 needs SubMsgType 0..=200",
                     ))
                 }
@@ -540,7 +572,7 @@ fn check_multi(message: &str) -> Result<(), Refusal> {
             Some(t @ 11..=14) => check_media(t, msg)?,
             _ => {
                 return Err(bad(
-                    660000002,
+                    codes::INVALID_INPUT,
                     "a MultiMsg item's MsgType must be 1, 11, 12, 13, 14 or 200",
                 ))
             }
@@ -650,26 +682,61 @@ fn read_back_body(msg_type: i64, body: &str) -> String {
     url_encode(&decoded.to_string())
 }
 
+/// Checks one `UserInfo` entry: the id, `UserName` at most 256 bytes,
+/// `UserAvatar` at most 500 (ZEGO: zim-server/user/batch-register-users.md).
+fn check_register_user(u: &RegisterUser) -> Result<String, Refusal> {
+    let id = user_id("UserId", &u.user_id)?;
+    if u.user_name
+        .as_ref()
+        .is_some_and(|n| n.len() > codes::MAX_USER_NAME_BYTES)
+    {
+        return Err(bad(
+            codes::USER_NAME_TOO_LONG,
+            "UserName is longer than 256 bytes",
+        ));
+    }
+    if u.user_avatar
+        .as_ref()
+        .is_some_and(|a| a.len() > codes::MAX_USER_AVATAR_BYTES)
+    {
+        return Err(bad(
+            codes::USER_AVATAR_TOO_LONG,
+            "UserAvatar is longer than 500 bytes",
+        ));
+    }
+    Ok(id)
+}
+
 impl ZimApp {
     fn authenticate(&self, q: &Query, now_secs: i64) -> Result<(), AuthRefusal> {
         let ts = match q.get("Timestamp") {
-            None | Some("") => return Err(refuse(100000002, "Timestamp is empty")),
+            None | Some("") => return Err(refuse(codes::TIMESTAMP_MISSING, "Timestamp is empty")),
             Some(t) => t
                 .parse::<i64>()
-                .map_err(|_| refuse(100000003, "Timestamp is not Unix seconds"))?,
+                .map_err(|_| refuse(codes::TIMESTAMP_MALFORMED, "Timestamp is not Unix seconds"))?,
         };
         let nonce = match q.get("SignatureNonce") {
-            None | Some("") => return Err(refuse(100000008, "SignatureNonce is empty")),
+            None | Some("") => return Err(refuse(codes::NONCE_MISSING, "SignatureNonce is empty")),
             Some(n) => n,
         };
         let sig = match q.get("Signature") {
-            None | Some("") => return Err(refuse(100000009, "Signature is empty")),
+            None | Some("") => return Err(refuse(codes::SIGNATURE_MISSING, "Signature is empty")),
             Some(s) => s,
         };
         match q.get("SignatureVersion") {
-            None | Some("") => return Err(refuse(100000013, "SignatureVersion is empty")),
+            None | Some("") => {
+                return Err(refuse(
+                    codes::SIGNATURE_VERSION_MISSING,
+                    "SignatureVersion is empty",
+                ))
+            }
             Some("2.0") => {}
-            Some(_) => return Err(refuse(100000014, "unsupported SignatureVersion")),
+            Some(_) => {
+                return Err(refuse(
+                    codes::SIGNATURE_VERSION_UNSUPPORTED,
+                    "unsupported SignatureVersion",
+                ))
+            }
         }
         check_signature(self.app_id, nonce, &self.secret, ts, sig, now_secs)?;
         let mut st = self.lock();
@@ -683,7 +750,7 @@ impl ZimApp {
         }
         if !st.nonces.insert(nonce.to_string()) {
             return Err(refuse(
-                100000008,
+                codes::NONCE_MISSING,
                 "SignatureNonce was already used within the signature window (replay)",
             ));
         }
@@ -692,43 +759,55 @@ impl ZimApp {
     }
 
     fn import(&self, body: &[u8], cx: &Ctx) -> Result<Reply, Refusal> {
-        let b: ImportBody = serde_json::from_slice(body)
-            .map_err(|e| bad(660000002, format!("the body is not a valid ImportPeerMsg: {e}")))?;
+        let b: ImportBody = serde_json::from_slice(body).map_err(|e| {
+            bad(
+                codes::INVALID_INPUT,
+                format!("the body is not a valid ImportPeerMsg: {e}"),
+            )
+        })?;
         let from = user_id("FromUserId", &b.from_user_id)?;
         let to = user_id("ToUserId", &b.to_user_id)?;
         if from == to {
-            return Err(bad(660600030, "FromUserId and ToUserId are the same user"));
+            return Err(bad(
+                codes::FROM_EQUALS_TO,
+                "FromUserId and ToUserId are the same user",
+            ));
         }
         let imported = user_id("ImportedUserId", &b.imported_user_id)?;
         if imported != from && imported != to {
-            return Err(bad(660000002, "ImportedUserId must be FromUserId or ToUserId"));
+            return Err(bad(
+                codes::INVALID_INPUT,
+                "ImportedUserId must be FromUserId or ToUserId",
+            ));
         }
         let msg_type = b
             .message_type
-            .ok_or_else(|| bad(660000002, "MessageType is missing"))?;
+            .ok_or_else(|| bad(codes::INVALID_INPUT, "MessageType is missing"))?;
         match msg_type {
             1 | 10 | 11 | 12 | 13 | 14 | 200 => {}
             2 => {
                 return Err(bad(
-                    660000002,
+                    codes::INVALID_INPUT,
                     "signalling messages (MessageType 2) cannot be imported",
                 ))
             }
-            _ => return Err(bad(660000002, "unsupported MessageType")),
+            _ => return Err(bad(codes::INVALID_INPUT, "unsupported MessageType")),
         }
-        let priority = b.priority.ok_or_else(|| bad(660000002, "Priority is missing"))?;
+        let priority = b
+            .priority
+            .ok_or_else(|| bad(codes::INVALID_INPUT, "Priority is missing"))?;
         if !(1..=3).contains(&priority) {
-            return Err(bad(660000002, "Priority must be 1, 2 or 3"));
+            return Err(bad(codes::INVALID_INPUT, "Priority must be 1, 2 or 3"));
         }
         let mb = b
             .message_body
-            .ok_or_else(|| bad(660000002, "MessageBody is missing"))?;
+            .ok_or_else(|| bad(codes::INVALID_INPUT, "MessageBody is missing"))?;
         let message = mb
             .message
-            .ok_or_else(|| bad(660000002, "MessageBody.Message is missing"))?;
+            .ok_or_else(|| bad(codes::INVALID_INPUT, "MessageBody.Message is missing"))?;
         // messagebody-introduction.md: Message "不可为空" for every type.
         if message.is_empty() {
-            return Err(bad(660000002, "MessageBody.Message is empty"));
+            return Err(bad(codes::INVALID_INPUT, "MessageBody.Message is empty"));
         }
         let limit = if msg_type == 10 {
             self.max_multi
@@ -736,12 +815,15 @@ impl ZimApp {
             self.max_message
         };
         if message.len() > limit {
-            return Err(bad(660400001, format!("Message is longer than {limit} bytes")));
+            return Err(bad(
+                codes::MESSAGE_TOO_LARGE,
+                format!("Message is longer than {limit} bytes"),
+            ));
         }
         if let Some(ext) = &mb.extended_data {
             if ext.len() > self.max_ext {
                 return Err(bad(
-                    660400001,
+                    codes::MESSAGE_TOO_LARGE,
                     format!("ExtendedData is longer than {} bytes", self.max_ext),
                 ));
             }
@@ -754,12 +836,15 @@ impl ZimApp {
         let (sub_type, searched) = if msg_type == 200 {
             let sub = b
                 .sub_msg_type
-                .ok_or_else(|| bad(660000002, "SubMsgType is required for MessageType 200"))?;
+                .ok_or_else(|| bad(codes::INVALID_INPUT, "SubMsgType is required for MessageType 200"))?;
             if !(0..=200).contains(&sub) {
-                return Err(bad(660000002, "SubMsgType must be within 0..=200"));
+                return Err(bad(codes::INVALID_INPUT, "SubMsgType must be within 0..=200"));
             }
             if b.searched_content.as_ref().is_some_and(|s| s.len() > 64) {
-                return Err(bad(660400001, "SearchedContent is longer than 64 bytes"));
+                return Err(bad(
+                    codes::MESSAGE_TOO_LARGE,
+                    "SearchedContent is longer than 64 bytes",
+                ));
             }
             (Some(sub), b.searched_content)
         } else {
@@ -768,11 +853,11 @@ impl ZimApp {
         let time = match b.send_message_time {
             None | Some(0) => cx.now_ms,
             Some(t) if t > cx.now_ms => {
-                return Err(bad(660800046, "SendMessageTime is in the future"));
+                return Err(bad(codes::TIME_IN_FUTURE, "SendMessageTime is in the future"));
             }
             Some(t) if t < cx.now_ms - i64::from(self.retention_days) * DAY_MS => {
                 return Err(bad(
-                    660600023,
+                    codes::MESSAGE_LENGTH_EXCEEDED,
                     "SendMessageTime is older than the plan's history retention",
                 ));
             }
@@ -785,7 +870,10 @@ impl ZimApp {
                 if cx.auto_register {
                     st.users.insert(u.clone());
                 } else {
-                    return Err(bad(660500002, format!("user {u} is not registered")));
+                    return Err(bad(
+                        codes::OPERATOR_NOT_REGISTERED,
+                        format!("user {u} is not registered"),
+                    ));
                 }
             }
         }
@@ -860,13 +948,17 @@ impl ZimApp {
     }
 
     fn query(&self, body: &[u8]) -> Result<Reply, Refusal> {
-        let b: QueryBody = serde_json::from_slice(body)
-            .map_err(|e| bad(660000002, format!("the body is not a valid QueryPeerMsg: {e}")))?;
+        let b: QueryBody = serde_json::from_slice(body).map_err(|e| {
+            bad(
+                codes::INVALID_INPUT,
+                format!("the body is not a valid QueryPeerMsg: {e}"),
+            )
+        })?;
         let from = user_id("FromUserId", &b.from_user_id)?;
         let to = user_id("ToUserId", &b.to_user_id)?;
         let limit = b.limit.unwrap_or(0);
         if !(1..=100).contains(&limit) {
-            return Err(bad(660000002, "Limit must be within 1..=100"));
+            return Err(bad(codes::INVALID_INPUT, "Limit must be within 1..=100"));
         }
         let limit = limit as usize;
         let st = self.lock();
@@ -913,35 +1005,72 @@ impl ZimApp {
         Ok(Reply::Fields(json!({ "Next": next, "List": list })))
     }
 
+    /// ZEGO: zim-server/user/batch-register-users.md. `Code` 0 when at
+    /// least one user registered, the others in `ErrorList`. When every
+    /// user failed: if they all exist already, a non-zero `Code` with the
+    /// `ErrorList` ("ErrorList 不为空，表示所有用户都注册失败，全部都是已经存在的
+    /// 用户"; the page does not say which code: the simulator uses
+    /// 660700002); otherwise the first failure's code and no `ErrorList`
+    /// ("ErrorList 为空，表示参数错误…"). An existing user keeps its profile:
+    /// the page documents no update.
     fn register_call(&self, body: &[u8]) -> Result<Reply, Refusal> {
-        let b: RegisterBody = serde_json::from_slice(body)
-            .map_err(|e| bad(660000002, format!("the body is not a valid UserRegister: {e}")))?;
+        let b: RegisterBody = serde_json::from_slice(body).map_err(|e| {
+            bad(
+                codes::INVALID_INPUT,
+                format!("the body is not a valid UserRegister: {e}"),
+            )
+        })?;
         let users = b.user_info.unwrap_or_default();
         if users.is_empty() || users.len() > 100 {
-            return Err(bad(660000002, "UserInfo must hold 1 to 100 users"));
+            return Err(bad(codes::INVALID_INPUT, "UserInfo must hold 1 to 100 users"));
         }
-        let mut errors = Vec::new();
+        let mut errors: Vec<(String, i64, String)> = Vec::new();
+        let mut registered = 0;
         let mut st = self.lock();
         for u in users {
-            match user_id("UserId", &u.user_id) {
-                Err((code, msg)) => errors.push(json!({
-                    "UserId": u.user_id.unwrap_or_default(),
-                    "SubCode": code,
-                    "SubMessage": msg,
-                })),
+            let shown = u.user_id.clone().unwrap_or_default();
+            match check_register_user(&u) {
+                Err((code, msg)) => errors.push((shown, code, msg)),
+                Ok(id) if st.users.contains(&id) => {
+                    errors.push((id, codes::USER_EXISTS, "user already exists".into()))
+                }
                 Ok(id) => {
-                    if st.users.contains(&id) {
-                        errors.push(json!({
-                            "UserId": id,
-                            "SubCode": 660700002,
-                            "SubMessage": "user already exists",
-                        }));
-                    } else {
-                        st.users.insert(id);
-                    }
+                    st.profiles.insert(id.clone(), (u.user_name, u.user_avatar));
+                    st.users.insert(id);
+                    registered += 1;
                 }
             }
         }
-        Ok(Reply::Fields(json!({ "ErrorList": errors })))
+        let list: Vec<Value> = errors
+            .iter()
+            .map(|(u, c, m)| json!({"UserId": u, "SubCode": c, "SubMessage": m}))
+            .collect();
+        if registered > 0 {
+            return Ok(Reply::Fields(json!({ "ErrorList": list })));
+        }
+        match errors.iter().find(|(_, c, _)| *c != codes::USER_EXISTS) {
+            None => Ok(Reply::Fields(json!({
+                "Code": codes::USER_EXISTS,
+                "Message": "user already exists",
+                "ErrorList": list,
+            }))),
+            Some((_, code, msg)) => Err(bad(*code, msg.clone())),
+        }
+    }
+
+    /// Every user of this app, with the profile registered for it
+    /// (`GET /_sim/users`).
+    pub(crate) fn users_json(&self) -> Value {
+        let st = self.lock();
+        let mut ids: Vec<&String> = st.users.iter().collect();
+        ids.sort();
+        let users: Vec<Value> = ids
+            .into_iter()
+            .map(|id| {
+                let (name, avatar) = st.profiles.get(id).cloned().unwrap_or_default();
+                json!({"id": id, "name": name, "avatar": avatar})
+            })
+            .collect();
+        json!({"app": self.app_id, "users": users})
     }
 }

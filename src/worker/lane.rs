@@ -175,7 +175,7 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                 } => (*code, "throttled"),
                 Outcome::RetryLater { code, .. } => (*code, "retry_later"),
                 Outcome::Permanent { code, .. } => (*code, "permanent"),
-                Outcome::Unknown { .. } => (None, "unknown"),
+                Outcome::Unknown { code, .. } => (*code, "unknown"),
                 Outcome::Halt { code, .. } => (*code, "halt"),
             };
             om::call(&lane.target, "send", code, label, started.elapsed());
@@ -233,15 +233,15 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                         other => return other,
                     }
                 }
-                Outcome::Unknown { reason } => {
-                    tracing::debug!(job = job.id, reason, "outcome unknown; will reconcile");
+                Outcome::Unknown { code, reason } => {
+                    tracing::debug!(job = job.id, ?code, reason, "outcome unknown; will reconcile");
                     let delay = retry_delay(&w.cfg, attempt).min(Duration::from_secs(5));
                     return retry(
                         w,
                         lease,
                         valid_until,
                         job.id,
-                        None,
+                        code,
                         &format!("outcome unknown: {reason}"),
                         delay,
                         true,

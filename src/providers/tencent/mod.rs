@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::{
     read_capped, snippet, transport_outcome, Accepted, LaneReadBack, Outcome, Provider, ReadBack, Registered,
-    SendJob,
+    SendJob, UserProfile,
 };
 use crate::config::{tencent_base_url, TencentTarget};
 use crate::providers::zim::{describe_outcome, int_field};
@@ -43,6 +43,7 @@ pub struct TencentClient {
     roaming_days: u32,
     query_bucket: ratelimit::Bucket,
     account_bucket: ratelimit::Bucket,
+    ensure: super::EnsureUsers,
 }
 
 /// Accounts per multiaccount_import call.
@@ -65,6 +66,7 @@ impl TencentClient {
             roaming_days: cfg.roaming_days,
             query_bucket: ratelimit::bucket(cfg.query_rate_per_sec),
             account_bucket: ratelimit::bucket(cfg.account_rate_per_sec),
+            ensure: super::EnsureUsers::default(),
         })
     }
 
@@ -135,6 +137,7 @@ pub fn parse_answer(status: u16, bytes: &[u8]) -> Result<Value, Outcome> {
         Ok(v @ Value::Object(_)) if v.get("ActionStatus").is_some() || v.get("ErrorCode").is_some() => Ok(v),
         _ if !status.is_success() => Err(super::http_status_outcome(status, bytes)),
         _ => Err(Outcome::Unknown {
+            code: None,
             reason: format!(
                 "HTTP {} with an answer that is not Tencent's JSON: {}",
                 status.as_u16(),
@@ -166,67 +169,66 @@ pub fn classify_answer(v: &Value, sent_seq: Option<i64>) -> Outcome {
             .is_some_and(|s| s != "OK")
     {
         return Outcome::Unknown {
+            code: None,
             reason: format!("answer says ErrorCode 0 but ActionStatus is not OK ({info})"),
         };
     }
     use codes::Class::*;
-    match codes::classify(code) {
-        Success => Outcome::Accepted(Accepted {
-            msg_id: v.get("MsgKey").and_then(Value::as_str).map(str::to_string),
-            msg_seq: int_field(v, "MsgSeq").or(sent_seq),
-            request_id: None,
-        }),
-        RateLimited => Outcome::RetryLater {
-            code: Some(code),
-            reason: format!("rate limited ({info})"),
-            delay: None,
-            throttled: true,
-        },
-        SigLockout => Outcome::RetryLater {
-            code: Some(code),
-            reason: format!("too many bad UserSigs; waiting a minute ({info})"),
-            delay: Some(Duration::from_secs(60)),
-            throttled: true,
-        },
-        Transient => Outcome::RetryLater {
-            code: Some(code),
-            reason: format!("transient server error ({info})"),
-            delay: None,
-            throttled: false,
-        },
-        SigExpired | SigInvalid => Outcome::Halt {
-            code: Some(code),
-            reason: format!("Tencent refused the UserSig ({info}); check sdk_app_id and secret_key"),
-        },
-        NotAdmin => Outcome::Halt {
-            code: Some(code),
-            reason: format!(
-                "Tencent refused the admin identity ({info}); admin_identifier must be an app admin \
-                 of this sdk_app_id"
-            ),
-        },
-        AppCapped => Outcome::Halt {
-            code: Some(code),
-            reason: format!("the Tencent app hit its account cap ({info}); upgrade the app"),
-        },
-        BadMessage => Outcome::Permanent {
-            code: Some(code),
-            reason: format!("Tencent refused the message ({info})"),
-        },
-        AccountMissing => Outcome::Permanent {
-            code: Some(code),
-            reason: format!(
-                "an account is missing in Tencent IM ({info}); import accounts with \
-                 `chatferry accounts import` or set ensure_accounts = true, then `chatferry retry`"
-            ),
-        },
-        Unrecognized if code < 0 => Outcome::Unknown {
-            reason: "answer has neither ErrorCode nor ActionStatus OK".into(),
-        },
-        Unrecognized => Outcome::Permanent {
-            code: Some(code),
-            reason: format!("unrecognized Tencent code ({info})"),
-        },
+    let class = codes::classify(code);
+    match class {
+        Success => {
+            return Outcome::Accepted(Accepted {
+                msg_id: v.get("MsgKey").and_then(Value::as_str).map(str::to_string),
+                msg_seq: int_field(v, "MsgSeq").or(sent_seq),
+                request_id: None,
+            })
+        }
+        Unrecognized if code < 0 => {
+            return Outcome::Unknown {
+                code: None,
+                reason: "answer has neither ErrorCode nor ActionStatus OK".into(),
+            }
+        }
+        _ => {}
+    }
+    let reason = refusal_reason(class, &info);
+    let code = Some(code);
+    let (delay, throttled) = match class {
+        RateLimited => (None, true),
+        SigLockout => (Some(Duration::from_secs(60)), true),
+        Transient => (None, false),
+        SigExpired | SigInvalid | AppUnusable | AppCapped => return Outcome::Halt { code, reason },
+        Success | BadMessage | AccountMissing | Unrecognized => return Outcome::Permanent { code, reason },
+    };
+    Outcome::RetryLater {
+        code,
+        reason,
+        delay,
+        throttled,
+    }
+}
+
+/// What an answer of class `class` tells the operator.
+fn refusal_reason(class: codes::Class, info: &str) -> String {
+    use codes::Class::*;
+    match class {
+        RateLimited => format!("rate limited ({info})"),
+        SigLockout => format!("too many bad UserSigs; waiting a minute ({info})"),
+        Transient => format!("transient server error ({info})"),
+        SigExpired | SigInvalid => {
+            format!("Tencent refused the UserSig ({info}); check sdk_app_id and secret_key")
+        }
+        AppUnusable => format!(
+            "Tencent refused the app or the admin identity ({info}); admin_identifier must be an \
+             app admin of this sdk_app_id, and the app must be enabled, paid up and allow this host's IP"
+        ),
+        AppCapped => format!("the Tencent app hit its account cap ({info}); upgrade the app"),
+        BadMessage => format!("Tencent refused the message ({info})"),
+        AccountMissing => format!(
+            "an account is missing in Tencent IM ({info}); import accounts with \
+             `chatferry accounts import` or set ensure_accounts = true, then `chatferry retry`"
+        ),
+        Success | Unrecognized => format!("unrecognized Tencent code ({info})"),
     }
 }
 
@@ -278,10 +280,14 @@ impl TencentClient {
         }
     }
 
-    async fn import_accounts(&self, users: &[String]) -> Result<Registered, String> {
+    /// Imports accounts with their profiles (multiaccount_import's
+    /// `AccountList`), 100 per call. Importing an account again is
+    /// harmless (Tencent: 导入多个账号: one internal id per account, and an
+    /// existing account takes the new Nick/FaceUrl), so re-runs succeed.
+    async fn import_accounts(&self, users: &[UserProfile]) -> Result<Registered, String> {
         let mut out = Registered::default();
         for chunk in users.chunks(ACCOUNT_BATCH) {
-            let list: Vec<Value> = chunk.iter().map(|u| json!({"UserID": u})).collect();
+            let list: Vec<Value> = chunk.iter().map(account_item).collect();
             let body = json!({"AccountList": list}).to_string();
             let v = self
                 .idempotent_call(
@@ -297,7 +303,7 @@ impl TencentClient {
                 .flatten()
                 .filter_map(|x| x.as_str().map(str::to_string))
                 .collect();
-            out.ok += chunk.len() - failed.len();
+            out.ok += chunk.len().saturating_sub(failed.len());
             out.failed.extend(
                 failed
                     .into_iter()
@@ -308,6 +314,18 @@ impl TencentClient {
     }
 }
 
+/// One `AccountList` entry (Tencent: 导入多个账号, multiaccount_import).
+fn account_item(u: &UserProfile) -> Value {
+    let mut v = json!({"UserID": u.id});
+    if let Some(n) = &u.name {
+        v["Nick"] = json!(n);
+    }
+    if let Some(a) = &u.avatar {
+        v["FaceUrl"] = json!(a);
+    }
+    v
+}
+
 #[async_trait]
 impl Provider for TencentClient {
     async fn send(&self, job: &SendJob<'_>) -> Outcome {
@@ -315,6 +333,7 @@ impl Provider for TencentClient {
         let sent_seq = parsed.as_ref().and_then(|v| int_field(v, "MsgSeq"));
         let mut regenerated = false;
         loop {
+            let sent_at = Instant::now();
             let outcome = match self.call("v4/openim/importmsg", job.body, regenerated).await {
                 Ok(v) => classify_answer(&v, sent_seq),
                 Err(o) => o,
@@ -322,7 +341,7 @@ impl Provider for TencentClient {
             // An expired or invalidated UserSig is refused before anything
             // is applied: regenerate it once, then fail loudly.
             if let Outcome::Halt {
-                code: Some(70001 | 70052),
+                code: Some(codes::USERSIG_EXPIRED | codes::USERSIG_INVALIDATED),
                 ..
             } = outcome
             {
@@ -337,14 +356,15 @@ impl Provider for TencentClient {
                         .iter()
                         .filter_map(|k| parsed.as_ref()?.get(*k)?.as_str().map(str::to_string))
                         .collect();
-                    return super::after_registration(*c, self.import_accounts(&users).await);
+                    let import = |u: Vec<UserProfile>| async move { self.import_accounts(&u).await };
+                    return self.ensure.on_missing(*c, &users, sent_at, import).await;
                 }
             }
             return outcome;
         }
     }
 
-    async fn register_users(&self, users: &[String]) -> Result<Registered, String> {
+    async fn register_users(&self, users: &[UserProfile]) -> Result<Registered, String> {
         self.import_accounts(users).await
     }
 

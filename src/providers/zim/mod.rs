@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::{
     read_capped, snippet, transport_outcome, Accepted, LaneReadBack, Outcome, Provider, ReadBack, Reconciled,
-    Registered, SendJob,
+    Registered, SendJob, UserProfile,
 };
 use crate::config::{zim_base_url, ZimTarget};
 use crate::probe::MsgTimeMode;
@@ -44,6 +44,7 @@ pub struct ZimClient {
     skew_ms: i64,
     /// What `chatferry probe` found `MsgTime` to be (None: not probed).
     msg_time: std::sync::Mutex<Option<MsgTimeMode>>,
+    ensure: super::EnsureUsers,
 }
 
 /// Users per UserRegister call.
@@ -67,6 +68,7 @@ impl ZimClient {
             retention_days: cfg.retention_days,
             skew_ms: skew.as_millis() as i64,
             msg_time: std::sync::Mutex::new(None),
+            ensure: super::EnsureUsers::default(),
         })
     }
 
@@ -118,6 +120,7 @@ pub fn parse_answer(status: u16, bytes: &[u8]) -> Result<Value, Outcome> {
         Ok(v @ Value::Object(_)) if v.get("Code").is_some() => Ok(v),
         _ if !status.is_success() => Err(super::http_status_outcome(status, bytes)),
         _ => Err(Outcome::Unknown {
+            code: None,
             reason: format!(
                 "HTTP {} with an answer that is not ZIM's JSON: {}",
                 status.as_u16(),
@@ -145,64 +148,75 @@ pub(crate) fn id_field(v: &Value, key: &str) -> Option<String> {
     }
 }
 
-/// Classifies a parsed ZIM answer.
+/// Classifies a parsed ZIM answer as an `ImportPeerMsg` outcome.
+///
+/// Only answers that prove nothing was written are retried blindly (rate
+/// limits; auth and parameter refusals are not retried at all). A
+/// server-side error or a code ZEGO does not document may come after the
+/// write, so it is in doubt: the worker reconciles before resending
+/// (providers.md, Corrections 5). Reads (QueryPeerMsg) and UserRegister
+/// are idempotent and retry an in-doubt answer themselves.
 pub fn classify_answer(v: &Value) -> Outcome {
     let Some(code) = int_field(v, "Code") else {
         return Outcome::Unknown {
+            code: None,
             reason: "answer has no numeric Code".into(),
         };
     };
+    let request_id = id_field(v, "RequestId");
+    use codes::Class::*;
+    let class = codes::classify(code);
+    if class == Success {
+        return Outcome::Accepted(Accepted {
+            msg_id: id_field(v, "MsgId"),
+            msg_seq: int_field(v, "MsgSeq"),
+            request_id,
+        });
+    }
     let message = v
         .get("Message")
         .and_then(Value::as_str)
         .map(|s| snippet(s.as_bytes()))
         .unwrap_or_default();
-    let request_id = id_field(v, "RequestId");
-    let rid = request_id.as_deref().unwrap_or("-");
-    use codes::Class::*;
-    match codes::classify(code) {
-        Success => Outcome::Accepted(Accepted {
-            msg_id: id_field(v, "MsgId"),
-            msg_seq: int_field(v, "MsgSeq"),
-            request_id,
-        }),
+    let reason = refusal_reason(class, code, &message, request_id.as_deref().unwrap_or("-"));
+    let code = Some(code);
+    match class {
         RateLimited => Outcome::RetryLater {
-            code: Some(code),
-            reason: format!("rate limited ({message}; request {rid})"),
+            code,
+            reason,
             delay: None,
             throttled: true,
         },
-        Transient => Outcome::RetryLater {
-            code: Some(code),
-            reason: format!("transient server error ({message}; request {rid})"),
-            delay: None,
-            throttled: false,
-        },
-        ClockSkew | Auth => Outcome::Halt {
-            code: Some(code),
-            reason: format!(
-                "ZIM refused the credentials ({message}); check app_id, server_secret and the host clock"
-            ),
-        },
-        AppUnusable => Outcome::Halt {
-            code: Some(code),
-            reason: format!("the ZIM app cannot be used ({message}); check the app's status in the console"),
-        },
-        BadMessage => Outcome::Permanent {
-            code: Some(code),
-            reason: format!("ZIM refused the message ({message})"),
-        },
-        UserMissing => Outcome::Permanent {
-            code: Some(code),
-            reason: format!(
-                "a user is not registered in ZIM ({message}); register users with \
-                 `chatferry accounts import` or set ensure_users = true, then `chatferry retry`"
-            ),
-        },
-        Unrecognized => Outcome::Permanent {
-            code: Some(code),
-            reason: format!("unrecognized ZIM code ({message}; request {rid})"),
-        },
+        ServerError | Unrecognized | Success => Outcome::Unknown { code, reason },
+        ClockSkew | Auth | AppUnusable => Outcome::Halt { code, reason },
+        BadMessage | Moderation | UserMissing => Outcome::Permanent { code, reason },
+    }
+}
+
+/// What a refusal of class `class` tells the operator.
+fn refusal_reason(class: codes::Class, code: i64, message: &str, rid: &str) -> String {
+    use codes::Class::*;
+    match class {
+        RateLimited => format!("rate limited ({message}; request {rid})"),
+        ServerError => {
+            format!("ZIM server error {code} ({message}; request {rid}); the write may have happened")
+        }
+        Unrecognized | Success => {
+            format!("undocumented ZIM code {code} ({message}; request {rid}); the write may have happened")
+        }
+        ClockSkew | Auth => {
+            format!("ZIM refused the credentials ({message}); check app_id, server_secret and the host clock")
+        }
+        AppUnusable => format!(
+            "the ZIM endpoint or app cannot be used ({message}); check the endpoint's host and \
+             the app's status and services in the console"
+        ),
+        BadMessage => format!("ZIM refused the message ({message})"),
+        Moderation => format!("refused by moderation or by the app's own callback ({message})"),
+        UserMissing => format!(
+            "a user is not registered in ZIM ({message}); register users with \
+             `chatferry accounts import` or set ensure_users = true, then `chatferry retry`"
+        ),
     }
 }
 
@@ -279,6 +293,7 @@ impl ZimClient {
             next = n;
         }
         Err(Outcome::Unknown {
+            code: None,
             reason: format!("the view is longer than {MAX_RECONCILE_PAGES} pages; cannot search it all"),
         })
     }
@@ -318,52 +333,111 @@ impl ZimClient {
         Ok((list, next))
     }
 
-    /// Registers users (UserRegister), 100 per call; "already exists"
-    /// counts as success.
-    async fn register(&self, users: &[String]) -> Result<Registered, String> {
+    /// Registers users (UserRegister), 100 per call, with their profiles.
+    /// Registering is idempotent, so an in-doubt or rate-limited call is
+    /// retried; a user who exists already counts as registered.
+    async fn register(&self, users: &[UserProfile]) -> Result<Registered, String> {
         let mut out = Registered::default();
         for chunk in users.chunks(REGISTER_BATCH) {
-            let infos: Vec<Value> = chunk.iter().map(|u| json!({"UserId": u})).collect();
+            let infos: Vec<Value> = chunk.iter().map(user_info).collect();
             let body = json!({"UserInfo": infos}).to_string();
+            let ids: Vec<&str> = chunk.iter().map(|u| u.id.as_str()).collect();
             let mut attempt = 0u32;
-            let v = loop {
+            let (ok, failed) = loop {
                 self.register_bucket.until_ready().await;
-                match self
-                    .call("UserRegister", &body)
-                    .await
-                    .map(|v| (classify_answer(&v), v))
-                {
-                    Ok((Outcome::Accepted(_), v)) => break v,
-                    Ok((Outcome::RetryLater { .. }, _))
-                    | Err(Outcome::RetryLater { .. } | Outcome::Unknown { .. })
-                        if attempt < 5 =>
-                    {
-                        // Registering twice is harmless, so an unknown
-                        // outcome is simply retried.
+                let step = match self.call("UserRegister", &body).await {
+                    Ok(v) => judge_register(&ids, &v),
+                    Err(o) => RegisterStep::Retry(describe_outcome(&o)),
+                };
+                match step {
+                    RegisterStep::Done { ok, failed } => break (ok, failed),
+                    RegisterStep::Retry(_) if attempt < 5 => {
                         attempt += 1;
                         tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
                     }
-                    Ok((o, _)) | Err(o) => return Err(describe_outcome(&o)),
+                    RegisterStep::Retry(why) | RegisterStep::Fail(why) => return Err(why),
                 }
             };
-            let mut failed_here = 0;
-            for e in v.get("ErrorList").and_then(Value::as_array).into_iter().flatten() {
-                let code = int_field(e, "SubCode").unwrap_or(-1);
-                if code == 660700002 {
-                    continue;
-                }
-                let user = e.get("UserId").and_then(Value::as_str).unwrap_or("?").to_string();
-                let msg = e
-                    .get("SubMessage")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                out.failed.push((user, format!("code {code}: {msg}")));
-                failed_here += 1;
-            }
-            out.ok += chunk.len() - failed_here;
+            out.ok += ok;
+            out.failed.extend(failed);
         }
         Ok(out)
+    }
+}
+
+/// One `UserInfo` entry (ZEGO: zim-server/user/batch-register-users.md).
+fn user_info(u: &UserProfile) -> Value {
+    let mut v = json!({"UserId": u.id});
+    if let Some(n) = &u.name {
+        v["UserName"] = json!(n);
+    }
+    if let Some(a) = &u.avatar {
+        v["UserAvatar"] = json!(a);
+    }
+    v
+}
+
+/// What one UserRegister answer means.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RegisterStep {
+    /// Users now known to ZIM, and those refused (with the reason).
+    Done {
+        ok: usize,
+        failed: Vec<(String, String)>,
+    },
+    /// Nothing learnt (rate limit, server error, unreadable): call again.
+    Retry(String),
+    /// The call cannot work (credentials, app): stop.
+    Fail(String),
+}
+
+/// Judges a UserRegister answer for the users `ids` of the call.
+///
+/// ZEGO: zim-server/user/batch-register-users.md. `Code` 0 when at least
+/// one user registered, the others in `ErrorList[{UserId, SubCode,
+/// SubMessage}]`; when every user failed, `Code` is non-zero, and a
+/// non-empty `ErrorList` then means they all exist already. Whatever the
+/// `Code`, a listed user is judged by its own `SubCode` (660700002, exists:
+/// success), so a mixed answer the page does not describe is still read
+/// safely. A non-zero `Code` with an empty list is a refusal of the call.
+pub fn judge_register(ids: &[&str], v: &Value) -> RegisterStep {
+    let Some(code) = int_field(v, "Code") else {
+        return RegisterStep::Retry("UserRegister answer has no numeric Code".into());
+    };
+    let listed: Vec<&Value> = v
+        .get("ErrorList")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect();
+    if code != codes::SUCCESS && code != codes::USER_EXISTS && listed.is_empty() {
+        return match classify_answer(v) {
+            Outcome::RetryLater { .. } | Outcome::Unknown { .. } => {
+                RegisterStep::Retry(describe_outcome(&classify_answer(v)))
+            }
+            o @ Outcome::Halt { .. } => RegisterStep::Fail(describe_outcome(&o)),
+            o => RegisterStep::Done {
+                ok: 0,
+                failed: ids
+                    .iter()
+                    .map(|u| (u.to_string(), describe_outcome(&o)))
+                    .collect(),
+            },
+        };
+    }
+    let mut failed = Vec::new();
+    for e in listed {
+        let sub = int_field(e, "SubCode").unwrap_or(-1);
+        if sub == codes::USER_EXISTS {
+            continue;
+        }
+        let user = e.get("UserId").and_then(Value::as_str).unwrap_or("?").to_string();
+        let msg = e.get("SubMessage").and_then(Value::as_str).unwrap_or("");
+        failed.push((user, format!("code {sub}: {}", snippet(msg.as_bytes()))));
+    }
+    RegisterStep::Done {
+        ok: ids.len().saturating_sub(failed.len()),
+        failed,
     }
 }
 
@@ -377,7 +451,11 @@ pub(crate) fn describe_outcome(o: &Outcome) -> String {
             Some(c) => format!("code {c}: {reason}"),
             None => reason.clone(),
         },
-        Outcome::Unknown { reason } => reason.clone(),
+        Outcome::Unknown {
+            code: Some(c),
+            reason,
+        } => format!("code {c}: {reason}"),
+        Outcome::Unknown { reason, .. } => reason.clone(),
     }
 }
 
@@ -389,6 +467,7 @@ impl Provider for ZimClient {
         }
         let mut fresh_signature_tried = false;
         loop {
+            let sent_at = std::time::Instant::now();
             let outcome = match self.call("ImportPeerMsg", job.body).await {
                 Ok(v) => classify_answer(&v),
                 Err(o) => o,
@@ -396,7 +475,7 @@ impl Provider for ZimClient {
             // A skewed timestamp is refused before anything is applied, so
             // one retry with a fresh signature is safe.
             if let Outcome::Halt {
-                code: Some(100000004),
+                code: Some(codes::SIGNATURE_EXPIRED),
                 ..
             } = outcome
             {
@@ -409,7 +488,8 @@ impl Provider for ZimClient {
                 if self.ensure_users && codes::classify(*c) == codes::Class::UserMissing {
                     if let Some(content) = Expected::of_body(job.body) {
                         let users = [content.view.clone(), content.peer.clone()];
-                        return super::after_registration(*c, self.register(&users).await);
+                        let register = |u: Vec<UserProfile>| async move { self.register(&u).await };
+                        return self.ensure.on_missing(*c, &users, sent_at, register).await;
                     }
                 }
             }
@@ -450,7 +530,7 @@ impl Provider for ZimClient {
         probe::run(self, users).await
     }
 
-    async fn register_users(&self, users: &[String]) -> Result<Registered, String> {
+    async fn register_users(&self, users: &[UserProfile]) -> Result<Registered, String> {
         self.register(users).await
     }
 

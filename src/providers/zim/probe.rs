@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::{classify_answer, describe_outcome, id_field, int_field, ZimClient};
 use crate::probe::{Findings, MsgTimeMode};
-use crate::providers::{unix_ms, Outcome};
+use crate::providers::{unix_ms, Outcome, UserProfile};
 
 /// How long the probe waits for its imports to become readable.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(30);
@@ -27,7 +27,7 @@ struct Sent {
 
 pub(super) async fn run(c: &ZimClient, users: [&str; 2]) -> Result<Findings, String> {
     let [a, b] = users;
-    let reg = c.register(&[a.to_string(), b.to_string()]).await?;
+    let reg = c.register(&[UserProfile::bare(a), UserProfile::bare(b)]).await?;
     if !reg.failed.is_empty() {
         return Err(format!("cannot register the probe users: {:?}", reg.failed));
     }
