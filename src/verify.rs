@@ -19,9 +19,12 @@ pub struct LaneReport {
     pub found: usize,
     /// Source ids of done messages the provider does not show.
     pub missing: Vec<String>,
-    /// Messages the provider shows that chatferry did not record (including
-    /// second copies).
+    /// Second copies of recorded messages: a message stored twice.
     pub extra: usize,
+    /// Messages in the conversation that this batch did not send (users
+    /// chatting on the provider during the backfill, other batches): shown,
+    /// not a problem.
+    pub others: usize,
     /// Recorded messages shown out of their source order.
     pub out_of_order: usize,
     /// Done messages too old for the provider to read back.
@@ -89,7 +92,13 @@ pub fn compare(
             _ => missing.push(id.to_string()),
         }
     }
-    let extra: usize = have.values().sum();
+    // Only copies of what we sent count: anything else in the view was
+    // written by someone else (users already chatting on the provider).
+    let extra: usize = have
+        .iter()
+        .filter(|(fp, _)| index.contains_key(*fp))
+        .map(|(_, n)| n)
+        .sum();
     let mut out_of_order = 0;
     let mut last: Option<usize> = None;
     let mut seen = std::collections::HashSet::new();
@@ -123,6 +132,7 @@ pub async fn run(
                 found: 0,
                 missing: vec![],
                 extra: 0,
+                others: 0,
                 out_of_order: 0,
                 unverifiable: 0,
                 error: None,
@@ -151,6 +161,8 @@ pub async fn run(
                     let found: Vec<String> = back.messages.into_iter().map(|m| m.fingerprint).collect();
                     r.found = found.len();
                     let (missing, extra, ooo, unv) = compare(&expected, &found, back.readable_from_ms);
+                    let matched = expected.len() - unv - missing.len();
+                    r.others = found.len().saturating_sub(matched + extra);
                     r.missing = missing;
                     r.extra = extra;
                     r.out_of_order = ooo;
@@ -207,7 +219,7 @@ mod tests {
         let found: Vec<String> = ["a", "c", "b", "c", "x"].iter().map(|s| s.to_string()).collect();
         let (missing, extra, ooo, unv) = compare(&exp, &found, None);
         assert_eq!(missing, vec!["id-d"]);
-        assert_eq!(extra, 2); // second "c" and "x"
+        assert_eq!(extra, 1); // the second "c"; "x" is someone else's message
         assert_eq!(ooo, 1); // "b" after "c"
         assert_eq!(unv, 0);
         let (missing, _, _, unv) = compare(&exp, &["c".into(), "d".into()], Some(25));

@@ -163,7 +163,7 @@ struct Snapshot {
     auth_failures: u64,
     validation_failures: u64,
     order_inversions: u64,
-    faults: [u64; 7],
+    faults: [u64; FAULT_KINDS.len()],
     auth_by_code: BTreeMap<i64, u64>,
     validation_by_code: BTreeMap<i64, u64>,
     inversions_by_lane: BTreeMap<String, u64>,

@@ -544,19 +544,28 @@ const MAX_MULTI_ITEMS: usize = 20;
 /// 12, 13, 14, 200, a media item's `Msg` being the media type's JSON string
 /// (ZEGO: zim-server/messaging/messagebody-introduction.md, "组合消息").
 fn check_multi(message: &str) -> Result<(), Refusal> {
-    let v: Value = serde_json::from_str(message)
-        .map_err(|_| bad(codes::INVALID_INPUT, "a multi-item Message must be a JSON object string"))?;
-    let items = v
-        .get("MultiMsg")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad(codes::INVALID_INPUT, "a multi-item Message needs the array MultiMsg"))?;
+    let v: Value = serde_json::from_str(message).map_err(|_| {
+        bad(
+            codes::INVALID_INPUT,
+            "a multi-item Message must be a JSON object string",
+        )
+    })?;
+    let items = v.get("MultiMsg").and_then(Value::as_array).ok_or_else(|| {
+        bad(
+            codes::INVALID_INPUT,
+            "a multi-item Message needs the array MultiMsg",
+        )
+    })?;
     if items.is_empty() || items.len() > MAX_MULTI_ITEMS {
         return Err(bad(codes::INVALID_INPUT, "MultiMsg must hold 1 to 20 items"));
     }
     for item in items {
         let msg = item.get("Msg").and_then(Value::as_str).unwrap_or("");
         if msg.is_empty() {
-            return Err(bad(codes::INVALID_INPUT, "a MultiMsg item's Msg is missing or empty"));
+            return Err(bad(
+                codes::INVALID_INPUT,
+                "a MultiMsg item's Msg is missing or empty",
+            ));
         }
         match item.get("MsgType").and_then(Value::as_i64) {
             Some(1) => {}

@@ -235,7 +235,13 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                 }
                 Outcome::Unknown { code, reason } => {
                     tracing::debug!(job = job.id, ?code, reason, "outcome unknown; will reconcile");
-                    let delay = retry_delay(&w.cfg, attempt).min(Duration::from_secs(5));
+                    // Without dedup, the reconcile waits the settle time
+                    // from now, when the answer came: a request the
+                    // provider still holds lands before it reads the view.
+                    let mut delay = retry_delay(&w.cfg, attempt).min(Duration::from_secs(5));
+                    if target.provider.reconcile_settles() {
+                        delay = delay.max(w.settle(&lane.target));
+                    }
                     return retry(
                         w,
                         lease,

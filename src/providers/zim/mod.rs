@@ -257,7 +257,11 @@ impl ZimClient {
     /// Users already chatting on ZIM put newer messages on top, so the
     /// search pages back until the messages are older than every time our
     /// import could carry.
-    async fn find_in_view(&self, content: &Expected, job: &SendJob<'_>) -> Result<Option<readback::Item>, Outcome> {
+    async fn find_in_view(
+        &self,
+        content: &Expected,
+        job: &SendJob<'_>,
+    ) -> Result<Option<readback::Item>, Outcome> {
         let mode = *self.msg_time.lock().unwrap_or_else(|p| p.into_inner());
         let now = super::unix_ms();
         let sent = content.send_time_ms;
