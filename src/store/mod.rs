@@ -87,6 +87,19 @@ pub struct OpenJob {
     pub paused: bool,
 }
 
+/// A lane whose open jobs wait on an operator (`run --exit-when-idle`).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StuckLane {
+    pub lane_id: i64,
+    pub target: String,
+    pub conversation: String,
+    pub view_user: Option<String>,
+    /// Pending or in-flight jobs left in the lane.
+    pub open_jobs: i64,
+    /// Why it waits, and what the operator can do.
+    pub why: String,
+}
+
 /// One job to insert, as the loader built it.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -508,11 +521,34 @@ impl Store {
     }
 
     /// Gives a lane back. Its next claim time is its head job's retry time,
-    /// or NULL when nothing is left; `block_at` parks it at that job.
-    /// Returns false when the lease had already moved on.
+    /// or NULL when nothing is left; `park` parks it at a failed job or a
+    /// paused batch. Returns false when the lease had already moved on.
+    ///
+    /// A lane is parked only while its reason still holds, checked under
+    /// locks in this transaction: an operator's `resume`, `retry` or `skip`
+    /// committed after the worker decided to park would otherwise find the
+    /// lane still leased, leave it alone, and the lane would sleep for
+    /// ever. The batch or job row is locked before the lane, the order
+    /// those commands use, so the two wait for each other and never
+    /// deadlock; whichever commits second sees the other's change.
     pub async fn release_lane(&self, lease: &Lease, park: Park) -> Result<bool, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        // Lock first, then read the head in a fresh statement: a loader
+        match park {
+            Park::No => {}
+            Park::Blocked(job) => {
+                sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR SHARE")
+                    .bind(job)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Park::Paused(batch) => {
+                sqlx::query("SELECT 1 FROM batches WHERE id = $1 FOR SHARE")
+                    .bind(batch)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        // Lock the lane, then read the head in a fresh statement: a loader
         // holding the lane lock has committed its jobs by then.
         let held: Option<i64> = sqlx::query_scalar(
             "SELECT id FROM lanes WHERE id = $1 AND lease_owner = $2 AND lease_token = $3 FOR UPDATE",
@@ -531,13 +567,17 @@ impl Store {
             Park::Paused(batch) => (None, Some(batch)),
         };
         sqlx::query(
-            "UPDATE lanes SET lease_owner = NULL, lease_until = NULL,
-                    blocked_job = $2, paused_batch = $3,
-                    available_at = CASE WHEN $2::bigint IS NULL AND $3::bigint IS NULL THEN
+            "WITH park AS (
+                SELECT (SELECT id FROM jobs WHERE id = $2 AND status = 'failed') AS blocked_job,
+                       (SELECT id FROM batches WHERE id = $3 AND paused) AS paused_batch)
+             UPDATE lanes SET lease_owner = NULL, lease_until = NULL,
+                    blocked_job = park.blocked_job, paused_batch = park.paused_batch,
+                    available_at = CASE WHEN park.blocked_job IS NULL AND park.paused_batch IS NULL THEN
                         (SELECT next_attempt_at FROM jobs
                          WHERE lane_id = $1 AND status IN ('pending', 'in_flight')
                          ORDER BY sent_at_ms, input_seq LIMIT 1)
                     END
+             FROM park
              WHERE id = $1",
         )
         .bind(lease.lane_id)

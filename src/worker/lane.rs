@@ -40,6 +40,11 @@ pub(super) async fn run(
         Stop::Block(job) => Park::Blocked(job),
         Stop::Paused(batch) => Park::Paused(batch),
     };
+    w.at(super::HookPoint::BeforeRelease {
+        lane: lease.lane_id,
+        park,
+    })
+    .await;
     // From here on the lane needs no fence: it only gives the lease back.
     let deadline = valid_until.swap(super::FINISHING, Ordering::AcqRel);
     let valid_until = AtomicI64::new(deadline);

@@ -23,6 +23,17 @@ use crate::store::{self, Store};
 
 mod lane;
 
+/// A point in a lane's life where a test may hold the lane, to drive a
+/// race with an operator command deterministically (see [`Worker::set_hook`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookPoint {
+    /// The lane stopped and is about to give its lease back, parked this way.
+    BeforeRelease { lane: i64, park: store::Park },
+}
+
+/// What a test runs at a [`HookPoint`]; the lane waits for it.
+pub type Hook = Arc<dyn Fn(HookPoint) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
 /// Monotonic milliseconds since the process started.
 fn now_ms() -> i64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -58,6 +69,9 @@ impl Target {
 pub struct RunReport {
     /// Targets that stopped on an auth or config error, with the reason.
     pub halted: Vec<(String, String)>,
+    /// With `--exit-when-idle`: lanes whose open jobs wait on an operator
+    /// (paused batch, blocked lane). Empty when every job is finished.
+    pub stuck: Vec<store::StuckLane>,
 }
 
 struct Held {
@@ -85,6 +99,8 @@ pub struct Worker {
     pub draining: Arc<AtomicBool>,
     /// Group commit for in-flight marks and done checkpoints.
     pub(crate) checkpoints: store::checkpoint::Checkpoints,
+    /// Set only by tests (see [`HookPoint`]).
+    hook: std::sync::OnceLock<Hook>,
 }
 
 impl Worker {
@@ -115,7 +131,19 @@ impl Worker {
             send_from: AtomicI64::new(i64::MAX),
             cycle_us: AtomicU64::new(0),
             draining: Arc::new(AtomicBool::new(false)),
+            hook: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs a test hook (once); production code never sets one.
+    pub fn set_hook(&self, hook: Hook) {
+        let _ = self.hook.set(hook);
+    }
+
+    pub(crate) async fn at(&self, point: HookPoint) {
+        if let Some(h) = self.hook.get() {
+            h(point).await;
+        }
     }
 
     /// Applies reloaded limits (SIGHUP): target name → documented rate.
@@ -484,7 +512,10 @@ impl Worker {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         tracing::info!(worker = %self.id, "worker stopped");
-        Ok(RunReport { halted })
+        Ok(RunReport {
+            halted,
+            stuck: Vec::new(),
+        })
     }
 
     /// Drops a finished lane task's lease from the heartbeat. A lane task

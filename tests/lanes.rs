@@ -1,0 +1,184 @@
+//! Issue 12: no lane left behind. Operator commands racing a worker that
+//! parks a lane, stranded lanes, and what `run --exit-when-idle` reports.
+//! Each race is driven through the worker's test hook: the operator's
+//! command commits exactly between the worker's decision and its release.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use chatferry::store::Park;
+use chatferry::worker::{HookPoint, Worker};
+use common::*;
+use futures::FutureExt;
+
+/// One conversation of `n` messages, texts `m0..`.
+fn one_conversation(n: i64) -> Vec<String> {
+    let now = now_ms() - 600_000;
+    (0..n)
+        .map(|k| text_line(&format!("m{k}"), "a", "b", now + k, &format!("m{k}")))
+        .collect()
+}
+
+/// Runs a worker until idle with `hook` installed.
+async fn run_with_hook(
+    db: &TestDb,
+    cfg: &chatferry::config::Config,
+    hook: chatferry::worker::Hook,
+) -> chatferry::worker::RunReport {
+    let providers = chatferry::providers::build_all(cfg).unwrap();
+    let w = Worker::new(db.store.clone(), cfg, providers);
+    w.set_hook(hook);
+    w.run(tokio_util::sync::CancellationToken::new(), true)
+        .await
+        .unwrap()
+}
+
+/// A hook that runs `op` once, the first time a lane is about to be
+/// released parked the way `want` says.
+fn once_at<F>(want: fn(Park) -> bool, op: F) -> chatferry::worker::Hook
+where
+    F: Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static,
+{
+    let fired = Arc::new(AtomicBool::new(false));
+    Arc::new(move |p: HookPoint| {
+        let HookPoint::BeforeRelease { park, .. } = p;
+        if want(park) && !fired.swap(true, Ordering::SeqCst) {
+            op()
+        } else {
+            async {}.boxed()
+        }
+    })
+}
+
+#[tokio::test]
+async fn resume_committed_while_a_lane_parks_as_paused_does_not_strand_it() {
+    let rec = Recorder::start(|_, _| Reply::Ok).await;
+    let db = TestDb::new().await;
+    let cfg = config(&db, &format!("{FAST_WORKER}{}", tencent_target("tim", rec.addr)));
+    // Paused before its jobs arrive: the loader wakes the lane, a worker
+    // claims it and finds the batch paused.
+    db.store.ensure_batch("b", "tim").await.unwrap();
+    db.store.set_paused("b", true).await.unwrap();
+    load(
+        &db,
+        &cfg,
+        "tim",
+        "b",
+        &[jsonl(&one_conversation(20)).path()],
+        None,
+    )
+    .await;
+    let store = db.store.clone();
+    let hook = once_at(
+        |p| matches!(p, Park::Paused(_)),
+        move || {
+            let store = store.clone();
+            async move {
+                store.set_paused("b", false).await.unwrap();
+            }
+            .boxed()
+        },
+    );
+    let report = run_with_hook(&db, &cfg, hook).await;
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'done'")
+            .await,
+        20,
+        "the resumed batch is sent in full; stuck: {:?}",
+        report.stuck
+    );
+    assert!(report.stuck.is_empty());
+    assert_eq!(rec.received(), 20);
+}
+
+/// Message m3 is refused for good the first time, accepted afterwards.
+async fn blocked_run(op: &'static str) -> (TestDb, Recorder, chatferry::worker::RunReport) {
+    let rec = Recorder::start(|v, nth| {
+        let text = v["MsgBody"][0]["MsgContent"]["Text"].as_str().unwrap_or_default();
+        if text == "m3" && nth == 1 {
+            Reply::Code(90001)
+        } else {
+            Reply::Ok
+        }
+    })
+    .await;
+    let db = TestDb::new().await;
+    let cfg = config(
+        &db,
+        &format!(
+            "{FAST_WORKER}on_permanent_error = \"block\"\n{}",
+            tencent_target("tim", rec.addr)
+        ),
+    );
+    load(
+        &db,
+        &cfg,
+        "tim",
+        "b",
+        &[jsonl(&one_conversation(10)).path()],
+        None,
+    )
+    .await;
+    let store = db.store.clone();
+    let hook = once_at(
+        |p| matches!(p, Park::Blocked(_)),
+        move || {
+            let store = store.clone();
+            async move {
+                if op == "retry" {
+                    assert_eq!(store.retry_failed("b", None).await.unwrap(), 1);
+                } else {
+                    let job: i64 =
+                        sqlx::query_scalar("SELECT id FROM chatferry.jobs WHERE status = 'failed'")
+                            .fetch_one(store.pool())
+                            .await
+                            .unwrap();
+                    store.skip_job(job).await.unwrap();
+                }
+            }
+            .boxed()
+        },
+    );
+    let report = run_with_hook(&db, &cfg, hook).await;
+    (db, rec, report)
+}
+
+#[tokio::test]
+async fn retry_committed_while_a_lane_blocks_does_not_strand_it() {
+    let (db, rec, report) = blocked_run("retry").await;
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'done'")
+            .await,
+        10,
+        "the retried job and the rest of the lane are sent; stuck: {:?}",
+        report.stuck
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM chatferry.lanes WHERE blocked_job IS NOT NULL")
+            .await,
+        0
+    );
+    let applied = rec.applied();
+    let texts: Vec<String> = (0..10).map(|k| format!("m{k}")).collect();
+    assert_eq!(applied[&("a".to_string(), "b".to_string())], texts);
+}
+
+#[tokio::test]
+async fn skip_committed_while_a_lane_blocks_does_not_strand_it() {
+    let (db, rec, report) = blocked_run("skip").await;
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'done'")
+            .await,
+        9,
+        "the lane goes on past the skipped job; stuck: {:?}",
+        report.stuck
+    );
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'skipped'")
+            .await,
+        1
+    );
+    assert_eq!(rec.applied()[&("a".to_string(), "b".to_string())].len(), 9);
+}
