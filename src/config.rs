@@ -102,6 +102,9 @@ pub struct WorkerConfig {
     pub shutdown_grace_secs: u64,
     /// Jobs read from a lane per round trip.
     pub prefetch: i64,
+    /// How often the worker looks for lanes with work that nothing will
+    /// wake (and wakes them, with a warning).
+    pub sweep_secs: u64,
 }
 
 impl Default for WorkerConfig {
@@ -118,6 +121,7 @@ impl Default for WorkerConfig {
             poll_interval_ms: 500,
             shutdown_grace_secs: 20,
             prefetch: 32,
+            sweep_secs: 60,
         }
     }
 }
@@ -455,6 +459,9 @@ impl Config {
                  so a call always ends while its lane is still leased",
                 self.worker.request_timeout_ms, self.worker.lease_secs
             )));
+        }
+        if self.worker.sweep_secs < 1 {
+            return Err(err("worker.sweep_secs must be at least 1"));
         }
         if self.worker.prefetch < 1 {
             return Err(err("worker.prefetch must be at least 1"));

@@ -182,3 +182,125 @@ async fn skip_committed_while_a_lane_blocks_does_not_strand_it() {
     );
     assert_eq!(rec.applied()[&("a".to_string(), "b".to_string())].len(), 9);
 }
+
+/// Waits until a SQL count reaches `want`.
+async fn wait_count(db: &TestDb, sql: &str, want: i64, limit: std::time::Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let n = db.scalar(sql).await;
+        if n == want {
+            return;
+        }
+        assert!(start.elapsed() < limit, "timed out: {sql} is {n}, want {want}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_daemon_wakes_a_stranded_lane_on_its_own() {
+    let rec = Recorder::start(|_, _| Reply::Ok).await;
+    let db = TestDb::new().await;
+    let cfg = config(
+        &db,
+        &format!("{FAST_WORKER}sweep_secs = 1\n{}", tencent_target("tim", rec.addr)),
+    );
+    let providers = chatferry::providers::build_all(&cfg).unwrap();
+    let w = Worker::new(db.store.clone(), &cfg, providers);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(w.run(stop.clone(), false));
+    db.store.ensure_batch("b", "tim").await.unwrap();
+    db.store.set_paused("b", true).await.unwrap();
+    load(&db, &cfg, "tim", "b", &[jsonl(&one_conversation(5)).path()], None).await;
+    let parked = "SELECT count(*) FROM chatferry.lanes WHERE paused_batch IS NOT NULL";
+    wait_count(&db, parked, 1, std::time::Duration::from_secs(10)).await;
+    // Unpaused behind the daemon's back: nothing wakes the lane but the sweep.
+    sqlx::query("UPDATE chatferry.batches SET paused = false")
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    let done = "SELECT count(*) FROM chatferry.jobs WHERE status = 'done'";
+    wait_count(&db, done, 5, std::time::Duration::from_secs(10)).await;
+    stop.cancel();
+    run.await.unwrap().unwrap();
+    assert_eq!(rec.received(), 5);
+}
+
+fn write_config(db: &TestDb, extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("daemon.toml");
+    std::fs::write(
+        &path,
+        format!("[database]\nurl = \"{}\"\n{FAST_WORKER}{extra}", db.url),
+    )
+    .unwrap();
+    (dir, path)
+}
+
+async fn run_binary(cfg: &std::path::Path) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_chatferry"))
+        .args(["--config", cfg.to_str().unwrap(), "run", "--exit-when-idle"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn exit_when_idle_exits_5_and_names_paused_batches_and_blocked_lanes() {
+    let rec = Recorder::start(|v, _| {
+        let text = v["MsgBody"][0]["MsgContent"]["Text"].as_str().unwrap_or_default();
+        if text == "m2" {
+            Reply::Code(90001)
+        } else {
+            Reply::Ok
+        }
+    })
+    .await;
+    let db = TestDb::new().await;
+    let extra = format!(
+        "on_permanent_error = \"block\"\n{}",
+        tencent_target("tim", rec.addr)
+    );
+    let (_dir, path) = write_config(&db, &extra);
+    let cfg = config(&db, &format!("{FAST_WORKER}{extra}"));
+    load(
+        &db,
+        &cfg,
+        "tim",
+        "blocked",
+        &[jsonl(&one_conversation(5)).path()],
+        None,
+    )
+    .await;
+    let now = now_ms() - 600_000;
+    let paused: Vec<String> = (0..3)
+        .map(|k| text_line(&format!("p{k}"), "c", "d", now + k, &format!("p{k}")))
+        .collect();
+    load(&db, &cfg, "tim", "held", &[jsonl(&paused).path()], None).await;
+    db.store.set_paused("held", true).await.unwrap();
+
+    let out = run_binary(&path).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("batch held is paused"), "{stderr}");
+    assert!(stderr.contains("chatferry resume --batch held"), "{stderr}");
+    assert!(stderr.contains("blocked at job"), "{stderr}");
+    assert!(stderr.contains("source id m2"), "{stderr}");
+    assert!(stderr.contains("5 open jobs in 2 lanes"), "{stderr}");
+
+    // Once the operator lets them go, the same command exits 0.
+    db.store.set_paused("held", false).await.unwrap();
+    let job: i64 = sqlx::query_scalar("SELECT id FROM chatferry.jobs WHERE status = 'failed'")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    db.store.skip_job(job).await.unwrap();
+    let out = run_binary(&path).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(rec.applied().values().map(Vec::len).sum::<usize>(), 7);
+}

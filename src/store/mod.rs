@@ -100,6 +100,16 @@ pub struct StuckLane {
     pub why: String,
 }
 
+/// A lane [`Store::wake_stranded_lanes`] woke, and what it was parked at.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StrandedLane {
+    pub lane_id: i64,
+    pub target: String,
+    pub conversation: String,
+    pub blocked_job: Option<i64>,
+    pub paused_batch: Option<i64>,
+}
+
 /// One job to insert, as the loader built it.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -336,19 +346,58 @@ impl Store {
         Ok(inserted)
     }
 
-    /// Wakes idle lanes that still hold open jobs (a loader died between
-    /// its commit and its wake-up). Reads every idle lane: run it at
-    /// start-up and before an idle exit, not in a loop.
-    pub async fn wake_stranded_lanes(&self) -> Result<u64, sqlx::Error> {
-        Ok(sqlx::query(
-            "UPDATE lanes l SET available_at = now()
-             WHERE l.available_at IS NULL AND l.blocked_job IS NULL AND l.paused_batch IS NULL
-               AND EXISTS (SELECT 1 FROM jobs j
-                           WHERE j.lane_id = l.id AND j.status IN ('pending', 'in_flight'))",
+    /// Wakes idle lanes that hold open jobs yet wait on nothing: no lease,
+    /// and no pause or block that still holds (a loader that died between
+    /// its commit and its wake-up, or a park whose reason an operator
+    /// lifted). Returns the lanes woken, with what they were parked at.
+    /// Reads every idle lane, so it runs at start-up, every
+    /// `worker.sweep_secs` and before an idle exit, never in a hot loop.
+    pub async fn wake_stranded_lanes(&self) -> Result<Vec<StrandedLane>, sqlx::Error> {
+        sqlx::query_as(
+            "WITH s AS (
+                SELECT l.id, l.blocked_job, l.paused_batch FROM lanes l
+                WHERE l.available_at IS NULL
+                  AND (l.blocked_job IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM jobs b WHERE b.id = l.blocked_job AND b.status = 'failed'))
+                  AND (l.paused_batch IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM batches p WHERE p.id = l.paused_batch AND p.paused))
+                  AND EXISTS (SELECT 1 FROM jobs j
+                              WHERE j.lane_id = l.id AND j.status IN ('pending', 'in_flight'))
+                FOR UPDATE OF l SKIP LOCKED)
+             UPDATE lanes l SET available_at = now(), blocked_job = NULL, paused_batch = NULL
+             FROM s WHERE l.id = s.id
+             RETURNING l.id AS lane_id, l.target, l.conversation, s.blocked_job, s.paused_batch",
         )
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Lanes of these targets whose open jobs wait on an operator: a
+    /// paused batch or a block. Read once, before an idle exit.
+    pub async fn stuck_lanes(&self, targets: &[String]) -> Result<Vec<StuckLane>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT l.id AS lane_id, l.target, l.conversation, l.view_user,
+                    (SELECT count(*) FROM jobs j
+                     WHERE j.lane_id = l.id AND j.status IN ('pending', 'in_flight')) AS open_jobs,
+                    CASE WHEN l.blocked_job IS NOT NULL THEN
+                        format('blocked at job %s (source id %s, code %s: %s); run `chatferry retry --batch %s` or `chatferry skip --job %s`',
+                               bj.id, bj.source_id, coalesce(bj.last_code::text, 'none'),
+                               coalesce(bj.last_error, ''), bb.name, bj.id)
+                    WHEN l.paused_batch IS NOT NULL THEN
+                        format('batch %s is paused; run `chatferry resume --batch %s`', pb.name, pb.name)
+                    ELSE 'idle with open jobs' END AS why
+             FROM lanes l
+             LEFT JOIN jobs bj ON bj.id = l.blocked_job
+             LEFT JOIN batches bb ON bb.id = bj.batch_id
+             LEFT JOIN batches pb ON pb.id = l.paused_batch
+             WHERE l.target = ANY($1) AND l.available_at IS NULL
+               AND EXISTS (SELECT 1 FROM jobs j
+                           WHERE j.lane_id = l.id AND j.status IN ('pending', 'in_flight'))
+             ORDER BY l.id",
+        )
+        .bind(targets)
+        .fetch_all(&self.pool)
+        .await
     }
 
     // ----- workers -------------------------------------------------------

@@ -298,6 +298,22 @@ impl Worker {
         }
     }
 
+    /// Every `worker.sweep_secs`, wakes lanes that have work and nothing
+    /// to wake them. The races that stranded lanes are closed; this is the
+    /// net under whatever is not yet known, and it says so loudly.
+    async fn sweep(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(self.cfg.sweep_secs)) => {}
+                _ = stop.cancelled() => return,
+            }
+            match self.store.wake_stranded_lanes().await {
+                Ok(woken) => log_woken(&woken),
+                Err(e) => tracing::warn!(error = %e, "cannot look for stranded lanes"),
+            }
+        }
+    }
+
     fn lease(&self) -> Duration {
         Duration::from_secs(self.cfg.lease_secs)
     }
@@ -342,14 +358,12 @@ impl Worker {
             self.store.register_worker(self.id, &host)
         })
         .await;
-        if let Some(n) = db_retry_forever(&shutdown, "look for stranded lanes", || {
+        if let Some(woken) = db_retry_forever(&shutdown, "look for stranded lanes", || {
             self.store.wake_stranded_lanes()
         })
         .await
         {
-            if n > 0 {
-                tracing::info!(lanes = n, "woke lanes a loader left asleep");
-            }
+            log_woken(&woken);
         }
         tracing::info!(worker = %self.id, concurrency = self.cfg.concurrency, targets = ?self.targets.keys().collect::<Vec<_>>(), "worker started");
 
@@ -360,11 +374,13 @@ impl Worker {
         let heartbeat = tokio::spawn(self.clone().heartbeat(lanes_stop.clone()));
         let rates_stop = CancellationToken::new();
         let rates = tokio::spawn(self.clone().rate_control(rates_stop.clone()));
+        let sweep = tokio::spawn(self.clone().sweep(rates_stop.clone()));
         crate::ops::notify::notify("READY=1");
         let mut tasks: JoinSet<i64> = JoinSet::new();
         let mut task_lanes: HashMap<tokio::task::Id, i64> = HashMap::new();
         let poll = Duration::from_millis(self.cfg.poll_interval_ms.max(10));
         let mut db_backoff = Duration::from_millis(200);
+        let mut idle_exit = false;
 
         loop {
             while let Some(done) = tasks.try_join_next_with_id() {
@@ -436,11 +452,17 @@ impl Worker {
                 };
                 let open = match open {
                     // Before leaving, make sure no lane with work is asleep.
-                    Ok(false) => self.store.wake_stranded_lanes().await.map(|n| n > 0),
+                    Ok(false) => self.store.wake_stranded_lanes().await.map(|w| {
+                        log_woken(&w);
+                        !w.is_empty()
+                    }),
                     other => other,
                 };
                 match open {
-                    Ok(false) => break,
+                    Ok(false) => {
+                        idle_exit = true;
+                        break;
+                    }
                     Ok(true) => {}
                     Err(e) if store::is_transient(&e) => {}
                     Err(e) => return Err(anyhow::Error::new(e).context("cannot read the backlog")),
@@ -503,6 +525,7 @@ impl Worker {
         heartbeat.abort();
         rates_stop.cancel();
         let _ = rates.await;
+        let _ = sweep.await;
         let _ = self.store.unregister_worker(self.id).await;
         let halted: Vec<(String, String)> = self
             .halted
@@ -511,11 +534,20 @@ impl Worker {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let stuck = if idle_exit {
+            let live = self.live_targets();
+            db_retry_forever(
+                &CancellationToken::new(),
+                "list lanes waiting on an operator",
+                || self.store.stuck_lanes(&live),
+            )
+            .await
+            .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         tracing::info!(worker = %self.id, "worker stopped");
-        Ok(RunReport {
-            halted,
-            stuck: Vec::new(),
-        })
+        Ok(RunReport { halted, stuck })
     }
 
     /// Drops a finished lane task's lease from the heartbeat. A lane task
@@ -586,6 +618,29 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// Most woken lanes logged one by one per sweep; the rest are counted.
+const WOKEN_LOGGED: usize = 50;
+
+/// Warns about each lane found with work and nothing to wake it: that is
+/// a bug (or a loader killed between its commit and its wake-up).
+fn log_woken(woken: &[store::StrandedLane]) {
+    for l in woken.iter().take(WOKEN_LOGGED) {
+        tracing::warn!(
+            lane = l.lane_id,
+            target_name = %l.target,
+            was_blocked_at = ?l.blocked_job,
+            was_paused_by = ?l.paused_batch,
+            "woke a lane that had work and nothing to wake it"
+        );
+    }
+    if woken.len() > WOKEN_LOGGED {
+        tracing::warn!(
+            more = woken.len() - WOKEN_LOGGED,
+            "woke more lanes that had work and nothing to wake them"
+        );
     }
 }
 
