@@ -120,6 +120,29 @@ pub struct NewJob {
     pub sent_at_ms: i64,
     pub input_seq: i64,
     pub body: String,
+    /// SHA-256 of the parsed source message: the same on every load.
+    pub content_hash: Vec<u8>,
+    /// Where the message was read: `FILE line N`.
+    pub origin: String,
+}
+
+/// What one chunk insert did.
+#[derive(Debug, Default)]
+pub struct Inserted {
+    /// Jobs stored for the first time.
+    pub new: u64,
+    /// Messages refused: their id is already stored for the conversation
+    /// with different content. Nothing of theirs was stored.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// A message whose id is taken by a different message.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Conflict {
+    /// The refused message's `input_seq`.
+    pub input_seq: i64,
+    /// Where the stored message came from (`FILE line N`), if known.
+    pub first: Option<String>,
 }
 
 /// What the provider said, as recorded on a done job.
@@ -146,6 +169,76 @@ pub struct BatchStatus {
     pub jobs_per_sec: f64,
     /// Seconds to finish the batch at that rate.
     pub eta_secs: Option<i64>,
+}
+
+/// Inserts a chunk's job rows, then refuses (removes again) every message
+/// of the chunk whose id is already stored in its lane with another
+/// content hash. A row is ours when its `input_seq` is: every load takes
+/// its own range. Concurrent chunks see each other through the unique
+/// index: the later insert waits for the earlier commit, then compares.
+async fn insert_job_rows(
+    tx: &mut sqlx::PgConnection,
+    batch_id: i64,
+    lane_ids: &[i64],
+    jobs: &[NewJob],
+) -> Result<Inserted, sqlx::Error> {
+    let source_ids: Vec<&str> = jobs.iter().map(|j| j.source_id.as_str()).collect();
+    let sent: Vec<i64> = jobs.iter().map(|j| j.sent_at_ms).collect();
+    let seqs: Vec<i64> = jobs.iter().map(|j| j.input_seq).collect();
+    let bodies: Vec<&str> = jobs.iter().map(|j| j.body.as_str()).collect();
+    let hashes: Vec<&[u8]> = jobs.iter().map(|j| j.content_hash.as_slice()).collect();
+    let origins: Vec<&str> = jobs.iter().map(|j| j.origin.as_str()).collect();
+    let inserted = sqlx::query(
+        "INSERT INTO jobs (lane_id, batch_id, source_id, sent_at_ms, input_seq, body, content_hash, origin)
+         SELECT l, $1, s, t, q, b, h, o
+         FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::bytea[], $8::text[])
+              WITH ORDINALITY AS u(l, s, t, q, b, h, o, n)
+         ORDER BY n
+         ON CONFLICT (lane_id, source_id) DO NOTHING",
+    )
+    .bind(batch_id)
+    .bind(lane_ids)
+    .bind(&source_ids)
+    .bind(&sent)
+    .bind(&seqs)
+    .bind(&bodies)
+    .bind(&hashes)
+    .bind(&origins)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let conflicts: Vec<Conflict> = sqlx::query_as(
+        "SELECT DISTINCT ON (u.q) u.q AS input_seq, j.origin AS first
+         FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bytea[]) AS u(l, s, q, h)
+         JOIN jobs j ON j.lane_id = u.l AND j.source_id = u.s
+         WHERE j.input_seq <> u.q AND j.content_hash <> u.h
+         ORDER BY u.q",
+    )
+    .bind(lane_ids)
+    .bind(&source_ids)
+    .bind(&seqs)
+    .bind(&hashes)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut removed = 0;
+    if !conflicts.is_empty() {
+        let refused: Vec<i64> = conflicts.iter().map(|c| c.input_seq).collect();
+        removed = sqlx::query(
+            "DELETE FROM jobs j USING unnest($1::bigint[], $2::text[], $3::bigint[]) AS u(l, s, q)
+             WHERE j.lane_id = u.l AND j.source_id = u.s AND j.input_seq = u.q AND u.q = ANY($4)",
+        )
+        .bind(lane_ids)
+        .bind(&source_ids)
+        .bind(&seqs)
+        .bind(&refused)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    }
+    Ok(Inserted {
+        new: inserted - removed,
+        conflicts,
+    })
 }
 
 /// True when a database error is worth waiting out (connection lost, server
@@ -251,7 +344,8 @@ impl Store {
         Ok(n << 32)
     }
 
-    /// Inserts one chunk of jobs in one transaction; returns how many were new.
+    /// Inserts one chunk of jobs in one transaction; returns how many were
+    /// new and which messages were refused as reused ids.
     ///
     /// Waking the chunk's idle lanes happens after the commit, on purpose:
     /// a worker releasing a lane locks it and then reads its head in a new
@@ -267,9 +361,9 @@ impl Store {
         target: &str,
         batch_id: i64,
         jobs: &[NewJob],
-    ) -> Result<u64, sqlx::Error> {
+    ) -> Result<Inserted, sqlx::Error> {
         if jobs.is_empty() {
-            return Ok(0);
+            return Ok(Inserted::default());
         }
         let mut lanes: Vec<(&str, &str, Option<&str>)> = jobs
             .iter()
@@ -311,26 +405,7 @@ impl Store {
             ids.insert(r.get::<String, _>(1), r.get::<i64, _>(0));
         }
         let lane_ids: Vec<i64> = jobs.iter().map(|j| ids[&j.lane_key]).collect();
-        let source_ids: Vec<&str> = jobs.iter().map(|j| j.source_id.as_str()).collect();
-        let sent: Vec<i64> = jobs.iter().map(|j| j.sent_at_ms).collect();
-        let seqs: Vec<i64> = jobs.iter().map(|j| j.input_seq).collect();
-        let bodies: Vec<&str> = jobs.iter().map(|j| j.body.as_str()).collect();
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (lane_id, batch_id, source_id, sent_at_ms, input_seq, body)
-             SELECT l, $1, s, t, q, b
-             FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[])
-                  AS u(l, s, t, q, b)
-             ON CONFLICT (lane_id, source_id) DO NOTHING",
-        )
-        .bind(batch_id)
-        .bind(&lane_ids)
-        .bind(&source_ids)
-        .bind(&sent)
-        .bind(&seqs)
-        .bind(&bodies)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let inserted = insert_job_rows(&mut tx, batch_id, &lane_ids, jobs).await?;
         tx.commit().await?;
 
         let mut distinct: Vec<i64> = ids.into_values().collect();
