@@ -96,21 +96,40 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Write>) {
             }
         }
         let result = store.apply_checkpoints(&batch).await;
-        for w in batch.drain(..) {
-            match (&result, w) {
-                (Ok((marked, _)), Write::InFlight { job, reply, .. }) => {
-                    let _ = reply.send(Ok(marked.iter().find(|(id, _)| *id == job).map(|x| x.1)));
-                }
-                (Ok((_, done_ids)), Write::Done { job, reply, .. }) => {
-                    let _ = reply.send(Ok(done_ids.contains(&job)));
-                }
-                (Err(e), Write::InFlight { reply, .. }) => {
-                    let _ = reply.send(Err(share(e)));
-                }
-                (Err(e), Write::Done { reply, .. }) => {
-                    let _ = reply.send(Err(share(e)));
+        match result {
+            // One bad write (a statement timeout, a NUL byte in a provider
+            // id) must not throw every lane of the group into doubt: write
+            // them one by one, so only the guilty one fails.
+            Err(e) if !is_transient(&e) && batch.len() > 1 => {
+                tracing::warn!(error = %e, writes = batch.len(), "a grouped checkpoint failed; writing its writes one by one");
+                for w in batch.drain(..) {
+                    let alone = store.apply_checkpoints(std::slice::from_ref(&w)).await;
+                    answer(&alone, w);
                 }
             }
+            result => {
+                for w in batch.drain(..) {
+                    answer(&result, w);
+                }
+            }
+        }
+    }
+}
+
+/// Replies to one write with its share of a group's result.
+fn answer(result: &Result<(Vec<(i64, i32)>, Vec<i64>), sqlx::Error>, w: Write) {
+    match (result, w) {
+        (Ok((marked, _)), Write::InFlight { job, reply, .. }) => {
+            let _ = reply.send(Ok(marked.iter().find(|(id, _)| *id == job).map(|x| x.1)));
+        }
+        (Ok((_, done_ids)), Write::Done { job, reply, .. }) => {
+            let _ = reply.send(Ok(done_ids.contains(&job)));
+        }
+        (Err(e), Write::InFlight { reply, .. }) => {
+            let _ = reply.send(Err(share(e)));
+        }
+        (Err(e), Write::Done { reply, .. }) => {
+            let _ = reply.send(Err(share(e)));
         }
     }
 }
