@@ -5,7 +5,11 @@
 
 mod common;
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chatferry::worker::{HookPoint, Worker};
+use futures::FutureExt;
 
 use chatferry::store::checkpoint::Checkpoints;
 use chatferry::store::ProviderIds;
@@ -86,7 +90,7 @@ async fn one_bad_write_in_a_group_commit_fails_alone() {
         let cp = cp.clone();
         let lease = a.0.clone();
         let job = a.1;
-        async move { cp.mark_in_flight(&lease, job).await }
+        async move { cp.mark_in_flight(&lease, job, Duration::from_secs(1)).await }
     });
     wait_for_lock_waiter(&db).await;
     let good = ids("good");
@@ -109,4 +113,79 @@ async fn one_bad_write_in_a_group_commit_fails_alone() {
         ))
         .await;
     assert_eq!(done, 1);
+}
+
+#[tokio::test]
+async fn the_in_flight_mark_is_fenced_on_the_database_clock() {
+    // When the first request arrives.
+    let arrived: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let rec = Recorder::start({
+        let arrived = arrived.clone();
+        move |_, _| {
+            arrived.lock().unwrap().get_or_insert_with(Instant::now);
+            Reply::Ok
+        }
+    })
+    .await;
+    let db = TestDb::new().await;
+    let cfg = config(&db, &format!("{FAST_WORKER}{}", tencent_target("tim", rec.addr)));
+    let now = now_ms() - 600_000;
+    load(
+        &db,
+        &cfg,
+        "tim",
+        "b",
+        &[jsonl(&[text_line("m", "a", "b", now, "t")]).path()],
+        None,
+    )
+    .await;
+    // Just before the first mark, the database's lease is cut to 600 ms:
+    // under the request timeout (1 s) plus margin, whatever this host
+    // believes. As if the hosts' clocks disagreed.
+    let shortened: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let hook: chatferry::worker::Hook = {
+        let store = db.store.clone();
+        let shortened = shortened.clone();
+        Arc::new(move |p: HookPoint| {
+            let HookPoint::BeforeMark { lane, .. } = p else {
+                return async {}.boxed();
+            };
+            if shortened.lock().unwrap().is_some() {
+                return async {}.boxed();
+            }
+            let store = store.clone();
+            let shortened = shortened.clone();
+            async move {
+                sqlx::query(
+                    "UPDATE chatferry.lanes SET lease_until = now() + interval '600 ms',
+                            available_at = now() + interval '600 ms' WHERE id = $1",
+                )
+                .bind(lane)
+                .execute(store.pool())
+                .await
+                .unwrap();
+                *shortened.lock().unwrap() = Some(Instant::now());
+            }
+            .boxed()
+        })
+    };
+    let providers = chatferry::providers::build_all(&cfg).unwrap();
+    let w = Worker::new(db.store.clone(), &cfg, providers);
+    w.set_hook(hook);
+    w.run(tokio_util::sync::CancellationToken::new(), true)
+        .await
+        .unwrap();
+    let cut = shortened.lock().unwrap().expect("the hook ran");
+    let first = arrived.lock().unwrap().expect("the message was sent");
+    assert!(
+        first >= cut + Duration::from_millis(600),
+        "sent {:?} after the lease was cut to 600 ms: the mark ignored the database's lease",
+        first - cut
+    );
+    assert_eq!(rec.received(), 1);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'done' AND attempts = 1")
+            .await,
+        1
+    );
 }

@@ -43,7 +43,9 @@ where
 {
     let fired = Arc::new(AtomicBool::new(false));
     Arc::new(move |p: HookPoint| {
-        let HookPoint::BeforeRelease { park, .. } = p;
+        let HookPoint::BeforeRelease { park, .. } = p else {
+            return async {}.boxed();
+        };
         if want(park) && !fired.swap(true, Ordering::SeqCst) {
             op()
         } else {

@@ -17,6 +17,8 @@ enum Write {
     InFlight {
         lease: Lease,
         job: i64,
+        /// The lease must outlive the database's now() by this much.
+        min_lease_ms: i64,
         reply: oneshot::Sender<Result<Option<i32>, sqlx::Error>>,
     },
     Done {
@@ -55,13 +57,22 @@ impl Checkpoints {
         Checkpoints { tx }
     }
 
-    /// As [`Store::mark_in_flight`], grouped.
-    pub async fn mark_in_flight(&self, lease: &Lease, job: i64) -> Result<Option<i32>, sqlx::Error> {
+    /// Marks a job in flight and returns its attempt number; None when the
+    /// lease moved on or, on the database's clock, does not outlive
+    /// `min_lease` (the request timeout and a margin): the fence holds
+    /// even when this host's clock or deadline is wrong.
+    pub async fn mark_in_flight(
+        &self,
+        lease: &Lease,
+        job: i64,
+        min_lease: std::time::Duration,
+    ) -> Result<Option<i32>, sqlx::Error> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Write::InFlight {
                 lease: lease.clone(),
                 job,
+                min_lease_ms: min_lease.as_millis() as i64,
                 reply,
             })
             .await
@@ -139,7 +150,7 @@ impl Store {
     /// jobs marked (with their attempt) and the jobs checkpointed done.
     /// Writes whose lease moved on are left out of both.
     async fn apply_checkpoints(&self, batch: &[Write]) -> Result<(Vec<(i64, i32)>, Vec<i64>), sqlx::Error> {
-        let mut m = (Vec::new(), Vec::new(), Vec::<Uuid>::new(), Vec::new());
+        let mut m = (Vec::new(), Vec::new(), Vec::<Uuid>::new(), Vec::new(), Vec::new());
         let mut d = (
             Vec::new(),
             Vec::new(),
@@ -151,11 +162,17 @@ impl Store {
         );
         for w in batch {
             match w {
-                Write::InFlight { lease, job, .. } => {
+                Write::InFlight {
+                    lease,
+                    job,
+                    min_lease_ms,
+                    ..
+                } => {
                     m.0.push(*job);
                     m.1.push(lease.lane_id);
                     m.2.push(lease.owner);
                     m.3.push(lease.token);
+                    m.4.push(*min_lease_ms);
                 }
                 Write::Done { lease, job, ids, .. } => {
                     d.0.push(*job);
@@ -173,9 +190,10 @@ impl Store {
         if !m.0.is_empty() {
             marked = sqlx::query_as(
                 "WITH held AS (
-                    SELECT u.job FROM unnest($1::bigint[], $2::bigint[], $3::uuid[], $4::bigint[])
-                           AS u(job, lane, owner, token)
+                    SELECT u.job FROM unnest($1::bigint[], $2::bigint[], $3::uuid[], $4::bigint[], $5::bigint[])
+                           AS u(job, lane, owner, token, min_ms)
                     JOIN lanes l ON l.id = u.lane AND l.lease_owner = u.owner AND l.lease_token = u.token
+                                AND l.lease_until > now() + u.min_ms * interval '1 millisecond'
                     FOR KEY SHARE OF l)
                  UPDATE jobs j SET status = 'in_flight', attempts = j.attempts + 1, updated_at = now()
                  FROM held WHERE j.id = held.job AND j.status IN ('pending', 'in_flight')
@@ -185,6 +203,7 @@ impl Store {
             .bind(&m.1)
             .bind(&m.2)
             .bind(&m.3)
+            .bind(&m.4)
             .fetch_all(&mut *tx)
             .await?;
         }

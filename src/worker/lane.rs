@@ -201,13 +201,27 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                 );
                 return Stop::Release;
             }
+            w.at(super::HookPoint::BeforeMark {
+                lane: lease.lane_id,
+                job: job.id,
+            })
+            .await;
+            // The same fence, on the database's clock, in the mark itself.
+            let fence = Duration::from_millis((timeout_ms + margin_ms) as u64);
             let attempt = match with_db(valid_until, "mark the job in flight", || {
-                w.checkpoints.mark_in_flight(lease, job.id)
+                w.checkpoints.mark_in_flight(lease, job.id, fence)
             })
             .await
             {
                 Some(Some(a)) => a,
-                _ => return Stop::Lost,
+                Some(None) => {
+                    tracing::warn!(
+                        lane = lease.lane_id,
+                        "the in-flight mark was refused: the lease moved on, or is too short on the database's clock"
+                    );
+                    return Stop::Lost;
+                }
+                None => return Stop::Lost,
             };
             target.bucket.until_ready().await;
             metrics::counter!(om::RATE_WAIT_MS, "target" => lane.target.clone())

@@ -29,6 +29,8 @@ mod lane;
 pub enum HookPoint {
     /// The lane stopped and is about to give its lease back, parked this way.
     BeforeRelease { lane: i64, park: store::Park },
+    /// The lane is about to mark this job in flight (its lease checked locally).
+    BeforeMark { lane: i64, job: i64 },
 }
 
 /// What a test runs at a [`HookPoint`]; the lane waits for it.
@@ -395,6 +397,9 @@ impl Worker {
             let mut claimed = 0;
             if free > 0 && !live.is_empty() {
                 let running: Vec<i64> = task_lanes.values().copied().collect();
+                // The local deadline counts from before the claim: the
+                // database's lease may have started any time after this.
+                let claim_started = now_ms();
                 match self
                     .store
                     .claim_lanes(self.id, free as i64, self.lease(), &live, &running)
@@ -406,7 +411,7 @@ impl Worker {
                         for l in lanes {
                             let cancel = lanes_stop.child_token();
                             let valid_until =
-                                Arc::new(AtomicI64::new(now_ms() + self.lease().as_millis() as i64));
+                                Arc::new(AtomicI64::new(claim_started + self.lease().as_millis() as i64));
                             self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(
                                 l.lease.lane_id,
                                 Held {
