@@ -12,7 +12,7 @@ use chatferry::worker::{HookPoint, Worker};
 use futures::FutureExt;
 
 use chatferry::store::checkpoint::Checkpoints;
-use chatferry::store::ProviderIds;
+use chatferry::store::{ProviderIds, Store};
 use common::*;
 
 /// Waits until some backend of `db` waits on a lock.
@@ -188,4 +188,130 @@ async fn the_in_flight_mark_is_fenced_on_the_database_clock() {
             .await,
         1
     );
+}
+
+/// `n` conversations of `k` messages each; texts `c{i}m{j}`.
+fn conversations(n: usize, k: usize) -> Vec<String> {
+    let now = now_ms() - 600_000;
+    let mut lines = Vec::new();
+    for j in 0..k {
+        for i in 0..n {
+            lines.push(text_line(
+                &format!("m{j}"),
+                &format!("a{i}"),
+                &format!("b{i}"),
+                now + j as i64,
+                &format!("c{i}m{j}"),
+            ));
+        }
+    }
+    lines
+}
+
+/// Every conversation got each of its messages, in order (a Tencent
+/// resend of the same triple is one message, so repeats collapse).
+fn assert_exact(rec: &Recorder, n: usize, k: usize) {
+    let applied = rec.applied();
+    assert_eq!(applied.len(), n);
+    for i in 0..n {
+        let mut got = applied[&(format!("a{i}"), format!("b{i}"))].clone();
+        got.dedup();
+        let want: Vec<String> = (0..k).map(|j| format!("c{i}m{j}")).collect();
+        assert_eq!(got, want, "conversation {i}");
+    }
+}
+
+/// An admin connection to the test server (not the test database).
+async fn admin() -> sqlx::PgConnection {
+    let mut u = reqwest::Url::parse(&base_url()).unwrap();
+    u.set_path("/postgres");
+    <sqlx::PgConnection as sqlx::Connection>::connect(u.as_str())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_failover_to_a_read_only_server_is_waited_out() {
+    let rec = Recorder::start(|_, _| Reply::Slow(Duration::from_millis(5))).await;
+    let db = TestDb::new().await;
+    let cfg = config(&db, &format!("{FAST_WORKER}{}", tencent_target("tim", rec.addr)));
+    let (n, k) = (8, 40);
+    load(&db, &cfg, "tim", "b", &[jsonl(&conversations(n, k)).path()], None).await;
+    // The worker's own pool, so the test's connections stay writable.
+    let store = Store::connect(&cfg.database, cfg.database.url.as_ref().unwrap())
+        .await
+        .unwrap();
+    let providers = chatferry::providers::build_all(&cfg).unwrap();
+    let w = Worker::new(store, &cfg, providers);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(w.run(stop.clone(), false));
+    wait_until(Duration::from_secs(20), "some calls", || rec.received() >= 20).await;
+
+    // "Failover": every connection the worker opens from now on is to a
+    // read-only server, and its old connections are cut.
+    let mut admin = admin().await;
+    sqlx::query(&format!(
+        "ALTER DATABASE {} SET default_transaction_read_only = on",
+        db.name
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let switched: f64 = sqlx::query_scalar("SELECT extract(epoch FROM clock_timestamp())::float8")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&db.name)
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    // Wait until the worker has tried to claim on a read-only connection.
+    let start = Instant::now();
+    loop {
+        let tried: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = $1 AND extract(epoch FROM backend_start) > $2
+               AND query ILIKE '%UPDATE lanes%'",
+        )
+        .bind(&db.name)
+        .bind(switched)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        if tried > 0 {
+            break;
+        }
+        assert!(!run.is_finished(), "the worker exited on a read-only answer");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the worker never tried to claim again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::query(&format!(
+        "ALTER DATABASE {} RESET default_transaction_read_only",
+        db.name
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let start = Instant::now();
+    loop {
+        let done = db
+            .scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'done'")
+            .await;
+        if done == (n * k) as i64 {
+            break;
+        }
+        assert!(!run.is_finished(), "the worker exited: {:?}", run.await);
+        assert!(start.elapsed() < Duration::from_secs(60), "stuck at {done} done");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    run.await.unwrap().unwrap();
+    assert_exact(&rec, n, k);
 }

@@ -255,15 +255,45 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
             let code = code.as_deref().unwrap_or("");
             // 08: connection exception; 57P0x: admin/crash shutdown, cannot
             // connect now; 53: insufficient resources; 40001/40P01:
-            // serialization failure / deadlock (safe to retry).
-            code.starts_with("08")
+            // serialization failure / deadlock (safe to retry); 25006: a
+            // write on a server that became a standby (failover).
+            let transient = code.starts_with("08")
                 || code.starts_with("57P")
                 || code.starts_with("53")
                 || code == "40001"
                 || code == "40P01"
+                || code == "25006";
+            if code == "25006" || code.starts_with("57P") {
+                note_failover();
+            }
+            transient
         }
         _ => false,
     }
+}
+
+/// Monotonic ms (since [`epoch`]) of the last sign of a failover.
+static FAILOVER_AT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
+
+fn epoch() -> std::time::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(std::time::Instant::now)
+}
+
+/// After a failover, pooled connections may still point at the demoted
+/// server, which answers every write with 25006 while a ping works: the
+/// pool would hand them out for ever. Every connection opened before the
+/// last such answer is therefore closed when next acquired (see
+/// [`Store::connect`]); new ones reach the new primary.
+fn note_failover() {
+    let now = epoch().elapsed().as_millis() as i64;
+    FAILOVER_AT.fetch_max(now, std::sync::atomic::Ordering::AcqRel);
+}
+
+/// True when a pooled connection of this age predates the last failover.
+fn predates_failover(age: Duration) -> bool {
+    let opened = epoch().elapsed().saturating_sub(age).as_millis() as i64;
+    opened <= FAILOVER_AT.load(std::sync::atomic::Ordering::Acquire)
 }
 
 impl Store {
@@ -284,6 +314,7 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(cfg.max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            .before_acquire(|_, meta| Box::pin(async move { Ok(!predates_failover(meta.age)) }))
             .connect_lazy_with(opts);
         Ok(Store { pool, schema })
     }

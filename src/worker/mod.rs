@@ -434,8 +434,14 @@ impl Worker {
                             self.activate().await;
                         }
                     }
-                    Err(e) if store::is_transient(&e) => {
-                        tracing::warn!(error = %e, retry_in = ?db_backoff, "database unavailable; waiting");
+                    // Never exit on a claim error: after a failover or a
+                    // server restart the next claim may well work.
+                    Err(e) => {
+                        if store::is_transient(&e) {
+                            tracing::warn!(error = %e, retry_in = ?db_backoff, "database unavailable; waiting");
+                        } else {
+                            tracing::error!(error = %e, retry_in = ?db_backoff, "cannot claim lanes; retrying");
+                        }
                         tokio::select! {
                             _ = tokio::time::sleep(db_backoff) => {}
                             _ = shutdown.cancelled() => {}
@@ -443,7 +449,6 @@ impl Worker {
                         db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
                         continue;
                     }
-                    Err(e) => return Err(anyhow::Error::new(e).context("cannot claim lanes")),
                 }
             }
             if claimed > 0 && tasks.len() < cap {
@@ -469,8 +474,11 @@ impl Worker {
                         break;
                     }
                     Ok(true) => {}
-                    Err(e) if store::is_transient(&e) => {}
-                    Err(e) => return Err(anyhow::Error::new(e).context("cannot read the backlog")),
+                    Err(e) => {
+                        if !store::is_transient(&e) {
+                            tracing::error!(error = %e, "cannot read the backlog; retrying");
+                        }
+                    }
                 }
             }
             // Sleep until a lane frees a slot, work may be due, or shutdown.
@@ -619,6 +627,7 @@ impl Worker {
                     }
                 }
                 Err(e) => {
+                    let _ = store::is_transient(&e); // notes a failover
                     tracing::warn!(error = %e, "cannot renew leases; lanes stop sending before their leases run out")
                 }
             }
@@ -660,6 +669,7 @@ where
         match f().await {
             Ok(v) => return Some(v),
             Err(e) => {
+                let _ = store::is_transient(&e); // notes a failover
                 tracing::warn!(error = %e, retry_in = ?delay, "cannot {what}; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
