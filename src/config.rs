@@ -460,6 +460,13 @@ impl Config {
                 self.worker.request_timeout_ms, self.worker.lease_secs
             )));
         }
+        if self.worker.shutdown_grace_secs * 1000 <= self.worker.request_timeout_ms {
+            return Err(err(format!(
+                "worker.shutdown_grace_secs ({} s) must exceed worker.request_timeout_ms ({} ms), \
+                 so a call under way at SIGTERM can end and be checkpointed within the grace",
+                self.worker.shutdown_grace_secs, self.worker.request_timeout_ms
+            )));
+        }
         if self.worker.sweep_secs < 1 {
             return Err(err("worker.sweep_secs must be at least 1"));
         }

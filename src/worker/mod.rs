@@ -519,21 +519,18 @@ impl Worker {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(lanes = tasks.len(), "grace period over: cutting calls short; they stay in doubt and are reconciled on the next run");
+            // An aborted call may still land at the provider. Its lane is
+            // not released: it stays leased until its lease runs out, and
+            // the lease outlives the call's timeout (the fence, on both
+            // clocks), so nobody reconciles it before it can have landed.
+            tracing::warn!(
+                lanes = tasks.len(),
+                "grace period over: cutting calls short; their lanes stay leased until the lease \
+                 runs out, then are reconciled"
+            );
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
-            let left: Vec<(i64, i64)> = {
-                let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-                held.drain().map(|(id, h)| (id, h.token)).collect()
-            };
-            for (lane_id, token) in left {
-                let lease = store::Lease {
-                    lane_id,
-                    owner: self.id,
-                    token,
-                };
-                let _ = self.store.release_lane(&lease, store::Park::No).await;
-            }
+            self.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
         heartbeat.abort();
         rates_stop.cancel();
@@ -595,9 +592,15 @@ impl Worker {
     async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
         let every = self.lease() / 3;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.cancelled() => {}
+            // Once draining, `stop` stays cancelled: renew on the clock
+            // only, or this loop would renew back to back all the grace.
+            if stop.is_cancelled() {
+                tokio::time::sleep(every).await;
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.cancelled() => {}
+                }
             }
             let held: Vec<(i64, i64)> = {
                 let h = self.held.lock().unwrap_or_else(|p| p.into_inner());
