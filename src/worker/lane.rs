@@ -256,6 +256,11 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
             }
             match outcome {
                 Outcome::Accepted(a) => {
+                    w.at(super::HookPoint::BeforeCheckpoint {
+                        lane: lease.lane_id,
+                        job: job.id,
+                    })
+                    .await;
                     let ids = ProviderIds {
                         msg_id: a.msg_id,
                         msg_seq: a.msg_seq,

@@ -31,6 +31,8 @@ pub enum HookPoint {
     BeforeRelease { lane: i64, park: store::Park },
     /// The lane is about to mark this job in flight (its lease checked locally).
     BeforeMark { lane: i64, job: i64 },
+    /// The provider accepted this job; its done checkpoint is next.
+    BeforeCheckpoint { lane: i64, job: i64 },
 }
 
 /// What a test runs at a [`HookPoint`]; the lane waits for it.
