@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::provider::{self, Corpus, Env, Kind, Setup, Shape};
@@ -210,4 +211,208 @@ async fn sigterm_during_slow_zim_calls_then_a_restart_elsewhere_sends_nothing_tw
     provider::run_to_the_end(&config, &log).await;
     assert_eq!(env.not_done().await, vec![], "every job is done");
     env.assert_holds_exactly(&corpus);
+}
+
+/// A private Postgres cluster in a temp dir on a free port, so a test can
+/// restart it (never the shared server). As root it runs as `postgres`.
+struct PrivatePg {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivatePg {
+    fn start() -> PrivatePg {
+        let mut bins: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("pg_ctl").exists())
+            .collect();
+        bins.sort();
+        let bin = bins.pop().expect("a PostgreSQL bin directory");
+        let dir = tempfile::Builder::new()
+            .prefix("cf-pg-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = PrivatePg { dir, bin, port };
+        if is_root() {
+            let ok = std::process::Command::new("chown")
+                .args(["postgres"])
+                .arg(pg.dir.path())
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        let data = pg.data();
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        pg.ctl("start");
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn command(&self, tool: &str, args: &[&str]) -> std::process::Command {
+        let exe = self.bin.join(tool);
+        let mut c = if is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            std::process::Command::new(exe)
+        };
+        c.args(args).stdout(std::process::Stdio::null());
+        c
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = self.command(tool, args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{tool}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `pg_ctl start|restart`, waiting until the server accepts connections.
+    fn ctl(&self, what: &str) {
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log").display().to_string();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &opts,
+                "-l",
+                &log,
+                "-m",
+                "fast",
+                "-w",
+                what,
+            ],
+        );
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = self
+            .command("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Postgres restarts while a lane holds an accepted answer it has not yet
+/// checkpointed (and while every other lane is mid-flight): the daemon
+/// keeps running and finishes, each message once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_between_a_call_and_its_checkpoint_is_ridden_out() {
+    use chatferry::worker::{HookPoint, Worker};
+    use futures::FutureExt;
+
+    let pg = PrivatePg::start();
+    let rec = Recorder::start(|_, _| Reply::Slow(Duration::from_millis(3))).await;
+    let db = TestDb::on(&pg.url()).await;
+    let cfg = config(&db, &format!("{FAST_WORKER}{}", tencent_target("tim", rec.addr)));
+    let (convs, per) = (10usize, 30usize);
+    let now = now_ms() - 600_000;
+    let mut lines = Vec::new();
+    for j in 0..per {
+        for i in 0..convs {
+            let (a, b) = (format!("a{i}"), format!("b{i}"));
+            lines.push(text_line(
+                &format!("m{j}"),
+                &a,
+                &b,
+                now + j as i64,
+                &format!("c{i}m{j}"),
+            ));
+        }
+    }
+    load(&db, &cfg, "tim", "b", &[jsonl(&lines).path()], None).await;
+    let pg = Arc::new(pg);
+    let restarted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hook: chatferry::worker::Hook = {
+        let pg = pg.clone();
+        let restarted = restarted.clone();
+        Arc::new(move |p: HookPoint| {
+            let first = matches!(p, HookPoint::BeforeCheckpoint { .. })
+                && !restarted.swap(true, std::sync::atomic::Ordering::SeqCst);
+            let pg = pg.clone();
+            async move {
+                if first {
+                    tokio::task::spawn_blocking(move || pg.ctl("restart"))
+                        .await
+                        .unwrap();
+                }
+            }
+            .boxed()
+        })
+    };
+    let providers = chatferry::providers::build_all(&cfg).unwrap();
+    let w = Worker::new(db.store.clone(), &cfg, providers);
+    w.set_hook(hook);
+    let report = tokio::time::timeout(
+        Duration::from_secs(120),
+        w.run(tokio_util::sync::CancellationToken::new(), true),
+    )
+    .await
+    .expect("the run ends")
+    .expect("the run rides the restart out");
+    assert!(
+        restarted.load(std::sync::atomic::Ordering::SeqCst),
+        "Postgres was restarted"
+    );
+    assert!(report.stuck.is_empty() && report.halted.is_empty());
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'done'")
+            .await,
+        (convs * per) as i64
+    );
+    let applied = rec.applied();
+    for i in 0..convs {
+        // A resend after a lost checkpoint carries the same Tencent triple
+        // (one message at the provider), so repeats collapse.
+        let mut got = applied[&(format!("a{i}"), format!("b{i}"))].clone();
+        got.dedup();
+        let want: Vec<String> = (0..per).map(|j| format!("c{i}m{j}")).collect();
+        assert_eq!(got, want, "conversation {i}");
+    }
 }
