@@ -29,6 +29,10 @@ enum Write {
     },
 }
 
+/// What one round applied: the jobs marked (with their attempt) and the
+/// jobs checkpointed done.
+type Applied = (Vec<(i64, i32)>, Vec<i64>);
+
 /// The handle lanes write through.
 #[derive(Clone)]
 pub struct Checkpoints {
@@ -128,7 +132,7 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Write>) {
 }
 
 /// Replies to one write with its share of a group's result.
-fn answer(result: &Result<(Vec<(i64, i32)>, Vec<i64>), sqlx::Error>, w: Write) {
+fn answer(result: &Result<Applied, sqlx::Error>, w: Write) {
     match (result, w) {
         (Ok((marked, _)), Write::InFlight { job, reply, .. }) => {
             let _ = reply.send(Ok(marked.iter().find(|(id, _)| *id == job).map(|x| x.1)));
@@ -149,7 +153,7 @@ impl Store {
     /// Applies a batch of grouped writes in one transaction; returns the
     /// jobs marked (with their attempt) and the jobs checkpointed done.
     /// Writes whose lease moved on are left out of both.
-    async fn apply_checkpoints(&self, batch: &[Write]) -> Result<(Vec<(i64, i32)>, Vec<i64>), sqlx::Error> {
+    async fn apply_checkpoints(&self, batch: &[Write]) -> Result<Applied, sqlx::Error> {
         let mut m = (Vec::new(), Vec::new(), Vec::<Uuid>::new(), Vec::new(), Vec::new());
         let mut d = (
             Vec::new(),
