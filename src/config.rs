@@ -653,6 +653,19 @@ sync_mode = "live"
     }
 
     #[test]
+    fn a_grace_shorter_than_a_call_is_refused() {
+        let e = Config::from_toml("[worker]\nrequest_timeout_ms = 10000\nshutdown_grace_secs = 10\n")
+            .unwrap_err();
+        assert!(
+            e.0.contains("worker.shutdown_grace_secs (10 s) must exceed"),
+            "{e}"
+        );
+        assert!(
+            Config::from_toml("[worker]\nrequest_timeout_ms = 10000\nshutdown_grace_secs = 11\n").is_ok()
+        );
+    }
+
+    #[test]
     fn missing_secret_names_the_key() {
         let e =
             Config::from_toml("[targets.z]\nkind=\"zim\"\napp_id=1\nendpoint=\"http://x/\"\n").unwrap_err();

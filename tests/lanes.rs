@@ -306,3 +306,70 @@ async fn exit_when_idle_exits_5_and_names_paused_batches_and_blocked_lanes() {
     );
     assert_eq!(rec.applied().values().map(Vec::len).sum::<usize>(), 7);
 }
+
+/// A drain whose grace runs out while a lane still holds an answer it has
+/// not checkpointed (held there by the hook): the lane is not handed to
+/// anyone at once, and the heartbeat renews on its clock, not in a loop.
+#[tokio::test]
+async fn a_drain_cut_short_keeps_the_lane_leased_and_the_heartbeat_quiet() {
+    use std::sync::atomic::AtomicUsize;
+    let rec = Recorder::start(|_, _| Reply::Ok).await;
+    let db = TestDb::new().await;
+    let worker =
+        "[worker]\nconcurrency = 4\nmax_concurrency = 4\nlease_secs = 3\nrequest_timeout_ms = 1000\n\
+                  poll_interval_ms = 20\nretry_min_ms = 10\nretry_max_ms = 50\nshutdown_grace_secs = 2\n";
+    let cfg = config(&db, &format!("{worker}{}", tencent_target("tim", rec.addr)));
+    load(&db, &cfg, "tim", "b", &[jsonl(&one_conversation(3)).path()], None).await;
+    let held = Arc::new(AtomicBool::new(false));
+    let renewals = Arc::new(AtomicUsize::new(0));
+    let hook: chatferry::worker::Hook = {
+        let held = held.clone();
+        let renewals = renewals.clone();
+        Arc::new(move |p: HookPoint| match p {
+            HookPoint::BeforeCheckpoint { .. } if !held.swap(true, Ordering::SeqCst) => {
+                futures::future::pending().boxed()
+            }
+            HookPoint::BeforeRenew => {
+                renewals.fetch_add(1, Ordering::SeqCst);
+                async {}.boxed()
+            }
+            _ => async {}.boxed(),
+        })
+    };
+    let providers = chatferry::providers::build_all(&cfg).unwrap();
+    let w = Worker::new(db.store.clone(), &cfg, providers);
+    w.set_hook(hook);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(w.run(stop.clone(), false));
+    wait_until(std::time::Duration::from_secs(10), "an answer held", || {
+        held.load(Ordering::SeqCst)
+    })
+    .await;
+    let before = renewals.load(Ordering::SeqCst);
+    stop.cancel();
+    run.await.unwrap().unwrap();
+    let during = renewals.load(Ordering::SeqCst) - before;
+    assert!(
+        during <= 3,
+        "{during} lease renewals in a 2 s drain (every 1 s expected)"
+    );
+    // Another replica finds nothing to claim: the lane waits out its lease.
+    let other = db
+        .store
+        .claim_lanes(
+            uuid::Uuid::new_v4(),
+            10,
+            std::time::Duration::from_secs(3),
+            &["tim".to_string()],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(other.is_empty(), "the cut-short lane was handed over at once");
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'in_flight'")
+            .await,
+        1,
+        "the cut-short call stays in doubt"
+    );
+}

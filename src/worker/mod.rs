@@ -33,6 +33,8 @@ pub enum HookPoint {
     BeforeMark { lane: i64, job: i64 },
     /// The provider accepted this job; its done checkpoint is next.
     BeforeCheckpoint { lane: i64, job: i64 },
+    /// The heartbeat is about to renew this process's leases.
+    BeforeRenew,
 }
 
 /// What a test runs at a [`HookPoint`]; the lane waits for it.
@@ -604,6 +606,7 @@ impl Worker {
                     _ = stop.cancelled() => {}
                 }
             }
+            self.at(HookPoint::BeforeRenew).await;
             let held: Vec<(i64, i64)> = {
                 let h = self.held.lock().unwrap_or_else(|p| p.into_inner());
                 h.iter().map(|(id, x)| (*id, x.token)).collect()
