@@ -207,6 +207,13 @@ async fn insert_job_rows(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    if inserted == jobs.len() as u64 {
+        // Every row is new, so none can collide (the usual first load).
+        return Ok(Inserted {
+            new: inserted,
+            conflicts: Vec::new(),
+        });
+    }
     let conflicts: Vec<Conflict> = sqlx::query_as(
         "SELECT DISTINCT ON (u.q) u.q AS input_seq, j.origin AS first
          FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bytea[]) AS u(l, s, q, h)
