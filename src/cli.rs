@@ -44,7 +44,8 @@ pub enum Command {
     },
     /// Run the daemon.
     Run {
-        /// Drain what can be sent now, then exit 0.
+        /// Drain what can be sent now, then exit: 0 when every job is finished,
+        /// 5 when open jobs wait in paused batches or blocked lanes.
         #[arg(long)]
         exit_when_idle: bool,
     },
@@ -121,6 +122,31 @@ pub enum AccountsCommand {
         #[arg(long)]
         users: Option<String>,
     },
+}
+
+/// Lanes listed one by one when `run --exit-when-idle` exits 5.
+const STUCK_SHOWN: usize = 50;
+
+/// Says which lanes still hold work that waits on an operator.
+fn print_stuck(stuck: &[crate::store::StuckLane]) {
+    let jobs: i64 = stuck.iter().map(|l| l.open_jobs).sum();
+    eprintln!(
+        "not done: {jobs} open jobs in {} lanes wait on an operator (paused batch or blocked lane):",
+        stuck.len()
+    );
+    for l in stuck.iter().take(STUCK_SHOWN) {
+        eprintln!(
+            "  lane {} ({} {}): {} open jobs; {}",
+            l.lane_id,
+            l.target,
+            l.conversation.replace('\u{1f}', " <-> "),
+            l.open_jobs,
+            l.why
+        );
+    }
+    if stuck.len() > STUCK_SHOWN {
+        eprintln!("  ... and {} more lanes", stuck.len() - STUCK_SHOWN);
+    }
 }
 
 /// An error with the exit code it maps to.
@@ -311,6 +337,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                     eprintln!("error: target {t} halted: {why}");
                 }
                 return Ok(ExitCode::from(1));
+            }
+            if !report.stuck.is_empty() {
+                print_stuck(&report.stuck);
+                return Ok(ExitCode::from(5));
             }
             Ok(ExitCode::SUCCESS)
         }

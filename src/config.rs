@@ -114,6 +114,9 @@ pub struct WorkerConfig {
     /// when a reconcile compares the provider's receive time (MsgTime) with
     /// the time a job was marked in flight.
     pub reconcile_skew_secs: u64,
+    /// How often the worker looks for lanes with work that nothing will
+    /// wake (and wakes them, with a warning).
+    pub sweep_secs: u64,
 }
 
 impl Default for WorkerConfig {
@@ -133,6 +136,7 @@ impl Default for WorkerConfig {
             reconcile_settle_secs: 60,
             max_reconcile_attempts: 20,
             reconcile_skew_secs: 120,
+            sweep_secs: 60,
         }
     }
 }
@@ -481,6 +485,16 @@ impl Config {
         if self.worker.max_reconcile_attempts == 0 {
             return Err(err("worker.max_reconcile_attempts must be at least 1"));
         }
+        if self.worker.shutdown_grace_secs * 1000 <= self.worker.request_timeout_ms {
+            return Err(err(format!(
+                "worker.shutdown_grace_secs ({} s) must exceed worker.request_timeout_ms ({} ms), \
+                 so a call under way at SIGTERM can end and be checkpointed within the grace",
+                self.worker.shutdown_grace_secs, self.worker.request_timeout_ms
+            )));
+        }
+        if self.worker.sweep_secs < 1 {
+            return Err(err("worker.sweep_secs must be at least 1"));
+        }
         if self.worker.prefetch < 1 {
             return Err(err("worker.prefetch must be at least 1"));
         }
@@ -661,6 +675,19 @@ sync_mode = "live"
         assert!(!dump.contains("hunter2"));
         assert!(!dump.contains("s3cret"));
         assert!(!dump.contains("k3y\""));
+    }
+
+    #[test]
+    fn a_grace_shorter_than_a_call_is_refused() {
+        let e = Config::from_toml("[worker]\nrequest_timeout_ms = 10000\nshutdown_grace_secs = 10\n")
+            .unwrap_err();
+        assert!(
+            e.0.contains("worker.shutdown_grace_secs (10 s) must exceed"),
+            "{e}"
+        );
+        assert!(
+            Config::from_toml("[worker]\nrequest_timeout_ms = 10000\nshutdown_grace_secs = 11\n").is_ok()
+        );
     }
 
     #[test]

@@ -151,3 +151,80 @@ async fn every_bad_line_is_named_and_the_good_ones_load() {
         2 * goods as i64
     );
 }
+
+/// Reads a rejects file: (line, reason) per rejected line.
+fn read_rejects(path: &std::path::Path) -> Vec<(u64, String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["line"].as_u64().unwrap(),
+                v["reason"].as_str().unwrap().to_string(),
+                v["input"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_reused_id_with_other_content_is_rejected_naming_both_lines() {
+    let db = TestDb::new().await;
+    // Two-row chunks: the duplicates land in different, concurrent chunks.
+    let cfg = config(
+        &db,
+        "[load]\nchunk_rows = 2\n\
+         [targets.zim]\nkind = \"zim\"\nendpoint = \"http://127.0.0.1:9/\"\napp_id = 1\nserver_secret = \"s\"\n",
+    );
+    let now = now_ms() - 60_000;
+    let first = jsonl(&[
+        text_line("x", "alice", "bob", now, "one"),
+        text_line("y", "alice", "bob", now + 1, "other"),
+        text_line("z", "alice", "bob", now + 2, "third"),
+        text_line("x", "alice", "bob", now, "two"),
+        text_line("x", "alice", "bob", now, "one"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let rej = dir.path().join("rejects.jsonl");
+    let s = load(&db, &cfg, "zim", "b", &[first.path()], Some(rej.clone())).await;
+    assert_eq!((s.accepted, s.rejected), (4, 1), "{s:?}");
+    assert_eq!(s.jobs_new, 6, "x, y, z in both views");
+    assert_eq!(
+        s.jobs_planned - s.jobs_new,
+        2,
+        "the identical line 5 is already loaded"
+    );
+    let r = read_rejects(&rej);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].0, 4);
+    let name = first.path().display().to_string();
+    assert!(r[0].1.contains(&format!("{name} line 1")), "{}", r[0].1);
+    assert!(r[0].1.contains("\"x\""), "{}", r[0].1);
+    assert!(r[0].2.contains("two"), "the rejected line is kept: {}", r[0].2);
+    let kept = db
+        .scalar("SELECT count(*) FROM chatferry.jobs WHERE source_id = 'x' AND body LIKE '%one%'")
+        .await;
+    assert_eq!(kept, 2, "the first x stays, in both views");
+
+    // Another load: the same message again (other batch, other neighbours)
+    // is idempotent; a changed one is refused naming the first load.
+    let again = jsonl(&[
+        text_line("w", "alice", "bob", now, "same millisecond, before x"),
+        text_line("x", "alice", "bob", now, "one"),
+        text_line("y", "alice", "bob", now + 1, "changed"),
+    ]);
+    let rej2 = dir.path().join("rejects2.jsonl");
+    let s = load(&db, &cfg, "zim", "c", &[again.path()], Some(rej2.clone())).await;
+    assert_eq!((s.accepted, s.rejected), (2, 1), "{s:?}");
+    assert_eq!(s.jobs_new, 2, "only w is new");
+    let r = read_rejects(&rej2);
+    assert_eq!(r[0].0, 3);
+    assert!(r[0].1.contains(&format!("{name} line 2")), "{}", r[0].1);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM chatferry.jobs WHERE body LIKE '%changed%'")
+            .await,
+        0,
+        "nothing of a refused message is stored, in either view"
+    );
+}

@@ -1,9 +1,9 @@
 //! The input format: one JSON object per line (contract.md, "Input").
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// One source message. Unknown fields are ignored, so exports may carry more.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct InputMessage {
     pub id: String,
     pub from: String,
@@ -103,7 +103,7 @@ pub struct InputMessage {
 /// One part of a ZIM multi-item message (`items`): a `type` of `text`,
 /// `custom`, `image`, `file`, `audio` or `video`, with the same fields a
 /// whole message of that type takes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct InputItem {
     #[serde(rename = "type")]
     pub kind: String,

@@ -4,13 +4,16 @@
 //! request bodies; full chunks go through a small bounded channel to the
 //! database writer, so memory stays flat whatever the input size. Loading
 //! is idempotent: a job is unique per (lane, source id), and a repeat
-//! insert does nothing.
+//! insert of the same message does nothing. A different message under a
+//! reused id is caught by the database (it alone sees every load and both
+//! concurrent chunks) and comes back here to be rejected with its line.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -73,14 +76,17 @@ pub async fn run(store: &Store, config: &Config, opts: LoadOptions) -> anyhow::R
         .context("cannot create the batch; did you run `chatferry migrate`?")?;
     let base = store.next_load_base().await?;
     let started = Instant::now();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<NewJob>>(4);
+    let rejects = Arc::new(Mutex::new(Rejects::open(opts.rejects.as_deref())?));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(4);
     let chunk_rows = config.load.chunk_rows.max(1);
     let max_line = config.load.max_line_bytes.max(1024);
 
     let target_name = opts.target.clone();
-    let reader = std::thread::spawn(move || read_all(opts, target, base, chunk_rows, max_line, tx));
+    let reader_rejects = rejects.clone();
+    let reader =
+        std::thread::spawn(move || read_all(opts, target, base, chunk_rows, max_line, reader_rejects, tx));
 
-    let mut new_jobs = 0u64;
+    let mut stored = Stored::default();
     // Two chunks in flight keep both the parser and the database busy.
     let mut inflight = futures::stream::FuturesOrdered::new();
     use futures::StreamExt;
@@ -92,43 +98,112 @@ pub async fn run(store: &Store, config: &Config, opts: LoadOptions) -> anyhow::R
                     None => break,
                 }
             }
-            Some(r) = inflight.next() => { new_jobs += r?; }
+            Some(r) = inflight.next() => { stored.add(r?, &rejects)?; }
         }
     }
     while let Some(r) = inflight.next().await {
-        new_jobs += r?;
+        stored.add(r?, &rejects)?;
     }
     let mut summary = reader
         .join()
         .map_err(|_| anyhow::anyhow!("the input reader crashed"))??;
-    summary.jobs_new = new_jobs;
+    if let Some(mut out) = rejects.lock().unwrap_or_else(|p| p.into_inner()).out.take() {
+        out.flush()?;
+    }
+    summary.jobs_new = stored.new_jobs;
+    summary.accepted -= stored.refused;
+    summary.rejected += stored.refused;
+    summary.jobs_planned -= stored.refused_jobs;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// A chunk of jobs, with the lines they came from (for rejects found by
+/// the database: a reused id), keyed by `input_seq`.
+struct Chunk {
+    jobs: Vec<NewJob>,
+    lines: HashMap<i64, SourceLine>,
+}
+
+/// An accepted line, kept until its chunk is stored.
+struct SourceLine {
+    file: Arc<str>,
+    line: u64,
+    raw: Box<[u8]>,
+    source_id: String,
+}
+
+/// What the database writer did, over all chunks.
+#[derive(Default)]
+struct Stored {
+    new_jobs: u64,
+    /// Lines refused for a reused id, and their planned jobs.
+    refused: u64,
+    refused_jobs: u64,
+}
+
+impl Stored {
+    fn add(
+        &mut self,
+        (ins, chunk): (store::Inserted, Chunk),
+        rejects: &Mutex<Rejects>,
+    ) -> anyhow::Result<()> {
+        self.new_jobs += ins.new;
+        let mut rejects = rejects.lock().unwrap_or_else(|p| p.into_inner());
+        for c in &ins.conflicts {
+            let Some(l) = chunk.lines.get(&c.input_seq) else {
+                continue;
+            };
+            self.refused += 1;
+            self.refused_jobs += chunk.jobs.iter().filter(|j| j.input_seq == c.input_seq).count() as u64;
+            let first = c.first.as_deref().unwrap_or("an earlier load");
+            let reason = format!(
+                "id {:?} is already loaded for this conversation from {first} with different content; \
+                 a source id must name one message: give this message its own id, or drop one of the two",
+                l.source_id
+            );
+            rejects.record(&l.file, l.line, &reason, &l.raw)?;
+        }
+        Ok(())
+    }
+}
+
+/// SHA-256 of the parsed message: independent of the load (file, line,
+/// batch, same-millisecond neighbours), so a reload of the same message
+/// matches and a different message under the same id does not.
+fn content_hash(m: &input::InputMessage) -> Vec<u8> {
+    use sha2::Digest;
+    let canonical = serde_json::to_vec(m).unwrap_or_default();
+    sha2::Sha256::digest(&canonical).to_vec()
 }
 
 async fn insert_with_retry(
     store: Store,
     target: String,
     batch_id: i64,
-    chunk: Vec<NewJob>,
-) -> anyhow::Result<u64> {
+    chunk: Chunk,
+) -> anyhow::Result<(store::Inserted, Chunk)> {
     let op = || {
         let store = &store;
-        let chunk = &chunk;
+        let jobs = &chunk.jobs;
         let target = &target;
-        async move { store.insert_jobs(target, batch_id, chunk).await }
+        async move { store.insert_jobs(target, batch_id, jobs).await }
     };
-    op.retry(
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(10))
-            .with_max_times(12)
-            .with_jitter(),
-    )
-    .when(store::is_transient)
-    .notify(|e, d| tracing::warn!(error = %e, retry_in = ?d, "database unavailable while loading; retrying"))
-    .await
-    .context("cannot write jobs to the database")
+    let inserted = op
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(10))
+                .with_max_times(12)
+                .with_jitter(),
+        )
+        .when(store::is_transient)
+        .notify(
+            |e, d| tracing::warn!(error = %e, retry_in = ?d, "database unavailable while loading; retrying"),
+        )
+        .await
+        .context("cannot write jobs to the database")?;
+    Ok((inserted, chunk))
 }
 
 enum Line {
@@ -191,6 +266,21 @@ struct Rejects {
 }
 
 impl Rejects {
+    fn open(path: Option<&std::path::Path>) -> anyhow::Result<Rejects> {
+        Ok(Rejects {
+            out: match path {
+                Some(p) => {
+                    Some(BufWriter::new(File::create(p).with_context(|| {
+                        format!("cannot create rejects file {}", p.display())
+                    })?))
+                }
+                None => None,
+            },
+            shown: 0,
+            to_file: path.is_some(),
+        })
+    }
+
     fn record(&mut self, file: &str, line: u64, reason: &str, raw: &[u8]) -> std::io::Result<()> {
         if self.shown < SHOWN_REJECTS {
             eprintln!("rejected: {file} line {line}: {reason}");
@@ -229,22 +319,21 @@ fn read_all(
     base: i64,
     chunk_rows: usize,
     max_line: usize,
-    tx: tokio::sync::mpsc::Sender<Vec<NewJob>>,
+    rejects: Arc<Mutex<Rejects>>,
+    tx: tokio::sync::mpsc::Sender<Chunk>,
 ) -> anyhow::Result<LoadSummary> {
-    let mut rejects = Rejects {
-        out: match &opts.rejects {
-            Some(p) => {
-                Some(BufWriter::new(File::create(p).with_context(|| {
-                    format!("cannot create rejects file {}", p.display())
-                })?))
-            }
-            None => None,
-        },
-        shown: 0,
-        to_file: opts.rejects.is_some(),
+    let record = |file: &str, line: u64, reason: &str, raw: &[u8]| {
+        rejects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(file, line, reason, raw)
+    };
+    let new_chunk = || Chunk {
+        jobs: Vec::with_capacity(chunk_rows),
+        lines: HashMap::new(),
     };
     let mut summary = LoadSummary::default();
-    let mut chunk: Vec<NewJob> = Vec::with_capacity(chunk_rows);
+    let mut chunk = new_chunk();
     let mut same_ms: HashMap<u64, u32> = HashMap::new();
     let mut seq: i64 = 0;
     let mut warned_visible_to = false;
@@ -271,6 +360,11 @@ fn read_all(
 
     let mut buf = Vec::with_capacity(4096);
     for name in &opts.files {
+        let file: Arc<str> = if name == "-" {
+            "standard input".into()
+        } else {
+            name.as_str().into()
+        };
         let raw: Box<dyn Read> = if name == "-" {
             Box::new(std::io::stdin())
         } else {
@@ -291,7 +385,7 @@ fn read_all(
                         "line is {n} bytes, over the {max_line}-byte limit (load.max_line_bytes); \
                          no provider accepts a message that large"
                     );
-                    rejects.record(name, line_no, &reason, b"")?;
+                    record(name, line_no, &reason, b"")?;
                     summary.rejected += 1;
                     continue;
                 }
@@ -333,14 +427,25 @@ fn read_all(
             });
             match planned {
                 Err(reason) => {
-                    rejects.record(name, line_no, &reason, &buf)?;
+                    record(name, line_no, &reason, &buf)?;
                     summary.rejected += 1;
                 }
                 Ok((m, jobs)) => {
                     summary.accepted += 1;
+                    let hash = content_hash(&m);
+                    let origin = format!("{file} line {line_no}");
+                    chunk.lines.insert(
+                        base + seq,
+                        SourceLine {
+                            file: file.clone(),
+                            line: line_no,
+                            raw: buf[..buf.len().min(REJECT_INPUT_BYTES)].into(),
+                            source_id: m.id.clone(),
+                        },
+                    );
                     for j in jobs {
                         summary.jobs_planned += 1;
-                        chunk.push(NewJob {
+                        chunk.jobs.push(NewJob {
                             lane_key: j.lane_key,
                             conversation: j.conversation,
                             view_user: j.view_user,
@@ -348,10 +453,12 @@ fn read_all(
                             sent_at_ms: m.sent_at_ms,
                             input_seq: base + seq,
                             body: j.body,
+                            content_hash: hash.clone(),
+                            origin: origin.clone(),
                         });
                     }
-                    if chunk.len() >= chunk_rows {
-                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_rows));
+                    if chunk.jobs.len() >= chunk_rows {
+                        let full = std::mem::replace(&mut chunk, new_chunk());
                         if tx.blocking_send(full).is_err() {
                             anyhow::bail!("the database writer stopped");
                         }
@@ -360,11 +467,8 @@ fn read_all(
             }
         }
     }
-    if !chunk.is_empty() && tx.blocking_send(chunk).is_err() {
+    if !chunk.jobs.is_empty() && tx.blocking_send(chunk).is_err() {
         anyhow::bail!("the database writer stopped");
-    }
-    if let Some(mut out) = rejects.out.take() {
-        out.flush()?;
     }
     bar.finish_and_clear();
     Ok(summary)

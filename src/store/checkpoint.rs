@@ -17,6 +17,8 @@ enum Write {
     InFlight {
         lease: Lease,
         job: i64,
+        /// The lease must outlive the database's now() by this much.
+        min_lease_ms: i64,
         reply: oneshot::Sender<Result<Option<i32>, sqlx::Error>>,
     },
     Done {
@@ -26,6 +28,10 @@ enum Write {
         reply: oneshot::Sender<Result<bool, sqlx::Error>>,
     },
 }
+
+/// What one round applied: the jobs marked (with their attempt) and the
+/// jobs checkpointed done.
+type Applied = (Vec<(i64, i32)>, Vec<i64>);
 
 /// The handle lanes write through.
 #[derive(Clone)]
@@ -55,13 +61,22 @@ impl Checkpoints {
         Checkpoints { tx }
     }
 
-    /// As [`Store::mark_in_flight`], grouped.
-    pub async fn mark_in_flight(&self, lease: &Lease, job: i64) -> Result<Option<i32>, sqlx::Error> {
+    /// Marks a job in flight and returns its attempt number; None when the
+    /// lease moved on or, on the database's clock, does not outlive
+    /// `min_lease` (the request timeout and a margin): the fence holds
+    /// even when this host's clock or deadline is wrong.
+    pub async fn mark_in_flight(
+        &self,
+        lease: &Lease,
+        job: i64,
+        min_lease: std::time::Duration,
+    ) -> Result<Option<i32>, sqlx::Error> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Write::InFlight {
                 lease: lease.clone(),
                 job,
+                min_lease_ms: min_lease.as_millis() as i64,
                 reply,
             })
             .await
@@ -96,21 +111,40 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Write>) {
             }
         }
         let result = store.apply_checkpoints(&batch).await;
-        for w in batch.drain(..) {
-            match (&result, w) {
-                (Ok((marked, _)), Write::InFlight { job, reply, .. }) => {
-                    let _ = reply.send(Ok(marked.iter().find(|(id, _)| *id == job).map(|x| x.1)));
-                }
-                (Ok((_, done_ids)), Write::Done { job, reply, .. }) => {
-                    let _ = reply.send(Ok(done_ids.contains(&job)));
-                }
-                (Err(e), Write::InFlight { reply, .. }) => {
-                    let _ = reply.send(Err(share(e)));
-                }
-                (Err(e), Write::Done { reply, .. }) => {
-                    let _ = reply.send(Err(share(e)));
+        match result {
+            // One bad write (a statement timeout, a NUL byte in a provider
+            // id) must not throw every lane of the group into doubt: write
+            // them one by one, so only the guilty one fails.
+            Err(e) if !is_transient(&e) && batch.len() > 1 => {
+                tracing::warn!(error = %e, writes = batch.len(), "a grouped checkpoint failed; writing its writes one by one");
+                for w in batch.drain(..) {
+                    let alone = store.apply_checkpoints(std::slice::from_ref(&w)).await;
+                    answer(&alone, w);
                 }
             }
+            result => {
+                for w in batch.drain(..) {
+                    answer(&result, w);
+                }
+            }
+        }
+    }
+}
+
+/// Replies to one write with its share of a group's result.
+fn answer(result: &Result<Applied, sqlx::Error>, w: Write) {
+    match (result, w) {
+        (Ok((marked, _)), Write::InFlight { job, reply, .. }) => {
+            let _ = reply.send(Ok(marked.iter().find(|(id, _)| *id == job).map(|x| x.1)));
+        }
+        (Ok((_, done_ids)), Write::Done { job, reply, .. }) => {
+            let _ = reply.send(Ok(done_ids.contains(&job)));
+        }
+        (Err(e), Write::InFlight { reply, .. }) => {
+            let _ = reply.send(Err(share(e)));
+        }
+        (Err(e), Write::Done { reply, .. }) => {
+            let _ = reply.send(Err(share(e)));
         }
     }
 }
@@ -119,8 +153,8 @@ impl Store {
     /// Applies a batch of grouped writes in one transaction; returns the
     /// jobs marked (with their attempt) and the jobs checkpointed done.
     /// Writes whose lease moved on are left out of both.
-    async fn apply_checkpoints(&self, batch: &[Write]) -> Result<(Vec<(i64, i32)>, Vec<i64>), sqlx::Error> {
-        let mut m = (Vec::new(), Vec::new(), Vec::<Uuid>::new(), Vec::new());
+    async fn apply_checkpoints(&self, batch: &[Write]) -> Result<Applied, sqlx::Error> {
+        let mut m = (Vec::new(), Vec::new(), Vec::<Uuid>::new(), Vec::new(), Vec::new());
         let mut d = (
             Vec::new(),
             Vec::new(),
@@ -132,11 +166,17 @@ impl Store {
         );
         for w in batch {
             match w {
-                Write::InFlight { lease, job, .. } => {
+                Write::InFlight {
+                    lease,
+                    job,
+                    min_lease_ms,
+                    ..
+                } => {
                     m.0.push(*job);
                     m.1.push(lease.lane_id);
                     m.2.push(lease.owner);
                     m.3.push(lease.token);
+                    m.4.push(*min_lease_ms);
                 }
                 Write::Done { lease, job, ids, .. } => {
                     d.0.push(*job);
@@ -154,9 +194,10 @@ impl Store {
         if !m.0.is_empty() {
             marked = sqlx::query_as(
                 "WITH held AS (
-                    SELECT u.job FROM unnest($1::bigint[], $2::bigint[], $3::uuid[], $4::bigint[])
-                           AS u(job, lane, owner, token)
+                    SELECT u.job FROM unnest($1::bigint[], $2::bigint[], $3::uuid[], $4::bigint[], $5::bigint[])
+                           AS u(job, lane, owner, token, min_ms)
                     JOIN lanes l ON l.id = u.lane AND l.lease_owner = u.owner AND l.lease_token = u.token
+                                AND l.lease_until > now() + u.min_ms * interval '1 millisecond'
                     FOR KEY SHARE OF l)
                  UPDATE jobs j SET status = 'in_flight', attempts = j.attempts + 1, updated_at = now(),
                         -- Marking a job that is still in_flight means its last
@@ -170,6 +211,7 @@ impl Store {
             .bind(&m.1)
             .bind(&m.2)
             .bind(&m.3)
+            .bind(&m.4)
             .fetch_all(&mut *tx)
             .await?;
         }

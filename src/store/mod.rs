@@ -103,6 +103,29 @@ impl OpenJob {
     }
 }
 
+/// A lane whose open jobs wait on an operator (`run --exit-when-idle`).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StuckLane {
+    pub lane_id: i64,
+    pub target: String,
+    pub conversation: String,
+    pub view_user: Option<String>,
+    /// Pending or in-flight jobs left in the lane.
+    pub open_jobs: i64,
+    /// Why it waits, and what the operator can do.
+    pub why: String,
+}
+
+/// A lane [`Store::wake_stranded_lanes`] woke, and what it was parked at.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StrandedLane {
+    pub lane_id: i64,
+    pub target: String,
+    pub conversation: String,
+    pub blocked_job: Option<i64>,
+    pub paused_batch: Option<i64>,
+}
+
 /// One job to insert, as the loader built it.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -113,6 +136,29 @@ pub struct NewJob {
     pub sent_at_ms: i64,
     pub input_seq: i64,
     pub body: String,
+    /// SHA-256 of the parsed source message: the same on every load.
+    pub content_hash: Vec<u8>,
+    /// Where the message was read: `FILE line N`.
+    pub origin: String,
+}
+
+/// What one chunk insert did.
+#[derive(Debug, Default)]
+pub struct Inserted {
+    /// Jobs stored for the first time.
+    pub new: u64,
+    /// Messages refused: their id is already stored for the conversation
+    /// with different content. Nothing of theirs was stored.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// A message whose id is taken by a different message.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Conflict {
+    /// The refused message's `input_seq`.
+    pub input_seq: i64,
+    /// Where the stored message came from (`FILE line N`), if known.
+    pub first: Option<String>,
 }
 
 /// What the provider said, as recorded on a done job.
@@ -141,6 +187,83 @@ pub struct BatchStatus {
     pub eta_secs: Option<i64>,
 }
 
+/// Inserts a chunk's job rows, then refuses (removes again) every message
+/// of the chunk whose id is already stored in its lane with another
+/// content hash. A row is ours when its `input_seq` is: every load takes
+/// its own range. Concurrent chunks see each other through the unique
+/// index: the later insert waits for the earlier commit, then compares.
+async fn insert_job_rows(
+    tx: &mut sqlx::PgConnection,
+    batch_id: i64,
+    lane_ids: &[i64],
+    jobs: &[NewJob],
+) -> Result<Inserted, sqlx::Error> {
+    let source_ids: Vec<&str> = jobs.iter().map(|j| j.source_id.as_str()).collect();
+    let sent: Vec<i64> = jobs.iter().map(|j| j.sent_at_ms).collect();
+    let seqs: Vec<i64> = jobs.iter().map(|j| j.input_seq).collect();
+    let bodies: Vec<&str> = jobs.iter().map(|j| j.body.as_str()).collect();
+    let hashes: Vec<&[u8]> = jobs.iter().map(|j| j.content_hash.as_slice()).collect();
+    let origins: Vec<&str> = jobs.iter().map(|j| j.origin.as_str()).collect();
+    let inserted = sqlx::query(
+        "INSERT INTO jobs (lane_id, batch_id, source_id, sent_at_ms, input_seq, body, content_hash, origin)
+         SELECT l, $1, s, t, q, b, h, o
+         FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::bytea[], $8::text[])
+              WITH ORDINALITY AS u(l, s, t, q, b, h, o, n)
+         ORDER BY n
+         ON CONFLICT (lane_id, source_id) DO NOTHING",
+    )
+    .bind(batch_id)
+    .bind(lane_ids)
+    .bind(&source_ids)
+    .bind(&sent)
+    .bind(&seqs)
+    .bind(&bodies)
+    .bind(&hashes)
+    .bind(&origins)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == jobs.len() as u64 {
+        // Every row is new, so none can collide (the usual first load).
+        return Ok(Inserted {
+            new: inserted,
+            conflicts: Vec::new(),
+        });
+    }
+    let conflicts: Vec<Conflict> = sqlx::query_as(
+        "SELECT DISTINCT ON (u.q) u.q AS input_seq, j.origin AS first
+         FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bytea[]) AS u(l, s, q, h)
+         JOIN jobs j ON j.lane_id = u.l AND j.source_id = u.s
+         WHERE j.input_seq <> u.q AND j.content_hash <> u.h
+         ORDER BY u.q",
+    )
+    .bind(lane_ids)
+    .bind(&source_ids)
+    .bind(&seqs)
+    .bind(&hashes)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut removed = 0;
+    if !conflicts.is_empty() {
+        let refused: Vec<i64> = conflicts.iter().map(|c| c.input_seq).collect();
+        removed = sqlx::query(
+            "DELETE FROM jobs j USING unnest($1::bigint[], $2::text[], $3::bigint[]) AS u(l, s, q)
+             WHERE j.lane_id = u.l AND j.source_id = u.s AND j.input_seq = u.q AND u.q = ANY($4)",
+        )
+        .bind(lane_ids)
+        .bind(&source_ids)
+        .bind(&seqs)
+        .bind(&refused)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    }
+    Ok(Inserted {
+        new: inserted - removed,
+        conflicts,
+    })
+}
+
 /// True when a database error is worth waiting out (connection lost, server
 /// restarting, pool exhausted) rather than a bug or a bad statement.
 pub fn is_transient(e: &sqlx::Error) -> bool {
@@ -155,15 +278,45 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
             let code = code.as_deref().unwrap_or("");
             // 08: connection exception; 57P0x: admin/crash shutdown, cannot
             // connect now; 53: insufficient resources; 40001/40P01:
-            // serialization failure / deadlock (safe to retry).
-            code.starts_with("08")
+            // serialization failure / deadlock (safe to retry); 25006: a
+            // write on a server that became a standby (failover).
+            let transient = code.starts_with("08")
                 || code.starts_with("57P")
                 || code.starts_with("53")
                 || code == "40001"
                 || code == "40P01"
+                || code == "25006";
+            if code == "25006" || code.starts_with("57P") {
+                note_failover();
+            }
+            transient
         }
         _ => false,
     }
+}
+
+/// Monotonic ms (since [`epoch`]) of the last sign of a failover.
+static FAILOVER_AT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
+
+fn epoch() -> std::time::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(std::time::Instant::now)
+}
+
+/// After a failover, pooled connections may still point at the demoted
+/// server, which answers every write with 25006 while a ping works: the
+/// pool would hand them out for ever. Every connection opened before the
+/// last such answer is therefore closed when next acquired (see
+/// [`Store::connect`]); new ones reach the new primary.
+fn note_failover() {
+    let now = epoch().elapsed().as_millis() as i64;
+    FAILOVER_AT.fetch_max(now, std::sync::atomic::Ordering::AcqRel);
+}
+
+/// True when a pooled connection of this age predates the last failover.
+fn predates_failover(age: Duration) -> bool {
+    let opened = epoch().elapsed().saturating_sub(age).as_millis() as i64;
+    opened <= FAILOVER_AT.load(std::sync::atomic::Ordering::Acquire)
 }
 
 impl Store {
@@ -184,6 +337,7 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(cfg.max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            .before_acquire(|_, meta| Box::pin(async move { Ok(!predates_failover(meta.age)) }))
             .connect_lazy_with(opts);
         Ok(Store { pool, schema })
     }
@@ -244,7 +398,8 @@ impl Store {
         Ok(n << 32)
     }
 
-    /// Inserts one chunk of jobs in one transaction; returns how many were new.
+    /// Inserts one chunk of jobs in one transaction; returns how many were
+    /// new and which messages were refused as reused ids.
     ///
     /// Waking the chunk's idle lanes happens after the commit, on purpose:
     /// a worker releasing a lane locks it and then reads its head in a new
@@ -260,9 +415,9 @@ impl Store {
         target: &str,
         batch_id: i64,
         jobs: &[NewJob],
-    ) -> Result<u64, sqlx::Error> {
+    ) -> Result<Inserted, sqlx::Error> {
         if jobs.is_empty() {
-            return Ok(0);
+            return Ok(Inserted::default());
         }
         let mut lanes: Vec<(&str, &str, Option<&str>)> = jobs
             .iter()
@@ -304,26 +459,7 @@ impl Store {
             ids.insert(r.get::<String, _>(1), r.get::<i64, _>(0));
         }
         let lane_ids: Vec<i64> = jobs.iter().map(|j| ids[&j.lane_key]).collect();
-        let source_ids: Vec<&str> = jobs.iter().map(|j| j.source_id.as_str()).collect();
-        let sent: Vec<i64> = jobs.iter().map(|j| j.sent_at_ms).collect();
-        let seqs: Vec<i64> = jobs.iter().map(|j| j.input_seq).collect();
-        let bodies: Vec<&str> = jobs.iter().map(|j| j.body.as_str()).collect();
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (lane_id, batch_id, source_id, sent_at_ms, input_seq, body)
-             SELECT l, $1, s, t, q, b
-             FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[])
-                  AS u(l, s, t, q, b)
-             ON CONFLICT (lane_id, source_id) DO NOTHING",
-        )
-        .bind(batch_id)
-        .bind(&lane_ids)
-        .bind(&source_ids)
-        .bind(&sent)
-        .bind(&seqs)
-        .bind(&bodies)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let inserted = insert_job_rows(&mut tx, batch_id, &lane_ids, jobs).await?;
         tx.commit().await?;
 
         let mut distinct: Vec<i64> = ids.into_values().collect();
@@ -339,19 +475,58 @@ impl Store {
         Ok(inserted)
     }
 
-    /// Wakes idle lanes that still hold open jobs (a loader died between
-    /// its commit and its wake-up). Reads every idle lane: run it at
-    /// start-up and before an idle exit, not in a loop.
-    pub async fn wake_stranded_lanes(&self) -> Result<u64, sqlx::Error> {
-        Ok(sqlx::query(
-            "UPDATE lanes l SET available_at = now()
-             WHERE l.available_at IS NULL AND l.blocked_job IS NULL AND l.paused_batch IS NULL
-               AND EXISTS (SELECT 1 FROM jobs j
-                           WHERE j.lane_id = l.id AND j.status IN ('pending', 'in_flight'))",
+    /// Wakes idle lanes that hold open jobs yet wait on nothing: no lease,
+    /// and no pause or block that still holds (a loader that died between
+    /// its commit and its wake-up, or a park whose reason an operator
+    /// lifted). Returns the lanes woken, with what they were parked at.
+    /// Reads every idle lane, so it runs at start-up, every
+    /// `worker.sweep_secs` and before an idle exit, never in a hot loop.
+    pub async fn wake_stranded_lanes(&self) -> Result<Vec<StrandedLane>, sqlx::Error> {
+        sqlx::query_as(
+            "WITH s AS (
+                SELECT l.id, l.blocked_job, l.paused_batch FROM lanes l
+                WHERE l.available_at IS NULL
+                  AND (l.blocked_job IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM jobs b WHERE b.id = l.blocked_job AND b.status = 'failed'))
+                  AND (l.paused_batch IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM batches p WHERE p.id = l.paused_batch AND p.paused))
+                  AND EXISTS (SELECT 1 FROM jobs j
+                              WHERE j.lane_id = l.id AND j.status IN ('pending', 'in_flight'))
+                FOR UPDATE OF l SKIP LOCKED)
+             UPDATE lanes l SET available_at = now(), blocked_job = NULL, paused_batch = NULL
+             FROM s WHERE l.id = s.id
+             RETURNING l.id AS lane_id, l.target, l.conversation, s.blocked_job, s.paused_batch",
         )
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Lanes of these targets whose open jobs wait on an operator: a
+    /// paused batch or a block. Read once, before an idle exit.
+    pub async fn stuck_lanes(&self, targets: &[String]) -> Result<Vec<StuckLane>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT l.id AS lane_id, l.target, l.conversation, l.view_user,
+                    (SELECT count(*) FROM jobs j
+                     WHERE j.lane_id = l.id AND j.status IN ('pending', 'in_flight')) AS open_jobs,
+                    CASE WHEN l.blocked_job IS NOT NULL THEN
+                        format('blocked at job %s (source id %s, code %s: %s); run `chatferry retry --batch %s` or `chatferry skip --job %s`',
+                               bj.id, bj.source_id, coalesce(bj.last_code::text, 'none'),
+                               coalesce(bj.last_error, ''), bb.name, bj.id)
+                    WHEN l.paused_batch IS NOT NULL THEN
+                        format('batch %s is paused; run `chatferry resume --batch %s`', pb.name, pb.name)
+                    ELSE 'idle with open jobs' END AS why
+             FROM lanes l
+             LEFT JOIN jobs bj ON bj.id = l.blocked_job
+             LEFT JOIN batches bb ON bb.id = bj.batch_id
+             LEFT JOIN batches pb ON pb.id = l.paused_batch
+             WHERE l.target = ANY($1) AND l.available_at IS NULL
+               AND EXISTS (SELECT 1 FROM jobs j
+                           WHERE j.lane_id = l.id AND j.status IN ('pending', 'in_flight'))
+             ORDER BY l.id",
+        )
+        .bind(targets)
+        .fetch_all(&self.pool)
+        .await
     }
 
     // ----- workers -------------------------------------------------------
@@ -524,11 +699,34 @@ impl Store {
     }
 
     /// Gives a lane back. Its next claim time is its head job's retry time,
-    /// or NULL when nothing is left; `block_at` parks it at that job.
-    /// Returns false when the lease had already moved on.
+    /// or NULL when nothing is left; `park` parks it at a failed job or a
+    /// paused batch. Returns false when the lease had already moved on.
+    ///
+    /// A lane is parked only while its reason still holds, checked under
+    /// locks in this transaction: an operator's `resume`, `retry` or `skip`
+    /// committed after the worker decided to park would otherwise find the
+    /// lane still leased, leave it alone, and the lane would sleep for
+    /// ever. The batch or job row is locked before the lane, the order
+    /// those commands use, so the two wait for each other and never
+    /// deadlock; whichever commits second sees the other's change.
     pub async fn release_lane(&self, lease: &Lease, park: Park) -> Result<bool, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        // Lock first, then read the head in a fresh statement: a loader
+        match park {
+            Park::No => {}
+            Park::Blocked(job) => {
+                sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR SHARE")
+                    .bind(job)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Park::Paused(batch) => {
+                sqlx::query("SELECT 1 FROM batches WHERE id = $1 FOR SHARE")
+                    .bind(batch)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        // Lock the lane, then read the head in a fresh statement: a loader
         // holding the lane lock has committed its jobs by then.
         let held: Option<i64> = sqlx::query_scalar(
             "SELECT id FROM lanes WHERE id = $1 AND lease_owner = $2 AND lease_token = $3 FOR UPDATE",
@@ -547,13 +745,17 @@ impl Store {
             Park::Paused(batch) => (None, Some(batch)),
         };
         sqlx::query(
-            "UPDATE lanes SET lease_owner = NULL, lease_until = NULL,
-                    blocked_job = $2, paused_batch = $3,
-                    available_at = CASE WHEN $2::bigint IS NULL AND $3::bigint IS NULL THEN
+            "WITH park AS (
+                SELECT (SELECT id FROM jobs WHERE id = $2 AND status = 'failed') AS blocked_job,
+                       (SELECT id FROM batches WHERE id = $3 AND paused) AS paused_batch)
+             UPDATE lanes SET lease_owner = NULL, lease_until = NULL,
+                    blocked_job = park.blocked_job, paused_batch = park.paused_batch,
+                    available_at = CASE WHEN park.blocked_job IS NULL AND park.paused_batch IS NULL THEN
                         (SELECT next_attempt_at FROM jobs
                          WHERE lane_id = $1 AND status IN ('pending', 'in_flight')
                          ORDER BY sent_at_ms, input_seq LIMIT 1)
                     END
+             FROM park
              WHERE id = $1",
         )
         .bind(lease.lane_id)

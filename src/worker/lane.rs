@@ -40,6 +40,11 @@ pub(super) async fn run(
         Stop::Block(job) => Park::Blocked(job),
         Stop::Paused(batch) => Park::Paused(batch),
     };
+    w.at(super::HookPoint::BeforeRelease {
+        lane: lease.lane_id,
+        park,
+    })
+    .await;
     // From here on the lane needs no fence: it only gives the lease back.
     let deadline = valid_until.swap(super::FINISHING, Ordering::AcqRel);
     let valid_until = AtomicI64::new(deadline);
@@ -143,13 +148,27 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                 );
                 return Stop::Release;
             }
+            w.at(super::HookPoint::BeforeMark {
+                lane: lease.lane_id,
+                job: job.id,
+            })
+            .await;
+            // The same fence, on the database's clock, in the mark itself.
+            let fence = Duration::from_millis((timeout_ms + margin_ms) as u64);
             let attempt = match with_db(valid_until, "mark the job in flight", || {
-                w.checkpoints.mark_in_flight(lease, job.id)
+                w.checkpoints.mark_in_flight(lease, job.id, fence)
             })
             .await
             {
                 Some(Some(a)) => a,
-                _ => return Stop::Lost,
+                Some(None) => {
+                    tracing::warn!(
+                        lane = lease.lane_id,
+                        "the in-flight mark was refused: the lease moved on, or is too short on the database's clock"
+                    );
+                    return Stop::Lost;
+                }
+                None => return Stop::Lost,
             };
             target.bucket.until_ready().await;
             metrics::counter!(om::RATE_WAIT_MS, "target" => lane.target.clone())
@@ -184,6 +203,11 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
             }
             match outcome {
                 Outcome::Accepted(a) => {
+                    w.at(super::HookPoint::BeforeCheckpoint {
+                        lane: lease.lane_id,
+                        job: job.id,
+                    })
+                    .await;
                     let ids = ProviderIds {
                         msg_id: a.msg_id,
                         msg_seq: a.msg_seq,

@@ -23,6 +23,23 @@ use crate::store::{self, Store};
 
 mod lane;
 
+/// A point in a lane's life where a test may hold the lane, to drive a
+/// race with an operator command deterministically (see [`Worker::set_hook`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookPoint {
+    /// The lane stopped and is about to give its lease back, parked this way.
+    BeforeRelease { lane: i64, park: store::Park },
+    /// The lane is about to mark this job in flight (its lease checked locally).
+    BeforeMark { lane: i64, job: i64 },
+    /// The provider accepted this job; its done checkpoint is next.
+    BeforeCheckpoint { lane: i64, job: i64 },
+    /// The heartbeat is about to renew this process's leases.
+    BeforeRenew,
+}
+
+/// What a test runs at a [`HookPoint`]; the lane waits for it.
+pub type Hook = Arc<dyn Fn(HookPoint) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
 /// Monotonic milliseconds since the process started.
 fn now_ms() -> i64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -61,6 +78,9 @@ impl Target {
 pub struct RunReport {
     /// Targets that stopped on an auth or config error, with the reason.
     pub halted: Vec<(String, String)>,
+    /// With `--exit-when-idle`: lanes whose open jobs wait on an operator
+    /// (paused batch, blocked lane). Empty when every job is finished.
+    pub stuck: Vec<store::StuckLane>,
 }
 
 struct Held {
@@ -88,6 +108,8 @@ pub struct Worker {
     pub draining: Arc<AtomicBool>,
     /// Group commit for in-flight marks and done checkpoints.
     pub(crate) checkpoints: store::checkpoint::Checkpoints,
+    /// Set only by tests (see [`HookPoint`]).
+    hook: std::sync::OnceLock<Hook>,
 }
 
 impl Worker {
@@ -119,7 +141,19 @@ impl Worker {
             send_from: AtomicI64::new(i64::MAX),
             cycle_us: AtomicU64::new(0),
             draining: Arc::new(AtomicBool::new(false)),
+            hook: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs a test hook (once); production code never sets one.
+    pub fn set_hook(&self, hook: Hook) {
+        let _ = self.hook.set(hook);
+    }
+
+    pub(crate) async fn at(&self, point: HookPoint) {
+        if let Some(h) = self.hook.get() {
+            h(point).await;
+        }
     }
 
     /// Applies reloaded limits (SIGHUP): target name → documented rate.
@@ -311,6 +345,22 @@ impl Worker {
         }
     }
 
+    /// Every `worker.sweep_secs`, wakes lanes that have work and nothing
+    /// to wake them. The races that stranded lanes are closed; this is the
+    /// net under whatever is not yet known, and it says so loudly.
+    async fn sweep(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(self.cfg.sweep_secs)) => {}
+                _ = stop.cancelled() => return,
+            }
+            match self.store.wake_stranded_lanes().await {
+                Ok(woken) => log_woken(&woken),
+                Err(e) => tracing::warn!(error = %e, "cannot look for stranded lanes"),
+            }
+        }
+    }
+
     fn lease(&self) -> Duration {
         Duration::from_secs(self.cfg.lease_secs)
     }
@@ -355,14 +405,12 @@ impl Worker {
             self.store.register_worker(self.id, &host)
         })
         .await;
-        if let Some(n) = db_retry_forever(&shutdown, "look for stranded lanes", || {
+        if let Some(woken) = db_retry_forever(&shutdown, "look for stranded lanes", || {
             self.store.wake_stranded_lanes()
         })
         .await
         {
-            if n > 0 {
-                tracing::info!(lanes = n, "woke lanes a loader left asleep");
-            }
+            log_woken(&woken);
         }
         self.apply_probe_findings().await;
         tracing::info!(worker = %self.id, concurrency = self.cfg.concurrency, targets = ?self.targets.keys().collect::<Vec<_>>(), "worker started");
@@ -374,11 +422,13 @@ impl Worker {
         let heartbeat = tokio::spawn(self.clone().heartbeat(lanes_stop.clone()));
         let rates_stop = CancellationToken::new();
         let rates = tokio::spawn(self.clone().rate_control(rates_stop.clone()));
+        let sweep = tokio::spawn(self.clone().sweep(rates_stop.clone()));
         crate::ops::notify::notify("READY=1");
         let mut tasks: JoinSet<i64> = JoinSet::new();
         let mut task_lanes: HashMap<tokio::task::Id, i64> = HashMap::new();
         let poll = Duration::from_millis(self.cfg.poll_interval_ms.max(10));
         let mut db_backoff = Duration::from_millis(200);
+        let mut idle_exit = false;
 
         loop {
             while let Some(done) = tasks.try_join_next_with_id() {
@@ -393,6 +443,9 @@ impl Worker {
             let mut claimed = 0;
             if free > 0 && !live.is_empty() {
                 let running: Vec<i64> = task_lanes.values().copied().collect();
+                // The local deadline counts from before the claim: the
+                // database's lease may have started any time after this.
+                let claim_started = now_ms();
                 match self
                     .store
                     .claim_lanes(self.id, free as i64, self.lease(), &live, &running)
@@ -404,7 +457,7 @@ impl Worker {
                         for l in lanes {
                             let cancel = lanes_stop.child_token();
                             let valid_until =
-                                Arc::new(AtomicI64::new(now_ms() + self.lease().as_millis() as i64));
+                                Arc::new(AtomicI64::new(claim_started + self.lease().as_millis() as i64));
                             self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(
                                 l.lease.lane_id,
                                 Held {
@@ -427,8 +480,14 @@ impl Worker {
                             self.activate().await;
                         }
                     }
-                    Err(e) if store::is_transient(&e) => {
-                        tracing::warn!(error = %e, retry_in = ?db_backoff, "database unavailable; waiting");
+                    // Never exit on a claim error: after a failover or a
+                    // server restart the next claim may well work.
+                    Err(e) => {
+                        if store::is_transient(&e) {
+                            tracing::warn!(error = %e, retry_in = ?db_backoff, "database unavailable; waiting");
+                        } else {
+                            tracing::error!(error = %e, retry_in = ?db_backoff, "cannot claim lanes; retrying");
+                        }
                         tokio::select! {
                             _ = tokio::time::sleep(db_backoff) => {}
                             _ = shutdown.cancelled() => {}
@@ -436,7 +495,6 @@ impl Worker {
                         db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
                         continue;
                     }
-                    Err(e) => return Err(anyhow::Error::new(e).context("cannot claim lanes")),
                 }
             }
             if claimed > 0 && tasks.len() < cap {
@@ -450,14 +508,23 @@ impl Worker {
                 };
                 let open = match open {
                     // Before leaving, make sure no lane with work is asleep.
-                    Ok(false) => self.store.wake_stranded_lanes().await.map(|n| n > 0),
+                    Ok(false) => self.store.wake_stranded_lanes().await.map(|w| {
+                        log_woken(&w);
+                        !w.is_empty()
+                    }),
                     other => other,
                 };
                 match open {
-                    Ok(false) => break,
+                    Ok(false) => {
+                        idle_exit = true;
+                        break;
+                    }
                     Ok(true) => {}
-                    Err(e) if store::is_transient(&e) => {}
-                    Err(e) => return Err(anyhow::Error::new(e).context("cannot read the backlog")),
+                    Err(e) => {
+                        if !store::is_transient(&e) {
+                            tracing::error!(error = %e, "cannot read the backlog; retrying");
+                        }
+                    }
                 }
             }
             // Sleep until a lane frees a slot, work may be due, or shutdown.
@@ -498,25 +565,23 @@ impl Worker {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(lanes = tasks.len(), "grace period over: cutting calls short; they stay in doubt and are reconciled on the next run");
+            // An aborted call may still land at the provider. Its lane is
+            // not released: it stays leased until its lease runs out, and
+            // the lease outlives the call's timeout (the fence, on both
+            // clocks), so nobody reconciles it before it can have landed.
+            tracing::warn!(
+                lanes = tasks.len(),
+                "grace period over: cutting calls short; their lanes stay leased until the lease \
+                 runs out, then are reconciled"
+            );
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
-            let left: Vec<(i64, i64)> = {
-                let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-                held.drain().map(|(id, h)| (id, h.token)).collect()
-            };
-            for (lane_id, token) in left {
-                let lease = store::Lease {
-                    lane_id,
-                    owner: self.id,
-                    token,
-                };
-                let _ = self.store.release_lane(&lease, store::Park::No).await;
-            }
+            self.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
         heartbeat.abort();
         rates_stop.cancel();
         let _ = rates.await;
+        let _ = sweep.await;
         let _ = self.store.unregister_worker(self.id).await;
         let halted: Vec<(String, String)> = self
             .halted
@@ -525,8 +590,20 @@ impl Worker {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let stuck = if idle_exit {
+            let live = self.live_targets();
+            db_retry_forever(
+                &CancellationToken::new(),
+                "list lanes waiting on an operator",
+                || self.store.stuck_lanes(&live),
+            )
+            .await
+            .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         tracing::info!(worker = %self.id, "worker stopped");
-        Ok(RunReport { halted })
+        Ok(RunReport { halted, stuck })
     }
 
     /// Drops a finished lane task's lease from the heartbeat. A lane task
@@ -561,10 +638,17 @@ impl Worker {
     async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
         let every = self.lease() / 3;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.cancelled() => {}
+            // Once draining, `stop` stays cancelled: renew on the clock
+            // only, or this loop would renew back to back all the grace.
+            if stop.is_cancelled() {
+                tokio::time::sleep(every).await;
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.cancelled() => {}
+                }
             }
+            self.at(HookPoint::BeforeRenew).await;
             let held: Vec<(i64, i64)> = {
                 let h = self.held.lock().unwrap_or_else(|p| p.into_inner());
                 h.iter().map(|(id, x)| (*id, x.token)).collect()
@@ -593,10 +677,34 @@ impl Worker {
                     }
                 }
                 Err(e) => {
+                    let _ = store::is_transient(&e); // notes a failover
                     tracing::warn!(error = %e, "cannot renew leases; lanes stop sending before their leases run out")
                 }
             }
         }
+    }
+}
+
+/// Most woken lanes logged one by one per sweep; the rest are counted.
+const WOKEN_LOGGED: usize = 50;
+
+/// Warns about each lane found with work and nothing to wake it: that is
+/// a bug (or a loader killed between its commit and its wake-up).
+fn log_woken(woken: &[store::StrandedLane]) {
+    for l in woken.iter().take(WOKEN_LOGGED) {
+        tracing::warn!(
+            lane = l.lane_id,
+            target_name = %l.target,
+            was_blocked_at = ?l.blocked_job,
+            was_paused_by = ?l.paused_batch,
+            "woke a lane that had work and nothing to wake it"
+        );
+    }
+    if woken.len() > WOKEN_LOGGED {
+        tracing::warn!(
+            more = woken.len() - WOKEN_LOGGED,
+            "woke more lanes that had work and nothing to wake them"
+        );
     }
 }
 
@@ -611,6 +719,7 @@ where
         match f().await {
             Ok(v) => return Some(v),
             Err(e) => {
+                let _ = store::is_transient(&e); // notes a failover
                 tracing::warn!(error = %e, retry_in = ?delay, "cannot {what}; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

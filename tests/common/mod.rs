@@ -36,12 +36,17 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
+        TestDb::on(&base_url()).await
+    }
+
+    /// A fresh database on the server at `server` (a Postgres URL).
+    pub async fn on(server: &str) -> TestDb {
         chatferry::telemetry::init(&chatferry::config::LogConfig {
             level: "warn".into(),
             format: chatferry::config::LogFormat::Text,
         });
         let name = format!("cf_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = with_db(&base_url(), "postgres");
+        let admin = with_db(server, "postgres");
         let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
             .await
             .expect("connect to the test server (set DATABASE_URL, or run scripts/test)");
@@ -49,7 +54,7 @@ impl TestDb {
             .execute(&mut conn)
             .await
             .unwrap();
-        let url = with_db(&base_url(), &name);
+        let url = with_db(server, &name);
         let cfg = Config::from_toml(&format!("[database]\nurl = \"{url}\"\n")).unwrap();
         let store = Store::connect(&cfg.database, cfg.database.url.as_ref().unwrap())
             .await
