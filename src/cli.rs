@@ -42,6 +42,22 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<String>,
     },
+    /// Validate input like `load` and say what it would do, writing nothing
+    /// (exit 3 when some lines would be rejected).
+    Plan {
+        /// The configured target to plan for.
+        #[arg(long)]
+        target: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Replicas sharing the target's rate, for the send time.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        replicas: u32,
+        /// Input files; `-` reads stdin.
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
     /// Run the daemon.
     Run {
         /// Drain what can be sent now, then exit 0.
@@ -170,6 +186,42 @@ pub fn chain(e: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `chatferry plan`: no database, nothing written.
+fn plan(
+    config: &Config,
+    target: &str,
+    json: bool,
+    replicas: u32,
+    files: &[String],
+) -> Result<ExitCode, Failure> {
+    let t = config.target(target)?;
+    let r = crate::load::plan::run(crate::load::plan::PlanOptions {
+        target_name: target,
+        target: t,
+        files,
+        now_ms: now_ms(),
+        max_line: config.load.max_line_bytes.max(1024),
+        replicas,
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&r).map_err(anyhow::Error::new)?);
+    } else {
+        print!("{}", crate::load::plan::render(&r));
+    }
+    Ok(if r.rejected > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 fn db_err(e: sqlx::Error) -> Failure {
     Failure::Runtime(anyhow::Error::new(e).context("database error; did you run `chatferry migrate`?"))
 }
@@ -202,16 +254,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         } => {
             config.target(&target)?;
             let store = open_store(&config).await?;
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
             let opts = crate::load::LoadOptions {
                 target: target.clone(),
                 batch: batch.clone(),
                 rejects: rejects.clone(),
                 files,
-                now_ms,
+                now_ms: now_ms(),
                 progress: true,
             };
             let s = crate::load::run(&store, &config, opts).await?;
@@ -240,6 +288,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Plan {
+            target,
+            json,
+            replicas,
+            files,
+        } => plan(&config, &target, json, replicas, &files),
         Command::Run { exit_when_idle } => {
             if config.targets.is_empty() {
                 return Err(Failure::Usage(

@@ -22,6 +22,7 @@ use crate::providers::{self, PlanContext};
 use crate::store::{self, NewJob, Store};
 
 pub mod input;
+pub mod plan;
 
 /// What a load did.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -222,6 +223,62 @@ impl Rejects {
     }
 }
 
+/// What the scan hands each line to: `load` writes jobs, `plan` counts.
+pub(crate) trait Sink {
+    /// A line that passed every check, with the calls it plans; `seq` is
+    /// its position in the input (blank and over-long lines excluded).
+    fn accept(
+        &mut self,
+        m: &input::InputMessage,
+        jobs: Vec<providers::PlannedJob>,
+        seq: i64,
+    ) -> anyhow::Result<()>;
+    /// A line that is refused, with why.
+    fn reject(&mut self, file: &str, line: u64, reason: &str, raw: &[u8]) -> anyhow::Result<()>;
+}
+
+/// The database side of `load`: chunks of jobs to the writer, rejects to
+/// the rejects file.
+struct LoadSink {
+    rejects: Rejects,
+    chunk: Vec<NewJob>,
+    chunk_rows: usize,
+    base: i64,
+    tx: tokio::sync::mpsc::Sender<Vec<NewJob>>,
+}
+
+impl Sink for LoadSink {
+    fn accept(
+        &mut self,
+        m: &input::InputMessage,
+        jobs: Vec<providers::PlannedJob>,
+        seq: i64,
+    ) -> anyhow::Result<()> {
+        for j in jobs {
+            self.chunk.push(NewJob {
+                lane_key: j.lane_key,
+                conversation: j.conversation,
+                view_user: j.view_user,
+                source_id: m.id.clone(),
+                sent_at_ms: m.sent_at_ms,
+                input_seq: self.base + seq,
+                body: j.body,
+            });
+        }
+        if self.chunk.len() >= self.chunk_rows {
+            let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(self.chunk_rows));
+            if self.tx.blocking_send(full).is_err() {
+                anyhow::bail!("the database writer stopped");
+            }
+        }
+        Ok(())
+    }
+
+    fn reject(&mut self, file: &str, line: u64, reason: &str, raw: &[u8]) -> anyhow::Result<()> {
+        Ok(self.rejects.record(file, line, reason, raw)?)
+    }
+}
+
 fn read_all(
     opts: LoadOptions,
     target: TargetConfig,
@@ -230,7 +287,7 @@ fn read_all(
     max_line: usize,
     tx: tokio::sync::mpsc::Sender<Vec<NewJob>>,
 ) -> anyhow::Result<LoadSummary> {
-    let mut rejects = Rejects {
+    let rejects = Rejects {
         out: match &opts.rejects {
             Some(p) => {
                 Some(BufWriter::new(File::create(p).with_context(|| {
@@ -242,34 +299,109 @@ fn read_all(
         shown: 0,
         to_file: opts.rejects.is_some(),
     };
-    let mut summary = LoadSummary::default();
-    let mut chunk: Vec<NewJob> = Vec::with_capacity(chunk_rows);
-    let mut same_ms: HashMap<u64, u32> = HashMap::new();
-    let mut seq: i64 = 0;
-    let mut warned_visible_to = false;
-    let is_tencent = matches!(target, TargetConfig::Tencent(_));
+    let mut sink = LoadSink {
+        rejects,
+        chunk: Vec::with_capacity(chunk_rows),
+        chunk_rows,
+        base,
+        tx,
+    };
+    let summary = scan(
+        &opts.files,
+        &target,
+        opts.now_ms,
+        max_line,
+        opts.progress,
+        &mut sink,
+    )?;
+    let chunk = std::mem::take(&mut sink.chunk);
+    if !chunk.is_empty() && sink.tx.blocking_send(chunk).is_err() {
+        anyhow::bail!("the database writer stopped");
+    }
+    if let Some(mut out) = sink.rejects.out.take() {
+        out.flush()?;
+    }
+    Ok(summary)
+}
 
-    let total_bytes: u64 = opts
-        .files
+fn progress_bar(files: &[String], progress: bool) -> indicatif::ProgressBar {
+    let total_bytes: u64 = files
         .iter()
         .filter(|f| f.as_str() != "-")
         .filter_map(|f| std::fs::metadata(f).ok().map(|m| m.len()))
         .sum();
-    let bar = if opts.progress && std::io::stderr().is_terminal() {
-        let b = indicatif::ProgressBar::new(total_bytes.max(1));
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {bytes}/{total_bytes} [{elapsed}] {per_sec} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    if !(progress && std::io::stderr().is_terminal()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(total_bytes.max(1));
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {bytes}/{total_bytes} [{elapsed}] {per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b
+}
 
+/// Input-order state the planners need across lines: the position of a
+/// message among same-millisecond messages of its conversation.
+#[derive(Default)]
+struct Planner {
+    same_ms: HashMap<u64, u32>,
+    warned_visible_to: bool,
+}
+
+impl Planner {
+    fn plan(
+        &mut self,
+        target: &TargetConfig,
+        m: &input::InputMessage,
+        now_ms: i64,
+        at: (&str, u64),
+    ) -> Result<Vec<providers::PlannedJob>, String> {
+        if matches!(target, TargetConfig::Tencent(_)) && m.visible_to.is_some() && !self.warned_visible_to {
+            self.warned_visible_to = true;
+            eprintln!(
+                "note: visible_to cannot be expressed in Tencent IM and is ignored \
+                 (first seen at {} line {})",
+                at.0, at.1
+            );
+        }
+        let conv = providers::conversation_id(&m.from, &m.to);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        conv.hash(&mut h);
+        m.sent_at_ms.hash(&mut h);
+        let key = h.finish();
+        if self.same_ms.len() >= SAME_MS_TABLE_MAX {
+            self.same_ms.clear();
+        }
+        let slot = self.same_ms.entry(key).or_insert(0);
+        let ctx = PlanContext {
+            now_ms,
+            same_ms_index: *slot,
+        };
+        let jobs = providers::plan(target, m, ctx)?;
+        *slot += 1;
+        Ok(jobs)
+    }
+}
+
+/// Reads, checks and plans every line of `files`, handing each to `sink`:
+/// the one code path behind both `load` and `plan`.
+pub(crate) fn scan(
+    files: &[String],
+    target: &TargetConfig,
+    now_ms: i64,
+    max_line: usize,
+    progress: bool,
+    sink: &mut impl Sink,
+) -> anyhow::Result<LoadSummary> {
+    let mut summary = LoadSummary::default();
+    let mut planner = Planner::default();
+    let mut seq: i64 = 0;
+    let bar = progress_bar(files, progress);
     let mut buf = Vec::with_capacity(4096);
-    for name in &opts.files {
+    for name in files {
         let raw: Box<dyn Read> = if name == "-" {
             Box::new(std::io::stdin())
         } else {
@@ -290,7 +422,7 @@ fn read_all(
                         "line is {n} bytes, over the {max_line}-byte limit (load.max_line_bytes); \
                          no provider accepts a message that large"
                     );
-                    rejects.record(name, line_no, &reason, b"")?;
+                    sink.reject(name, line_no, &reason, b"")?;
                     summary.rejected += 1;
                     continue;
                 }
@@ -306,64 +438,22 @@ fn read_all(
             };
             seq += 1;
             let planned = parsed.and_then(|m| {
-                if is_tencent && m.visible_to.is_some() && !warned_visible_to {
-                    warned_visible_to = true;
-                    eprintln!(
-                        "note: visible_to cannot be expressed in Tencent IM and is ignored \
-                         (first seen at {name} line {line_no})"
-                    );
-                }
-                let conv = providers::conversation_id(&m.from, &m.to);
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                conv.hash(&mut h);
-                m.sent_at_ms.hash(&mut h);
-                let key = h.finish();
-                if same_ms.len() >= SAME_MS_TABLE_MAX {
-                    same_ms.clear();
-                }
-                let slot = same_ms.entry(key).or_insert(0);
-                let ctx = PlanContext {
-                    now_ms: opts.now_ms,
-                    same_ms_index: *slot,
-                };
-                let jobs = providers::plan(&target, &m, ctx)?;
-                *slot += 1;
-                Ok((m, jobs))
+                planner
+                    .plan(target, &m, now_ms, (name, line_no))
+                    .map(|jobs| (m, jobs))
             });
             match planned {
                 Err(reason) => {
-                    rejects.record(name, line_no, &reason, &buf)?;
+                    sink.reject(name, line_no, &reason, &buf)?;
                     summary.rejected += 1;
                 }
                 Ok((m, jobs)) => {
                     summary.accepted += 1;
-                    for j in jobs {
-                        summary.jobs_planned += 1;
-                        chunk.push(NewJob {
-                            lane_key: j.lane_key,
-                            conversation: j.conversation,
-                            view_user: j.view_user,
-                            source_id: m.id.clone(),
-                            sent_at_ms: m.sent_at_ms,
-                            input_seq: base + seq,
-                            body: j.body,
-                        });
-                    }
-                    if chunk.len() >= chunk_rows {
-                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_rows));
-                        if tx.blocking_send(full).is_err() {
-                            anyhow::bail!("the database writer stopped");
-                        }
-                    }
+                    summary.jobs_planned += jobs.len() as u64;
+                    sink.accept(&m, jobs, seq)?;
                 }
             }
         }
-    }
-    if !chunk.is_empty() && tx.blocking_send(chunk).is_err() {
-        anyhow::bail!("the database writer stopped");
-    }
-    if let Some(mut out) = rejects.out.take() {
-        out.flush()?;
     }
     bar.finish_and_clear();
     Ok(summary)
