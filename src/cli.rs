@@ -307,14 +307,24 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             let shutdown = CancellationToken::new();
             let ops_stop = CancellationToken::new();
             if let Some(listen) = &config.http.listen {
-                let health = crate::ops::http::Health {
-                    store,
-                    draining: worker.draining.clone(),
+                let ops = crate::ops::http::Ops {
+                    health: crate::ops::http::Health {
+                        store: store.clone(),
+                        draining: worker.draining.clone(),
+                    },
+                    token: config.http.token.clone(),
+                    targets: config
+                        .targets
+                        .iter()
+                        .map(|(n, t)| (n.clone(), t.kind(), t.rate_per_sec()))
+                        .collect(),
+                    worker: Some(worker.clone()),
                 };
-                crate::ops::http::serve(listen, health, ops_stop.clone())
+                crate::ops::http::serve(listen, ops, ops_stop.clone())
                     .await
                     .map_err(|e| Failure::Usage(e.to_string()))?;
             }
+            crate::ops::metrics::spawn_gauges(store, worker.clone(), ops_stop.clone());
             if let Some(every) = crate::ops::notify::watchdog_interval() {
                 let stop = ops_stop.clone();
                 tokio::spawn(async move {
@@ -474,7 +484,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 )
             })?;
             if json {
-                println!("{}", serde_json::json!({ "batches": rows }));
+                println!("{}", crate::status::json(&rows));
             } else {
                 print!("{}", crate::status::render(&rows));
             }

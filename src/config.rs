@@ -126,8 +126,13 @@ impl Default for WorkerConfig {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default)]
 pub struct HttpConfig {
-    /// `host:port` for /healthz, /readyz and /metrics; unset disables it.
+    /// `host:port` for /healthz, /readyz, /metrics and the dashboard;
+    /// unset disables it.
     pub listen: Option<String>,
+    /// When set, `/` and `/api/*` require `Authorization: Bearer <token>`
+    /// (the page also takes `?token=` once); the probes stay open.
+    pub token: Option<SecretString>,
+    pub token_file: Option<PathBuf>,
 }
 
 /// Log output format.
@@ -416,6 +421,14 @@ impl Config {
     }
 
     fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(f) = &self.http.token_file {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| err(format!("http.token_file: cannot read {}: {e}", f.display())))?;
+            self.http.token = Some(SecretString::new(text.trim_end_matches(['\n', '\r']).to_string()));
+        }
+        if matches!(&self.http.token, Some(t) if t.expose_secret().is_empty()) {
+            return Err(err("http.token is empty; set a token or remove the key"));
+        }
         for (name, t) in self.targets.iter_mut() {
             let (value, file, key) = match t {
                 TargetConfig::Zim(z) => (&mut z.server_secret, &z.server_secret_file, "server_secret"),
