@@ -130,7 +130,10 @@ async fn page(State(o): State<Ops>, headers: HeaderMap, Query(q): Query<PageQuer
         };
         return (
             StatusCode::SEE_OTHER,
-            [(header::SET_COOKIE, cookie), (header::LOCATION, HeaderValue::from_static("/"))],
+            [
+                (header::SET_COOKIE, cookie),
+                (header::LOCATION, HeaderValue::from_static("/")),
+            ],
         )
             .into_response();
     }
