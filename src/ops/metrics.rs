@@ -76,6 +76,7 @@ pub fn spawn_gauges(
     worker: std::sync::Arc<crate::worker::Worker>,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    zero_series(&worker);
     tokio::spawn(async move {
         loop {
             refresh_gauges(&store, &worker).await;
@@ -88,6 +89,7 @@ pub fn spawn_gauges(
 }
 
 async fn refresh_gauges(store: &crate::store::Store, worker: &crate::worker::Worker) {
+    metrics::gauge!(LANES_ACTIVE).set(worker.lanes_held() as f64);
     let halted = worker.halted_targets();
     for (name, _) in worker.rate_shares().1 {
         let on = halted.iter().any(|(t, _)| *t == name);
@@ -101,5 +103,18 @@ async fn refresh_gauges(store: &crate::store::Store, worker: &crate::worker::Wor
         let silent = rows.iter().filter(|w| w.silent_secs > SILENT_SECS).count();
         metrics::gauge!(WORKERS_LIVE).set((rows.len() - silent) as f64);
         metrics::gauge!(WORKERS_SILENT).set(silent as f64);
+    }
+}
+
+/// Exports every counter at 0 from the start: a series that appears only
+/// on its first event makes `rate()` and `increase()` miss that event, and
+/// alert rules and dashboards cannot tell "none yet" from "not exported".
+fn zero_series(worker: &crate::worker::Worker) {
+    metrics::counter!(LEASES_LOST).increment(0);
+    for (name, _) in worker.rate_shares().1 {
+        metrics::counter!(RATE_WAIT_MS, "target" => name.clone()).increment(0);
+        for result in ["applied", "not_applied", "unknown", "halt"] {
+            metrics::counter!(RECONCILES, "target" => name.clone(), "result" => result).increment(0);
+        }
     }
 }

@@ -300,6 +300,11 @@ impl Worker {
         h.iter().map(|(t, r)| (t.clone(), r.clone())).collect()
     }
 
+    /// Lanes this process holds now (`chatferry_lanes_active`).
+    pub fn lanes_held(&self) -> usize {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// This process's share of each target's rate (calls/s) and the active
     /// workers it is split among (read by the dashboard).
     pub fn rate_shares(&self) -> (u32, Vec<(String, f64)>) {
