@@ -68,9 +68,21 @@ pub enum Command {
     Status {
         #[arg(long)]
         batch: Option<String>,
-        /// Print one JSON object.
+        /// Print one JSON object (with --watch: one per refresh, a line each).
         #[arg(long)]
         json: bool,
+        /// Refresh in place until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes with --watch.
+        #[arg(long, default_value_t = 2.0, requires = "watch")]
+        interval: f64,
+    },
+    /// Print shell completions on stdout, e.g.
+    /// `chatferry completions bash > /etc/bash_completion.d/chatferry`.
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
     },
     /// Serve a local stand-in for both providers.
     Simulate(crate::simulate::SimArgs),
@@ -107,6 +119,25 @@ pub enum Command {
         #[arg(long)]
         job: i64,
     },
+}
+
+/// Shells `completions` writes for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+fn completions(shell: CompletionShell) -> ExitCode {
+    use clap::CommandFactory;
+    let shell = match shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut Cli::command(), "chatferry", &mut std::io::stdout());
+    ExitCode::SUCCESS
 }
 
 /// `chatferry accounts ...`
@@ -154,6 +185,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // Needs no configuration: works on a host that has none yet.
+    if let Command::Completions { shell } = cli.command {
+        return completions(shell);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -220,6 +255,62 @@ fn plan(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+async fn read_status(store: &Store, batch: Option<&str>) -> Result<Vec<crate::store::BatchStatus>, Failure> {
+    store.status(batch).await.map_err(|e| {
+        Failure::Runtime(
+            anyhow::Error::new(e).context("cannot read progress; did you run `chatferry migrate`?"),
+        )
+    })
+}
+
+/// `status --watch`: redraws the table in place on a terminal (one JSON
+/// line per refresh with --json, or plain successive tables when piped)
+/// until Ctrl-C or SIGTERM.
+async fn watch_status(
+    store: &Store,
+    batch: Option<&str>,
+    json: bool,
+    every: f64,
+) -> Result<ExitCode, Failure> {
+    use std::io::{IsTerminal, Write};
+    if !every.is_finite() || every < 0.2 {
+        return Err(Failure::Usage("--interval must be at least 0.2 seconds".into()));
+    }
+    let tty = std::io::stdout().is_terminal() && !json;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    loop {
+        let rows = read_status(store, batch).await?;
+        let mut out = std::io::stdout().lock();
+        let frame = if json {
+            format!("{}\n", crate::status::json(&rows))
+        } else {
+            let stamp = chrono_now();
+            format!(
+                "{}\n{stamp}; refreshing every {every} s, Ctrl-C to stop\n",
+                crate::status::render(&rows)
+            )
+        };
+        // Home and clear below: the table is redrawn where it stands.
+        let clear = if tty { "\x1b[H\x1b[J" } else { "" };
+        if write!(out, "{clear}{frame}").and_then(|_| out.flush()).is_err() {
+            return Ok(ExitCode::SUCCESS); // the reader went away (e.g. `| head`)
+        }
+        drop(out);
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs_f64(every)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = term.recv() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+/// The wall clock as `HH:MM:SS UTC`.
+fn chrono_now() -> String {
+    let s = now_ms() / 1000;
+    format!("{:02}:{:02}:{:02} UTC", (s / 3600) % 24, (s / 60) % 60, s % 60)
 }
 
 fn db_err(e: sqlx::Error) -> Failure {
@@ -476,13 +567,17 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 }
             }
         }
-        Command::Status { batch, json } => {
+        Command::Status {
+            batch,
+            json,
+            watch,
+            interval,
+        } => {
             let store = open_store(&config).await?;
-            let rows = store.status(batch.as_deref()).await.map_err(|e| {
-                Failure::Runtime(
-                    anyhow::Error::new(e).context("cannot read progress; did you run `chatferry migrate`?"),
-                )
-            })?;
+            if watch {
+                return watch_status(&store, batch.as_deref(), json, interval).await;
+            }
+            let rows = read_status(&store, batch.as_deref()).await?;
             if json {
                 println!("{}", crate::status::json(&rows));
             } else {
@@ -490,5 +585,6 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completions { shell } => Ok(completions(shell)),
     }
 }
