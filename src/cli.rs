@@ -410,6 +410,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                         .map(|(n, t)| (n.clone(), t.kind(), t.rate_per_sec()))
                         .collect(),
                     worker: Some(worker.clone()),
+                    cache: Default::default(),
                 };
                 crate::ops::http::serve(listen, ops, ops_stop.clone())
                     .await

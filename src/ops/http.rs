@@ -46,7 +46,13 @@ pub struct Ops {
     /// (name, kind, configured send rate) of every target.
     pub targets: Vec<(String, &'static str, f64)>,
     pub worker: Option<Arc<Worker>>,
+    /// The last `/api/status` answer and when it was read: tabs and scripts
+    /// polling at once share one read of the database per `FRESH_FOR`.
+    pub cache: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Value)>>>,
 }
+
+/// How long one read of the status serves every caller.
+const FRESH_FOR: Duration = Duration::from_secs(2);
 
 fn text(status: StatusCode, body: &'static str) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain")], body).into_response()
@@ -155,7 +161,7 @@ async fn api_status(State(o): State<Ops>, headers: HeaderMap) -> Response {
     if !authorized(&o, &headers) {
         return refused();
     }
-    match status_object(&o).await {
+    match cached_status(&o).await {
         Ok(v) => (
             StatusCode::OK,
             [(header::CACHE_CONTROL, "no-store")],
@@ -171,6 +177,19 @@ async fn api_status(State(o): State<Ops>, headers: HeaderMap) -> Response {
                 .into_response()
         }
     }
+}
+
+async fn cached_status(o: &Ops) -> Result<Value, sqlx::Error> {
+    // Held across the read, so concurrent callers wait for one query.
+    let mut cache = o.cache.lock().await;
+    if let Some((at, v)) = cache.as_ref() {
+        if at.elapsed() < FRESH_FOR {
+            return Ok(v.clone());
+        }
+    }
+    let v = status_object(o).await?;
+    *cache = Some((std::time::Instant::now(), v.clone()));
+    Ok(v)
 }
 
 /// `status --json`'s object plus the dashboard's sections, rates and workers.

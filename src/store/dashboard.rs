@@ -1,7 +1,10 @@
 //! Read-only queries behind the dashboard (`GET /api/status`) and the
 //! alerting gauges. Kept apart from the worker's statements: nothing here
-//! takes a lock or writes, and each query is bounded (`LIMIT`, the last
-//! hour), so an operator's open browser tab costs the database little.
+//! takes a lock or writes. The job table holds every message of a
+//! migration, so each query goes batch by batch (`JOIN LATERAL`) through
+//! an index on `(batch_id, status)` or `(batch_id, finished_at)` and reads
+//! only the rows it reports (the last hour, the failed, the in-flight),
+//! never the whole table.
 
 use serde::Serialize;
 use sqlx::FromRow;
@@ -90,8 +93,14 @@ pub struct Dashboard {
 /// A job `in_flight` counts as in doubt once nobody holds its lane (the
 /// worker died or lost the lease) or its mark is older than any request
 /// could be: a call still on the wire is just in flight.
-const IN_DOUBT: &str = "j.status = 'in_flight'
-     AND (l.lease_until IS NULL OR l.lease_until < now() OR j.updated_at < now() - interval '1 minute')";
+/// `j` are a batch's in-flight jobs (see [`IN_FLIGHT`]), `l` their lanes.
+const IN_DOUBT: &str =
+    "(l.lease_until IS NULL OR l.lease_until < now() OR j.updated_at < now() - interval '1 minute')";
+/// Every batch's in-flight jobs, batch by batch through `(batch_id, status)`.
+const IN_FLIGHT: &str = "batches b
+     JOIN LATERAL (SELECT id, lane_id, attempts, last_error, updated_at FROM jobs
+                   WHERE batch_id = b.id AND status = 'in_flight') j ON true
+     JOIN lanes l ON l.id = j.lane_id";
 
 impl Store {
     /// The dashboard's sections, read in one go.
@@ -114,8 +123,10 @@ impl Store {
         sqlx::query_as(
             "SELECT b.target, extract(epoch FROM date_trunc('minute', j.finished_at))::bigint AS minute,
                     count(*) AS done
-             FROM jobs j JOIN batches b ON b.id = j.batch_id
-             WHERE j.status = 'done' AND j.finished_at > now() - interval '1 hour'
+             FROM batches b
+             JOIN LATERAL (SELECT finished_at FROM jobs
+                           WHERE batch_id = b.id AND finished_at > now() - interval '1 hour'
+                             AND status = 'done') j ON true
              GROUP BY 1, 2 ORDER BY 2, 1",
         )
         .fetch_all(&self.pool)
@@ -127,8 +138,9 @@ impl Store {
         sqlx::query_as(
             "SELECT b.name AS batch, b.target, j.last_code AS code, count(*) AS count,
                     min(j.last_error) AS example
-             FROM jobs j JOIN batches b ON b.id = j.batch_id
-             WHERE j.status = 'failed'
+             FROM batches b
+             JOIN LATERAL (SELECT last_code, last_error FROM jobs
+                           WHERE batch_id = b.id AND status = 'failed') j ON true
              GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1, 3 LIMIT 50",
         )
         .fetch_all(&self.pool)
@@ -137,11 +149,9 @@ impl Store {
 
     /// (jobs in doubt, blocked lanes): the figures the alerts watch.
     pub async fn alert_counts(&self) -> Result<(i64, i64), sqlx::Error> {
-        let in_doubt: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM jobs j JOIN lanes l ON l.id = j.lane_id WHERE {IN_DOUBT}"
-        ))
-        .fetch_one(&self.pool)
-        .await?;
+        let in_doubt: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {IN_FLIGHT} WHERE {IN_DOUBT}"))
+            .fetch_one(&self.pool)
+            .await?;
         let blocked: i64 = sqlx::query_scalar("SELECT count(*) FROM lanes WHERE blocked_job IS NOT NULL")
             .fetch_one(&self.pool)
             .await?;
@@ -152,8 +162,7 @@ impl Store {
         sqlx::query_as(&format!(
             "SELECT j.id AS job, b.name AS batch, b.target, l.conversation, l.view_user, j.attempts,
                     j.last_error, extract(epoch FROM now() - j.updated_at)::float8 AS since_secs
-             FROM jobs j JOIN lanes l ON l.id = j.lane_id JOIN batches b ON b.id = j.batch_id
-             WHERE {IN_DOUBT} ORDER BY j.updated_at LIMIT $1"
+             FROM {IN_FLIGHT} WHERE {IN_DOUBT} ORDER BY j.updated_at LIMIT $1"
         ))
         .bind(LIST_LIMIT)
         .fetch_all(&self.pool)
