@@ -86,24 +86,33 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The session cookie's value for a token: a digest, so the cookie holds
+/// neither the token itself nor characters a cookie cannot carry.
+fn cookie_value(token: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(format!("chatferry dashboard session\0{token}").as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Whether the request carries the token (header or session cookie).
-fn authorized(o: &Ops, headers: &HeaderMap) -> bool {
-    let Some(want) = &o.token else { return true };
-    let want = want.expose_secret().as_bytes();
+fn authorized(token: Option<&SecretString>, headers: &HeaderMap) -> bool {
+    let Some(want) = token else { return true };
+    let want = want.expose_secret();
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if bearer.is_some_and(|t| same(t.trim().as_bytes(), want)) {
+    if bearer.is_some_and(|t| same(t.trim().as_bytes(), want.as_bytes())) {
         return true;
     }
+    let session = cookie_value(want);
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
-        .any(|t| same(t.as_bytes(), want))
+        .any(|t| same(t.as_bytes(), session.as_bytes()))
 }
 
 fn refused() -> Response {
@@ -130,7 +139,10 @@ async fn page(State(o): State<Ops>, headers: HeaderMap, Query(q): Query<PageQuer
             return refused();
         }
         // Trade the token in the address for a session cookie.
-        let cookie = format!("{COOKIE}={given}; HttpOnly; SameSite=Strict; Path=/");
+        let cookie = format!(
+            "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+            cookie_value(given)
+        );
         let Ok(cookie) = HeaderValue::from_str(&cookie) else {
             return refused();
         };
@@ -143,7 +155,7 @@ async fn page(State(o): State<Ops>, headers: HeaderMap, Query(q): Query<PageQuer
         )
             .into_response();
     }
-    if !authorized(&o, &headers) {
+    if !authorized(o.token.as_ref(), &headers) {
         return refused();
     }
     (
@@ -158,7 +170,7 @@ async fn page(State(o): State<Ops>, headers: HeaderMap, Query(q): Query<PageQuer
 }
 
 async fn api_status(State(o): State<Ops>, headers: HeaderMap) -> Response {
-    if !authorized(&o, &headers) {
+    if !authorized(o.token.as_ref(), &headers) {
         return refused();
     }
     match cached_status(&o).await {
@@ -269,4 +281,43 @@ pub async fn serve(listen: &str, ops: Ops, stop: CancellationToken) -> anyhow::R
     });
     tracing::info!(%addr, "ops endpoint listening");
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(k.clone(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_token_opens_by_header_or_session_cookie_only() {
+        let token = SecretString::new("t0k; en=\"x\"".into());
+        let t = Some(&token);
+        assert!(authorized(None, &HeaderMap::new()), "no token configured: open");
+        assert!(!authorized(t, &HeaderMap::new()));
+        assert!(authorized(
+            t,
+            &headers(&[(header::AUTHORIZATION, "Bearer t0k; en=\"x\"")])
+        ));
+        assert!(!authorized(t, &headers(&[(header::AUTHORIZATION, "Bearer t0k")])));
+        assert!(!authorized(
+            t,
+            &headers(&[(header::AUTHORIZATION, "Basic t0k; en=\"x\"")])
+        ));
+        let session = format!("a=1; {COOKIE}={}", cookie_value("t0k; en=\"x\""));
+        assert!(authorized(t, &headers(&[(header::COOKIE, &session)])));
+        // The raw token is not a session.
+        assert!(!authorized(
+            t,
+            &headers(&[(header::COOKIE, "chatferry_token=t0k")])
+        ));
+        assert!(!cookie_value("t0k").contains("t0k"));
+        assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"abc", b"ab"));
+    }
 }
