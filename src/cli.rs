@@ -42,6 +42,22 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<String>,
     },
+    /// Validate input like `load` and say what it would do, writing nothing
+    /// (exit 3 when some lines would be rejected).
+    Plan {
+        /// The configured target to plan for.
+        #[arg(long)]
+        target: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Replicas sharing the target's rate, for the send time.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        replicas: u32,
+        /// Input files; `-` reads stdin.
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
     /// Run the daemon.
     Run {
         /// Drain what can be sent now, then exit: 0 when every job is finished,
@@ -53,9 +69,21 @@ pub enum Command {
     Status {
         #[arg(long)]
         batch: Option<String>,
-        /// Print one JSON object.
+        /// Print one JSON object (with --watch: one per refresh, a line each).
         #[arg(long)]
         json: bool,
+        /// Refresh in place until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes with --watch.
+        #[arg(long, default_value_t = 2.0, requires = "watch")]
+        interval: f64,
+    },
+    /// Print shell completions on stdout, e.g.
+    /// `chatferry completions bash > /etc/bash_completion.d/chatferry`.
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
     },
     /// Serve a local stand-in for both providers.
     Simulate(crate::simulate::SimArgs),
@@ -103,6 +131,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Shells `completions` writes for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+fn completions(shell: CompletionShell) -> ExitCode {
+    use clap::CommandFactory;
+    let shell = match shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut Cli::command(), "chatferry", &mut std::io::stdout());
+    ExitCode::SUCCESS
 }
 
 /// `chatferry accounts ...`
@@ -180,6 +227,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // Needs no configuration: works on a host that has none yet.
+    if let Command::Completions { shell } = cli.command {
+        return completions(shell);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -210,6 +261,98 @@ pub fn chain(e: &anyhow::Error) -> String {
         }
     }
     parts.join(": ")
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `chatferry plan`: no database, nothing written.
+fn plan(
+    config: &Config,
+    target: &str,
+    json: bool,
+    replicas: u32,
+    files: &[String],
+) -> Result<ExitCode, Failure> {
+    let t = config.target(target)?;
+    let r = crate::load::plan::run(crate::load::plan::PlanOptions {
+        target_name: target,
+        target: t,
+        files,
+        now_ms: now_ms(),
+        max_line: config.load.max_line_bytes.max(1024),
+        replicas,
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&r).map_err(anyhow::Error::new)?);
+    } else {
+        print!("{}", crate::load::plan::render(&r));
+    }
+    Ok(if r.rejected > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn read_status(store: &Store, batch: Option<&str>) -> Result<Vec<crate::store::BatchStatus>, Failure> {
+    store.status(batch).await.map_err(|e| {
+        Failure::Runtime(
+            anyhow::Error::new(e).context("cannot read progress; did you run `chatferry migrate`?"),
+        )
+    })
+}
+
+/// `status --watch`: redraws the table in place on a terminal (one JSON
+/// line per refresh with --json, or plain successive tables when piped)
+/// until Ctrl-C or SIGTERM.
+async fn watch_status(
+    store: &Store,
+    batch: Option<&str>,
+    json: bool,
+    every: f64,
+) -> Result<ExitCode, Failure> {
+    use std::io::{IsTerminal, Write};
+    if !every.is_finite() || every < 0.2 {
+        return Err(Failure::Usage("--interval must be at least 0.2 seconds".into()));
+    }
+    let tty = std::io::stdout().is_terminal() && !json;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    loop {
+        let rows = read_status(store, batch).await?;
+        let mut out = std::io::stdout().lock();
+        let frame = if json {
+            format!("{}\n", crate::status::json(&rows))
+        } else {
+            let stamp = chrono_now();
+            format!(
+                "{}\n{stamp}; refreshing every {every} s, Ctrl-C to stop\n",
+                crate::status::render(&rows)
+            )
+        };
+        // Home and clear below: the table is redrawn where it stands.
+        let clear = if tty { "\x1b[H\x1b[J" } else { "" };
+        if write!(out, "{clear}{frame}").and_then(|_| out.flush()).is_err() {
+            return Ok(ExitCode::SUCCESS); // the reader went away (e.g. `| head`)
+        }
+        drop(out);
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs_f64(every)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = term.recv() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+/// The wall clock as `HH:MM:SS UTC`.
+fn chrono_now() -> String {
+    let s = now_ms() / 1000;
+    format!("{:02}:{:02}:{:02} UTC", (s / 3600) % 24, (s / 60) % 60, s % 60)
 }
 
 fn db_err(e: sqlx::Error) -> Failure {
@@ -244,16 +387,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         } => {
             config.target(&target)?;
             let store = open_store(&config).await?;
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
             let opts = crate::load::LoadOptions {
                 target: target.clone(),
                 batch: batch.clone(),
                 rejects: rejects.clone(),
                 files,
-                now_ms,
+                now_ms: now_ms(),
                 progress: true,
             };
             let s = crate::load::run(&store, &config, opts).await?;
@@ -282,6 +421,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Plan {
+            target,
+            json,
+            replicas,
+            files,
+        } => plan(&config, &target, json, replicas, &files),
         Command::Run { exit_when_idle } => {
             if config.targets.is_empty() {
                 return Err(Failure::Usage(
@@ -295,14 +440,25 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             let shutdown = CancellationToken::new();
             let ops_stop = CancellationToken::new();
             if let Some(listen) = &config.http.listen {
-                let health = crate::ops::http::Health {
-                    store,
-                    draining: worker.draining.clone(),
+                let ops = crate::ops::http::Ops {
+                    health: crate::ops::http::Health {
+                        store: store.clone(),
+                        draining: worker.draining.clone(),
+                    },
+                    token: config.http.token.clone(),
+                    targets: config
+                        .targets
+                        .iter()
+                        .map(|(n, t)| (n.clone(), t.kind(), t.rate_per_sec()))
+                        .collect(),
+                    worker: Some(worker.clone()),
+                    cache: Default::default(),
                 };
-                crate::ops::http::serve(listen, health, ops_stop.clone())
+                crate::ops::http::serve(listen, ops, ops_stop.clone())
                     .await
                     .map_err(|e| Failure::Usage(e.to_string()))?;
             }
+            crate::ops::metrics::spawn_gauges(store, worker.clone(), ops_stop.clone());
             if let Some(every) = crate::ops::notify::watchdog_interval() {
                 let stop = ops_stop.clone();
                 tokio::spawn(async move {
@@ -448,20 +604,25 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 }
             }
         }
-        Command::Status { batch, json } => {
+        Command::Status {
+            batch,
+            json,
+            watch,
+            interval,
+        } => {
             let store = open_store(&config).await?;
-            let rows = store.status(batch.as_deref()).await.map_err(|e| {
-                Failure::Runtime(
-                    anyhow::Error::new(e).context("cannot read progress; did you run `chatferry migrate`?"),
-                )
-            })?;
+            if watch {
+                return watch_status(&store, batch.as_deref(), json, interval).await;
+            }
+            let rows = read_status(&store, batch.as_deref()).await?;
             if json {
-                println!("{}", serde_json::json!({ "batches": rows }));
+                println!("{}", crate::status::json(&rows));
             } else {
                 print!("{}", crate::status::render(&rows));
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completions { shell } => Ok(completions(shell)),
     }
 }
 

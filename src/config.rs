@@ -21,6 +21,7 @@ fn err(msg: impl Into<String>) -> ConfigError {
 
 /// The whole daemon configuration.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub database: DatabaseConfig,
@@ -38,6 +39,7 @@ pub struct Config {
 
 /// `[database]`
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// Connection URL; `DATABASE_URL` overrides it. May hold a password.
     pub url: Option<SecretString>,
@@ -79,6 +81,7 @@ pub enum OnPermanentError {
 /// `[worker]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
     /// Lanes in flight at once in this process (the floor: the worker
     /// runs more when rate × job cycle time needs more).
@@ -144,9 +147,15 @@ impl Default for WorkerConfig {
 /// `[http]`: the ops endpoint.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// `host:port` for /healthz, /readyz and /metrics; unset disables it.
+    /// `host:port` for /healthz, /readyz, /metrics and the dashboard;
+    /// unset disables it.
     pub listen: Option<String>,
+    /// When set, `/` and `/api/*` require `Authorization: Bearer <token>`
+    /// (the page also takes `?token=` once); the probes stay open.
+    pub token: Option<SecretString>,
+    pub token_file: Option<PathBuf>,
 }
 
 /// Log output format.
@@ -161,6 +170,7 @@ pub enum LogFormat {
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A `tracing` filter, e.g. `info` or `chatferry=debug`. `RUST_LOG` wins.
     pub level: String,
@@ -180,6 +190,7 @@ impl Default for LogConfig {
 /// `[load]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct LoadConfig {
     /// Rows written per insert statement.
     pub chunk_rows: usize,
@@ -224,6 +235,7 @@ impl TargetConfig {
 
 /// ZEGO ZIM `ImportPeerMsg` target.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ZimTarget {
     /// Base URL; wins over `region`.
     pub endpoint: Option<String>,
@@ -299,6 +311,7 @@ impl SyncMode {
 
 /// Tencent Cloud IM `v4/openim/importmsg` target.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TencentTarget {
     pub endpoint: Option<String>,
     /// `china`, `singapore`, `seoul`, `tokyo`, `frankfurt`, `india`, `silicon-valley`, `jakarta`.
@@ -402,14 +415,7 @@ impl Config {
                     .unwrap_or_default()
             ))
         })?;
-        let mut config: Config = raw.try_deserialize().map_err(|e| {
-            err(format!(
-                "invalid configuration{}: {e}; see daemon.example.toml for every key",
-                path.as_ref()
-                    .map(|p| format!(" in {}", p.display()))
-                    .unwrap_or_default()
-            ))
-        })?;
+        let mut config = deserialize(raw, path.as_deref())?;
         if let Ok(url) = std::env::var("DATABASE_URL") {
             if !url.is_empty() {
                 config.database.url = Some(SecretString::new(url));
@@ -426,15 +432,21 @@ impl Config {
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()
             .map_err(|e| err(format!("invalid configuration: {e}")))?;
-        let mut config: Config = raw
-            .try_deserialize()
-            .map_err(|e| err(format!("invalid configuration: {e}")))?;
+        let mut config = deserialize(raw, None)?;
         config.resolve_secret_files()?;
         config.validate()?;
         Ok(config)
     }
 
     fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(f) = &self.http.token_file {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| err(format!("http.token_file: cannot read {}: {e}", f.display())))?;
+            self.http.token = Some(SecretString::new(text.trim_end_matches(['\n', '\r']).to_string()));
+        }
+        if matches!(&self.http.token, Some(t) if t.expose_secret().is_empty()) {
+            return Err(err("http.token is empty; set a token or remove the key"));
+        }
         for (name, t) in self.targets.iter_mut() {
             let (value, file, key) = match t {
                 TargetConfig::Zim(z) => (&mut z.server_secret, &z.server_secret_file, "server_secret"),
@@ -558,6 +570,81 @@ impl Config {
             ))
         })
     }
+}
+
+/// Deserializes the layered configuration; an unknown key (a typo in
+/// daemon.toml or in a `CHATFERRY__` variable) is an error that names it,
+/// where it came from and the known keys nearest to it, instead of being
+/// ignored while the default quietly applies.
+fn deserialize(raw: config::Config, file: Option<&Path>) -> Result<Config, ConfigError> {
+    let place = file.map(|p| format!(" in {}", p.display())).unwrap_or_default();
+    serde_path_to_error::deserialize::<_, Config>(raw).map_err(|e| {
+        let at = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        match unknown_key(&at, &inner, file) {
+            Some(msg) => err(msg),
+            None => err(format!(
+                "invalid configuration{place}: {}{inner}; see daemon.example.toml for every key",
+                if at == "." {
+                    String::new()
+                } else {
+                    format!("{at}: ")
+                }
+            )),
+        }
+    })
+}
+
+/// The message for serde's "unknown field `x`, expected one of `a`, `b`".
+fn unknown_key(at: &str, inner: &str, file: Option<&Path>) -> Option<String> {
+    let rest = inner.strip_prefix("unknown field `")?;
+    let (field, rest) = rest.split_once('`')?;
+    let known: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    // The path ends at the field itself, except inside a tagged target table.
+    let key = if at == "." || at == field {
+        field.to_string()
+    } else if at.ends_with(&format!(".{field}")) {
+        at.to_string()
+    } else {
+        format!("{at}.{field}")
+    };
+    let env = format!("CHATFERRY__{}", key.replace('.', "__").to_uppercase());
+    let from = if std::env::var_os(&env).is_some() {
+        format!("environment variable {env}")
+    } else {
+        file.map(|p| p.display().to_string())
+            .unwrap_or_else(|| "the configuration".into())
+    };
+    let mut near: Vec<(usize, &str)> = known
+        .iter()
+        .map(|k| (edit_distance(field, k), *k))
+        .filter(|(d, _)| *d <= (field.len() / 3).max(2))
+        .collect();
+    near.sort();
+    let hint = match near.first() {
+        Some((_, k)) => format!("did you mean `{k}`? "),
+        None => String::new(),
+    };
+    Some(format!(
+        "unknown key `{key}` in {from}: {hint}known keys there: {}; see daemon.example.toml",
+        known.join(", ")
+    ))
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 fn valid_target_name(name: &str) -> bool {
@@ -688,6 +775,27 @@ sync_mode = "live"
         assert!(
             Config::from_toml("[worker]\nrequest_timeout_ms = 10000\nshutdown_grace_secs = 11\n").is_ok()
         );
+    }
+
+    #[test]
+    fn a_misspelt_key_is_named_with_the_nearest_known_ones() {
+        let e = Config::from_toml(&format!("{SAMPLE}rate_per_sek = 5\n")).unwrap_err();
+        assert!(e.0.contains("unknown key `targets.tim.rate_per_sek`"), "{e}");
+        assert!(e.0.contains("did you mean `rate_per_sec`?"), "{e}");
+        let e = Config::from_toml("[worker]\nconcurency = 5\n").unwrap_err();
+        assert!(
+            e.0.contains("`worker.concurency`") && e.0.contains("`concurrency`?"),
+            "{e}"
+        );
+        let e = Config::from_toml("[wokrer]\nconcurrency = 5\n").unwrap_err();
+        assert!(
+            e.0.contains("unknown key `wokrer`") && e.0.contains("`worker`?"),
+            "{e}"
+        );
+        let e = Config::from_toml("[http]\nlisten = \"x\"\nzzzzzzzz = 1\n").unwrap_err();
+        assert!(!e.0.contains("did you mean"), "nothing near: {e}");
+        assert!(e.0.contains("listen, token, token_file"), "{e}");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

@@ -2,6 +2,11 @@
 
 use crate::store::BatchStatus;
 
+/// The `status --json` object (`/api/status` extends it).
+pub fn json(rows: &[BatchStatus]) -> serde_json::Value {
+    serde_json::json!({ "batches": rows })
+}
+
 /// Renders batches as an aligned table.
 pub fn render(rows: &[BatchStatus]) -> String {
     if rows.is_empty() {

@@ -14,7 +14,9 @@
 #                                       reused afterwards), 127.0.0.1:<port>,
 #                                       port 54329 or the next free one.
 # Database name: $CHATFERRY_DB_NAME (default: chatferry).
-# chatferry_stop_private_pg stops the private cluster (never done automatically).
+# chatferry_stop_private_pg stops the private cluster;
+# chatferry_stop_pg_if_started stops it only if this shell started it and
+# CHATFERRY_KEEP_PG is not set (scripts/test calls it on exit).
 #
 # All messages go to stderr, prefixed "pg: ". Nothing is printed on stdout.
 # Safe to source more than once and under `set -euo pipefail`; the functions
@@ -26,6 +28,7 @@ fi
 _CHATFERRY_PG_SH_LOADED=1   # deliberately not exported: child shells must source again
 _CHATFERRY_PG_LIB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 _CHATFERRY_PG_LOCK_FD=""
+_CHATFERRY_PG_STARTED_HERE=""
 
 # ---------------------------------------------------------------- helpers ---
 
@@ -361,6 +364,7 @@ _chatferry_pg_private_locked() {
             _chatferry_pg_log "starting private cluster on 127.0.0.1:$port (log: $pgdir/server.log)"
             if out="$(_chatferry_pg_as_owner "$owner" "$pgdir" "$bindir/pg_ctl" -D "$data" \
                     -l "$pgdir/server.log" -w -t 30 start 2>&1)"; then
+                _CHATFERRY_PG_STARTED_HERE=1
                 break
             fi
             # Someone grabbed the port between the check and the bind? Try another.
@@ -458,4 +462,18 @@ chatferry_stop_private_pg() {
         return 1
     fi
     _chatferry_pg_log "stopped private cluster in $pgdir"
+}
+
+# Stop the private cluster if this shell started it (not if it was already
+# running, nor for a shared server or DATABASE_URL), unless CHATFERRY_KEEP_PG
+# is set: a test run leaves no server behind, and none outlives its folder.
+chatferry_stop_pg_if_started() {
+    [[ -n "$_CHATFERRY_PG_STARTED_HERE" ]] || return 0
+    case "${CHATFERRY_KEEP_PG:-}" in
+        1|true|yes)
+            _chatferry_pg_log "CHATFERRY_KEEP_PG set; leaving the private cluster running ($DATABASE_URL)"
+            return 0
+            ;;
+    esac
+    chatferry_stop_private_pg && _CHATFERRY_PG_STARTED_HERE=""
 }

@@ -25,6 +25,7 @@ use crate::providers::{self, PlanContext};
 use crate::store::{self, NewJob, Store};
 
 pub mod input;
+pub mod plan;
 pub mod users;
 
 /// What a load did.
@@ -313,6 +314,95 @@ impl Rejects {
     }
 }
 
+/// What the scan hands each line to: `load` writes jobs, `plan` counts.
+pub(crate) trait Sink {
+    /// A line that passed every check, with the calls it plans; `seq` is
+    /// its position in the input (blank and over-long lines excluded).
+    fn accept(
+        &mut self,
+        m: &input::InputMessage,
+        jobs: Vec<providers::PlannedJob>,
+        seq: i64,
+        at: &At<'_>,
+    ) -> anyhow::Result<()>;
+    /// A line that is refused, with why.
+    fn reject(&mut self, file: &str, line: u64, reason: &str, raw: &[u8]) -> anyhow::Result<()>;
+}
+
+/// Where an accepted line came from.
+pub(crate) struct At<'a> {
+    pub file: &'a Arc<str>,
+    pub no: u64,
+    pub raw: &'a [u8],
+}
+
+/// The database side of `load`: chunks of jobs to the writer, rejects to
+/// the rejects file.
+struct LoadSink {
+    rejects: Arc<Mutex<Rejects>>,
+    chunk: Chunk,
+    chunk_rows: usize,
+    base: i64,
+    tx: tokio::sync::mpsc::Sender<Chunk>,
+}
+
+impl LoadSink {
+    fn new_chunk(&self) -> Chunk {
+        Chunk {
+            jobs: Vec::with_capacity(self.chunk_rows),
+            lines: HashMap::new(),
+        }
+    }
+}
+
+impl Sink for LoadSink {
+    fn accept(
+        &mut self,
+        m: &input::InputMessage,
+        jobs: Vec<providers::PlannedJob>,
+        seq: i64,
+        at: &At<'_>,
+    ) -> anyhow::Result<()> {
+        let hash = content_hash(m);
+        let origin = format!("{} line {}", at.file, at.no);
+        self.chunk.lines.insert(
+            self.base + seq,
+            SourceLine {
+                file: at.file.clone(),
+                line: at.no,
+                raw: at.raw[..at.raw.len().min(REJECT_INPUT_BYTES)].into(),
+                source_id: m.id.clone(),
+            },
+        );
+        for j in jobs {
+            self.chunk.jobs.push(NewJob {
+                lane_key: j.lane_key,
+                conversation: j.conversation,
+                view_user: j.view_user,
+                source_id: m.id.clone(),
+                sent_at_ms: m.sent_at_ms,
+                input_seq: self.base + seq,
+                body: j.body,
+                content_hash: hash.clone(),
+                origin: origin.clone(),
+            });
+        }
+        if self.chunk.jobs.len() >= self.chunk_rows {
+            let fresh = self.new_chunk();
+            let full = std::mem::replace(&mut self.chunk, fresh);
+            if self.tx.blocking_send(full).is_err() {
+                anyhow::bail!("the database writer stopped");
+            }
+        }
+        Ok(())
+    }
+
+    fn reject(&mut self, file: &str, line: u64, reason: &str, raw: &[u8]) -> anyhow::Result<()> {
+        let mut rejects = self.rejects.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(rejects.record(file, line, reason, raw)?)
+    }
+}
+
 fn read_all(
     opts: LoadOptions,
     target: TargetConfig,
@@ -322,44 +412,111 @@ fn read_all(
     rejects: Arc<Mutex<Rejects>>,
     tx: tokio::sync::mpsc::Sender<Chunk>,
 ) -> anyhow::Result<LoadSummary> {
-    let record = |file: &str, line: u64, reason: &str, raw: &[u8]| {
-        rejects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record(file, line, reason, raw)
+    let mut sink = LoadSink {
+        rejects,
+        chunk: Chunk {
+            jobs: Vec::new(),
+            lines: HashMap::new(),
+        },
+        chunk_rows,
+        base,
+        tx,
     };
-    let new_chunk = || Chunk {
-        jobs: Vec::with_capacity(chunk_rows),
-        lines: HashMap::new(),
-    };
-    let mut summary = LoadSummary::default();
-    let mut chunk = new_chunk();
-    let mut same_ms: HashMap<u64, u32> = HashMap::new();
-    let mut seq: i64 = 0;
-    let mut warned_visible_to = false;
-    let is_tencent = matches!(target, TargetConfig::Tencent(_));
+    sink.chunk = sink.new_chunk();
+    let summary = scan(
+        &opts.files,
+        &target,
+        opts.now_ms,
+        max_line,
+        opts.progress,
+        &mut sink,
+    )?;
+    let fresh = sink.new_chunk();
+    let chunk = std::mem::replace(&mut sink.chunk, fresh);
+    if !chunk.jobs.is_empty() && sink.tx.blocking_send(chunk).is_err() {
+        anyhow::bail!("the database writer stopped");
+    }
+    Ok(summary)
+}
 
-    let total_bytes: u64 = opts
-        .files
+fn progress_bar(files: &[String], progress: bool) -> indicatif::ProgressBar {
+    let total_bytes: u64 = files
         .iter()
         .filter(|f| f.as_str() != "-")
         .filter_map(|f| std::fs::metadata(f).ok().map(|m| m.len()))
         .sum();
-    let bar = if opts.progress && std::io::stderr().is_terminal() {
-        let b = indicatif::ProgressBar::new(total_bytes.max(1));
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {bytes}/{total_bytes} [{elapsed}] {per_sec} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    if !(progress && std::io::stderr().is_terminal()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(total_bytes.max(1));
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {bytes}/{total_bytes} [{elapsed}] {per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b
+}
 
+/// Input-order state the planners need across lines: the position of a
+/// message among same-millisecond messages of its conversation.
+#[derive(Default)]
+struct Planner {
+    same_ms: HashMap<u64, u32>,
+    warned_visible_to: bool,
+}
+
+impl Planner {
+    fn plan(
+        &mut self,
+        target: &TargetConfig,
+        m: &input::InputMessage,
+        now_ms: i64,
+        at: (&str, u64),
+    ) -> Result<Vec<providers::PlannedJob>, String> {
+        if matches!(target, TargetConfig::Tencent(_)) && m.visible_to.is_some() && !self.warned_visible_to {
+            self.warned_visible_to = true;
+            eprintln!(
+                "note: visible_to cannot be expressed in Tencent IM and is ignored \
+                 (first seen at {} line {})",
+                at.0, at.1
+            );
+        }
+        let conv = providers::conversation_id(&m.from, &m.to);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        conv.hash(&mut h);
+        m.sent_at_ms.hash(&mut h);
+        let key = h.finish();
+        if self.same_ms.len() >= SAME_MS_TABLE_MAX {
+            self.same_ms.clear();
+        }
+        let slot = self.same_ms.entry(key).or_insert(0);
+        let ctx = PlanContext {
+            now_ms,
+            same_ms_index: *slot,
+        };
+        let jobs = providers::plan(target, m, ctx)?;
+        *slot += 1;
+        Ok(jobs)
+    }
+}
+
+/// Reads, checks and plans every line of `files`, handing each to `sink`:
+/// the one code path behind both `load` and `plan`.
+pub(crate) fn scan(
+    files: &[String],
+    target: &TargetConfig,
+    now_ms: i64,
+    max_line: usize,
+    progress: bool,
+    sink: &mut impl Sink,
+) -> anyhow::Result<LoadSummary> {
+    let mut summary = LoadSummary::default();
+    let mut planner = Planner::default();
+    let mut seq: i64 = 0;
+    let bar = progress_bar(files, progress);
     let mut buf = Vec::with_capacity(4096);
-    for name in &opts.files {
+    for name in files {
         let file: Arc<str> = if name == "-" {
             "standard input".into()
         } else {
@@ -385,7 +542,7 @@ fn read_all(
                         "line is {n} bytes, over the {max_line}-byte limit (load.max_line_bytes); \
                          no provider accepts a message that large"
                     );
-                    record(name, line_no, &reason, b"")?;
+                    sink.reject(name, line_no, &reason, b"")?;
                     summary.rejected += 1;
                     continue;
                 }
@@ -401,74 +558,27 @@ fn read_all(
             };
             seq += 1;
             let planned = parsed.and_then(|m| {
-                if is_tencent && m.visible_to.is_some() && !warned_visible_to {
-                    warned_visible_to = true;
-                    eprintln!(
-                        "note: visible_to cannot be expressed in Tencent IM and is ignored \
-                         (first seen at {name} line {line_no})"
-                    );
-                }
-                let conv = providers::conversation_id(&m.from, &m.to);
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                conv.hash(&mut h);
-                m.sent_at_ms.hash(&mut h);
-                let key = h.finish();
-                if same_ms.len() >= SAME_MS_TABLE_MAX {
-                    same_ms.clear();
-                }
-                let slot = same_ms.entry(key).or_insert(0);
-                let ctx = PlanContext {
-                    now_ms: opts.now_ms,
-                    same_ms_index: *slot,
-                };
-                let jobs = providers::plan(&target, &m, ctx)?;
-                *slot += 1;
-                Ok((m, jobs))
+                planner
+                    .plan(target, &m, now_ms, (name, line_no))
+                    .map(|jobs| (m, jobs))
             });
             match planned {
                 Err(reason) => {
-                    record(name, line_no, &reason, &buf)?;
+                    sink.reject(name, line_no, &reason, &buf)?;
                     summary.rejected += 1;
                 }
                 Ok((m, jobs)) => {
                     summary.accepted += 1;
-                    let hash = content_hash(&m);
-                    let origin = format!("{file} line {line_no}");
-                    chunk.lines.insert(
-                        base + seq,
-                        SourceLine {
-                            file: file.clone(),
-                            line: line_no,
-                            raw: buf[..buf.len().min(REJECT_INPUT_BYTES)].into(),
-                            source_id: m.id.clone(),
-                        },
-                    );
-                    for j in jobs {
-                        summary.jobs_planned += 1;
-                        chunk.jobs.push(NewJob {
-                            lane_key: j.lane_key,
-                            conversation: j.conversation,
-                            view_user: j.view_user,
-                            source_id: m.id.clone(),
-                            sent_at_ms: m.sent_at_ms,
-                            input_seq: base + seq,
-                            body: j.body,
-                            content_hash: hash.clone(),
-                            origin: origin.clone(),
-                        });
-                    }
-                    if chunk.jobs.len() >= chunk_rows {
-                        let full = std::mem::replace(&mut chunk, new_chunk());
-                        if tx.blocking_send(full).is_err() {
-                            anyhow::bail!("the database writer stopped");
-                        }
-                    }
+                    summary.jobs_planned += jobs.len() as u64;
+                    let at = At {
+                        file: &file,
+                        no: line_no,
+                        raw: &buf,
+                    };
+                    sink.accept(&m, jobs, seq, &at)?;
                 }
             }
         }
-    }
-    if !chunk.jobs.is_empty() && tx.blocking_send(chunk).is_err() {
-        anyhow::bail!("the database writer stopped");
     }
     bar.finish_and_clear();
     Ok(summary)

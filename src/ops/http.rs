@@ -1,19 +1,35 @@
 //! The ops endpoint: `/healthz` (alive), `/readyz` (database reachable and
-//! not draining), `/metrics` (Prometheus).
+//! not draining), `/metrics` (Prometheus), and the read-only dashboard
+//! (`/`, `/api/status`).
+//!
+//! Conversation and user ids are personal data, so when `http.token` is
+//! set the dashboard and its API need it: scripts send
+//! `Authorization: Bearer <token>`; a browser opens `/?token=<token>`
+//! once, which sets an HttpOnly, SameSite=Strict session cookie and
+//! redirects to `/`, so the token leaves the address bar and history. The
+//! probes stay open for load balancers and Prometheus. The page is
+//! embedded in the binary (migration hosts are often offline): no CDN.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
+use crate::worker::Worker;
+
+/// The page: HTML, CSS and JS in one file, compiled in.
+const PAGE: &str = include_str!("dashboard.html");
+const COOKIE: &str = "chatferry_token";
 
 /// Shared state the endpoint reports on.
 #[derive(Clone)]
@@ -22,63 +38,286 @@ pub struct Health {
     pub draining: Arc<AtomicBool>,
 }
 
-fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(ctype),
-    );
-    r
+/// Everything the listener serves from.
+#[derive(Clone)]
+pub struct Ops {
+    pub health: Health,
+    pub token: Option<SecretString>,
+    /// (name, kind, configured send rate) of every target.
+    pub targets: Vec<(String, &'static str, f64)>,
+    pub worker: Option<Arc<Worker>>,
+    /// The last `/api/status` answer and when it was read: tabs and scripts
+    /// polling at once share one read of the database per `FRESH_FOR`.
+    pub cache: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Value)>>>,
 }
 
-async fn handle(h: Health, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(match req.uri().path() {
-        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
-        "/readyz" => {
-            if h.draining.load(Ordering::Acquire) {
-                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
-            } else {
-                match tokio::time::timeout(Duration::from_secs(2), h.store.ping()).await {
-                    Ok(Ok(())) => reply(StatusCode::OK, "text/plain", "ready\n"),
-                    _ => reply(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "text/plain",
-                        "database unreachable\n",
-                    ),
-                }
-            }
+/// How long one read of the status serves every caller.
+const FRESH_FOR: Duration = Duration::from_secs(2);
+
+fn text(status: StatusCode, body: &'static str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain")], body).into_response()
+}
+
+async fn healthz() -> Response {
+    text(StatusCode::OK, "ok\n")
+}
+
+async fn readyz(State(o): State<Ops>) -> Response {
+    if o.health.draining.load(Ordering::Acquire) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
+    match tokio::time::timeout(Duration::from_secs(2), o.health.store.ping()).await {
+        Ok(Ok(())) => text(StatusCode::OK, "ready\n"),
+        _ => text(StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n"),
+    }
+}
+
+async fn metrics() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        super::metrics::install().render(),
+    )
+        .into_response()
+}
+
+/// Equal in time whatever the first differing byte: the token is a secret.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The session cookie's value for a token: a digest, so the cookie holds
+/// neither the token itself nor characters a cookie cannot carry.
+fn cookie_value(token: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(format!("chatferry dashboard session\0{token}").as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether the request carries the token (header or session cookie).
+fn authorized(token: Option<&SecretString>, headers: &HeaderMap) -> bool {
+    let Some(want) = token else { return true };
+    let want = want.expose_secret();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if bearer.is_some_and(|t| same(t.trim().as_bytes(), want.as_bytes())) {
+        return true;
+    }
+    let session = cookie_value(want);
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .any(|t| same(t.as_bytes(), session.as_bytes()))
+}
+
+fn refused() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [
+            (header::CONTENT_TYPE, "text/plain"),
+            (header::WWW_AUTHENTICATE, "Bearer"),
+        ],
+        "this dashboard needs its token (http.token): open /?token=TOKEN in a browser, \
+         or send Authorization: Bearer TOKEN\n",
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    token: Option<String>,
+}
+
+async fn page(State(o): State<Ops>, headers: HeaderMap, Query(q): Query<PageQuery>) -> Response {
+    if let (Some(want), Some(given)) = (&o.token, &q.token) {
+        if !same(given.as_bytes(), want.expose_secret().as_bytes()) {
+            return refused();
         }
-        "/metrics" => reply(
+        // Trade the token in the address for a session cookie.
+        let cookie = format!(
+            "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+            cookie_value(given)
+        );
+        let Ok(cookie) = HeaderValue::from_str(&cookie) else {
+            return refused();
+        };
+        return (
+            StatusCode::SEE_OTHER,
+            [
+                (header::SET_COOKIE, cookie),
+                (header::LOCATION, HeaderValue::from_static("/")),
+            ],
+        )
+            .into_response();
+    }
+    if !authorized(o.token.as_ref(), &headers) {
+        return refused();
+    }
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+async fn api_status(State(o): State<Ops>, headers: HeaderMap) -> Response {
+    if !authorized(o.token.as_ref(), &headers) {
+        return refused();
+    }
+    match cached_status(&o).await {
+        Ok(v) => (
             StatusCode::OK,
-            "text/plain; version=0.0.4",
-            super::metrics::install().render(),
-        ),
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
-    })
+            [(header::CACHE_CONTROL, "no-store")],
+            axum::Json(v),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "dashboard: cannot read the status");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({ "error": "cannot read the status from the database" })),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn cached_status(o: &Ops) -> Result<Value, sqlx::Error> {
+    // Held across the read, so concurrent callers wait for one query.
+    let mut cache = o.cache.lock().await;
+    if let Some((at, v)) = cache.as_ref() {
+        if at.elapsed() < FRESH_FOR {
+            return Ok(v.clone());
+        }
+    }
+    let v = status_object(o).await?;
+    *cache = Some((std::time::Instant::now(), v.clone()));
+    Ok(v)
+}
+
+/// `status --json`'s object plus the dashboard's sections, rates and workers.
+pub async fn status_object(o: &Ops) -> Result<Value, sqlx::Error> {
+    let store = &o.health.store;
+    let rows = store.status(None).await?;
+    let mut v = crate::status::json(&rows);
+    let dash = serde_json::to_value(store.dashboard().await?).unwrap_or_default();
+    if let (Some(obj), Value::Object(d)) = (v.as_object_mut(), dash) {
+        obj.extend(d);
+        obj.insert("rates".into(), rates(o));
+        obj.insert("generated_at_ms".into(), Value::from(now_ms()));
+    }
+    Ok(v)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Each target's limit, this process's share of it and whether it halted.
+fn rates(o: &Ops) -> Value {
+    let (live, shares, halted) = match &o.worker {
+        Some(w) => {
+            let (live, shares) = w.rate_shares();
+            (live, shares, w.halted_targets())
+        }
+        None => (0, Vec::new(), Vec::new()),
+    };
+    let list: Vec<Value> = o
+        .targets
+        .iter()
+        .map(|(name, kind, limit)| {
+            let share = shares.iter().find(|(n, _)| n == name).map(|(_, s)| *s);
+            let halt = halted.iter().find(|(n, _)| n == name).map(|(_, r)| r.clone());
+            serde_json::json!({
+                "target": name,
+                "kind": kind,
+                "limit_per_sec": limit,
+                "share_per_sec": share,
+                "active_workers": live,
+                "halted": halt,
+            })
+        })
+        .collect();
+    Value::Array(list)
+}
+
+fn router(ops: Ops) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/", get(page))
+        .route("/api/status", get(api_status))
+        .fallback(|| async { text(StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(ops)
 }
 
 /// Binds `listen` and serves until `stop`; returns the bound address.
-pub async fn serve(listen: &str, health: Health, stop: CancellationToken) -> anyhow::Result<SocketAddr> {
+pub async fn serve(listen: &str, ops: Ops, stop: CancellationToken) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on http.listen {listen}: {e}"))?;
     let addr = listener.local_addr()?;
+    let app = router(ops);
     tokio::spawn(async move {
-        loop {
-            let (stream, _) = tokio::select! {
-                a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
-                _ = stop.cancelled() => return,
-            };
-            let h = health.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| handle(h.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "ops endpoint stopped");
         }
     });
     tracing::info!(%addr, "ops endpoint listening");
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(k.clone(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_token_opens_by_header_or_session_cookie_only() {
+        let token = SecretString::new("t0k; en=\"x\"".into());
+        let t = Some(&token);
+        assert!(authorized(None, &HeaderMap::new()), "no token configured: open");
+        assert!(!authorized(t, &HeaderMap::new()));
+        assert!(authorized(
+            t,
+            &headers(&[(header::AUTHORIZATION, "Bearer t0k; en=\"x\"")])
+        ));
+        assert!(!authorized(t, &headers(&[(header::AUTHORIZATION, "Bearer t0k")])));
+        assert!(!authorized(
+            t,
+            &headers(&[(header::AUTHORIZATION, "Basic t0k; en=\"x\"")])
+        ));
+        let session = format!("a=1; {COOKIE}={}", cookie_value("t0k; en=\"x\""));
+        assert!(authorized(t, &headers(&[(header::COOKIE, &session)])));
+        // The raw token is not a session.
+        assert!(!authorized(
+            t,
+            &headers(&[(header::COOKIE, "chatferry_token=t0k")])
+        ));
+        assert!(!cookie_value("t0k").contains("t0k"));
+        assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"abc", b"ab"));
+    }
 }

@@ -24,6 +24,22 @@ pub const RECONCILE_READS: &str = "chatferry_reconcile_reads_total";
 /// Leases this process lost.
 pub const LEASES_LOST: &str = "chatferry_leases_lost_total";
 
+/// Jobs in doubt (in flight with no live lease, or for over a minute);
+/// the same figure from every replica.
+pub const IN_DOUBT: &str = "chatferry_jobs_in_doubt";
+/// Lanes stopped by `on_permanent_error = "block"`.
+pub const LANES_BLOCKED: &str = "chatferry_lanes_blocked";
+/// Workers whose heartbeat is recent, and those silent past `SILENT_SECS`.
+pub const WORKERS_LIVE: &str = "chatferry_workers_live";
+pub const WORKERS_SILENT: &str = "chatferry_workers_silent";
+/// 1 while this process has halted a target (until restart), else 0.
+pub const TARGET_HALTED: &str = "chatferry_target_halted";
+
+/// A worker heartbeats every 2 s; five missed beats make it silent.
+const SILENT_SECS: f64 = 10.0;
+/// How often the alerting gauges are read from the database.
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the global recorder once and returns its handle.
@@ -53,4 +69,54 @@ pub fn call(target: &str, api: &'static str, code: Option<i64>, outcome: &'stati
         .increment(1);
     metrics::histogram!(CALL_SECONDS, "target" => target.to_string(), "api" => api)
         .record(took.as_secs_f64());
+}
+
+/// Keeps the alerting gauges current until `stop` (every replica reports
+/// the database-wide figures; the alert rules take the max).
+pub fn spawn_gauges(
+    store: crate::store::Store,
+    worker: std::sync::Arc<crate::worker::Worker>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    zero_series(&worker);
+    tokio::spawn(async move {
+        loop {
+            refresh_gauges(&store, &worker).await;
+            tokio::select! {
+                _ = tokio::time::sleep(GAUGES_EVERY) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    });
+}
+
+async fn refresh_gauges(store: &crate::store::Store, worker: &crate::worker::Worker) {
+    metrics::gauge!(LANES_ACTIVE).set(worker.lanes_held() as f64);
+    let halted = worker.halted_targets();
+    for (name, _) in worker.rate_shares().1 {
+        let on = halted.iter().any(|(t, _)| *t == name);
+        metrics::gauge!(TARGET_HALTED, "target" => name).set(if on { 1.0 } else { 0.0 });
+    }
+    if let Ok((in_doubt, blocked)) = store.alert_counts().await {
+        metrics::gauge!(IN_DOUBT).set(in_doubt as f64);
+        metrics::gauge!(LANES_BLOCKED).set(blocked as f64);
+    }
+    if let Ok(rows) = store.worker_rows().await {
+        let silent = rows.iter().filter(|w| w.silent_secs > SILENT_SECS).count();
+        metrics::gauge!(WORKERS_LIVE).set((rows.len() - silent) as f64);
+        metrics::gauge!(WORKERS_SILENT).set(silent as f64);
+    }
+}
+
+/// Exports every counter at 0 from the start: a series that appears only
+/// on its first event makes `rate()` and `increase()` miss that event, and
+/// alert rules and dashboards cannot tell "none yet" from "not exported".
+fn zero_series(worker: &crate::worker::Worker) {
+    metrics::counter!(LEASES_LOST).increment(0);
+    for (name, _) in worker.rate_shares().1 {
+        metrics::counter!(RATE_WAIT_MS, "target" => name.clone()).increment(0);
+        for result in ["applied", "not_applied", "unknown", "halt"] {
+            metrics::counter!(RECONCILES, "target" => name.clone(), "result" => result).increment(0);
+        }
+    }
 }

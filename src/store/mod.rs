@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::config::DatabaseConfig;
 
 pub mod checkpoint;
+pub mod dashboard;
 
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

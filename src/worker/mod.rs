@@ -384,6 +384,29 @@ impl Worker {
             .contains_key(target)
     }
 
+    /// Targets halted so far, with why (read by the dashboard and the
+    /// `chatferry_target_halted` gauge).
+    pub fn halted_targets(&self) -> Vec<(String, String)> {
+        let h = self.halted.lock().unwrap_or_else(|p| p.into_inner());
+        h.iter().map(|(t, r)| (t.clone(), r.clone())).collect()
+    }
+
+    /// Lanes this process holds now (`chatferry_lanes_active`).
+    pub fn lanes_held(&self) -> usize {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// This process's share of each target's rate (calls/s) and the active
+    /// workers it is split among (read by the dashboard).
+    pub fn rate_shares(&self) -> (u32, Vec<(String, f64)>) {
+        let shares = self
+            .targets
+            .iter()
+            .map(|(n, t)| (n.clone(), t.bucket.effective()))
+            .collect();
+        (self.live.load(Ordering::Acquire), shares)
+    }
+
     fn live_targets(&self) -> Vec<String> {
         let h = self.halted.lock().unwrap_or_else(|p| p.into_inner());
         self.targets

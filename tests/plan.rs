@@ -1,0 +1,142 @@
+//! `chatferry plan`: a dry run of `load` that needs no database. The
+//! configured database is a closed port, so any attempt to connect would
+//! fail the command; the counts, reasons, line numbers and send time are
+//! what an operator reads before a migration.
+
+use std::io::Write;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn text(id: &str, from: &str, to: &str, at: i64) -> String {
+    format!(r#"{{"id":"{id}","from":"{from}","to":"{to}","sent_at_ms":{at},"type":"text","text":"hi"}}"#)
+}
+
+/// A config whose database cannot be reached: `plan` must not need it.
+fn config(dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("daemon.toml");
+    std::fs::write(
+        &p,
+        "[database]\nurl = \"postgres://nobody@127.0.0.1:1/none\"\n\
+         [targets.tim]\nkind = \"tencent\"\nendpoint = \"http://127.0.0.1:9/\"\nsdk_app_id = 1400000000\n\
+         admin_identifier = \"administrator\"\nsecret_key = \"k\"\nrate_per_sec = 50\naccount_rate_per_sec = 10\n\
+         [targets.zim]\nkind = \"zim\"\nendpoint = \"http://127.0.0.1:9/\"\napp_id = 1\nserver_secret = \"s\"\nrate_per_sec = 10\n",
+    )
+    .unwrap();
+    p
+}
+
+fn input(dir: &std::path::Path) -> std::path::PathBuf {
+    let now = now_ms() - 60_000;
+    let lines = [
+        text("1", "alice", "bob", now),
+        text("2", "bob", "alice", now + 1),
+        "{\"id\":\"3\",\"from\":".to_string(), // line 3: broken JSON
+        text("4", "carol", "carol", now),      // line 4: from = to
+        String::new(),                         // line 5: blank
+        text("6", "alice", "dave", now + 2),
+        text("7", "erin", "erin", now), // line 7: from = to
+        text("8", "alice", "bob", now + 3),
+    ];
+    let p = dir.join("in.jsonl");
+    let mut f = std::fs::File::create(&p).unwrap();
+    for l in lines {
+        writeln!(f, "{l}").unwrap();
+    }
+    p
+}
+
+fn plan(cfg: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_chatferry"))
+        .arg("--config")
+        .arg(cfg)
+        .arg("plan")
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn plan_counts_reasons_and_send_time_without_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let file = input(dir.path());
+    let f = file.to_str().unwrap();
+    let (code, out, err) = plan(&cfg, &["--target", "tim", "--json", f]);
+    assert_eq!(code, 3, "some lines are rejected: exit 3; stderr: {err}");
+    let r: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(r["lines"], 7);
+    assert_eq!(r["blank"], 1);
+    assert_eq!(r["accepted"], 4);
+    assert_eq!(r["rejected"], 3);
+    assert_eq!(r["jobs"], 4, "Tencent: one call per message");
+    assert_eq!(r["conversations"], 2);
+    assert_eq!(r["views"], 2);
+    assert_eq!(r["users"], 3);
+    assert_eq!(r["largest_conversations"][0]["messages"], 3);
+    let reasons = r["rejected_by_reason"].as_array().unwrap();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    // The two from = to lines share a reason; most frequent first.
+    assert_eq!(reasons[0]["count"], 2);
+    let lines: Vec<u64> = reasons[0]["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [4, 7]);
+    assert_eq!(reasons[1]["examples"][0]["line"], 3);
+    assert!(
+        reasons[1]["reason"].as_str().unwrap().contains("JSON"),
+        "{reasons:?}"
+    );
+    // 4 calls at 50 × 0.98 calls/s.
+    let secs = r["send_secs"].as_f64().unwrap();
+    assert!((secs - 4.0 / 49.0).abs() < 1e-9, "{secs}");
+
+    let (_, out, _) = plan(&cfg, &["--target", "tim", "--json", "--replicas", "3", f]);
+    let r: Value = serde_json::from_str(&out).unwrap();
+    // Three replicas aim for 3 × (50 × 0.98 − 2) / 3 calls/s together.
+    assert!(
+        (r["send_secs"].as_f64().unwrap() - 4.0 / 47.0).abs() < 1e-9,
+        "{r}"
+    );
+}
+
+#[test]
+fn plan_prints_a_readable_report_and_counts_zim_views() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let file = input(dir.path());
+    let (code, out, _) = plan(&cfg, &["--target", "zim", file.to_str().unwrap()]);
+    assert_eq!(code, 3);
+    assert!(out.contains("4 accepted, 3 rejected"), "{out}");
+    assert!(out.contains("line 3:"), "{out}");
+    assert!(out.contains("line 4:") && out.contains("line 7:"), "{out}");
+    // ZIM: one job per participant's view.
+    assert!(out.contains("jobs (provider calls): 8"), "{out}");
+    assert!(out.contains("views (lanes): 4"), "{out}");
+    // 8 calls at 10 × 0.98 calls/s.
+    assert!(out.contains("send time: 0.8s at 9.8 calls/s"), "{out}");
+
+    let clean = dir.path().join("clean.jsonl");
+    std::fs::write(&clean, text("1", "a", "b", now_ms() - 1000) + "\n").unwrap();
+    let (code, _, err) = plan(&cfg, &["--target", "zim", clean.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = plan(&cfg, &["--target", "nope", clean.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown target"), "{err}");
+}
