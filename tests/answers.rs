@@ -64,6 +64,7 @@ async fn outcomes(status: u16, body: Vec<u8>) -> Vec<(String, Outcome)> {
             attempt: 1,
             known_ids: &[],
             first_mark_ms: None,
+            start_by: None,
         };
         let o = tokio::time::timeout(Duration::from_secs(10), p.send(&job))
             .await
@@ -176,6 +177,65 @@ async fn a_404_halts_the_target_with_a_hint() {
         match o {
             Outcome::Halt { reason, .. } => assert!(reason.contains("endpoint"), "{name}: {reason}"),
             other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
+/// Serves `body` to every request and counts them.
+async fn counting(body: &'static str) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async move { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+/// A refused signature or UserSig is retried once with a fresh one, but
+/// only while that second call can still end inside the lane's lease.
+#[tokio::test]
+async fn a_fresh_credential_is_tried_only_if_the_second_call_fits_the_lease() {
+    let answers = [
+        ("zim", r#"{"Code":100000004,"Message":"signature expired"}"#),
+        (
+            "tim",
+            r#"{"ActionStatus":"FAIL","ErrorCode":70001,"ErrorInfo":"usersig expired"}"#,
+        ),
+    ];
+    for (target, answer) in answers {
+        for (start_by, calls) in [(None, 2), (Some(std::time::Instant::now()), 1)] {
+            let (addr, hits) = counting(answer).await;
+            let p = clients(addr).into_iter().find(|(n, _)| n == target).unwrap().1;
+            let job = SendJob {
+                job_id: 1,
+                body: r#"{"FromUserId":"a","ToUserId":"b","MessageType":1,"MessageBody":{"Message":"x"},"ImportedUserId":"a","MsgSeq":1}"#,
+                lane_key: "a\u{1f}b",
+                attempt: 1,
+                known_ids: &[],
+                first_mark_ms: None,
+                start_by,
+            };
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let o = p.send(&job).await;
+            assert!(!matches!(o, Outcome::Accepted(_)), "{target}: {o:?}");
+            assert_eq!(
+                hits.load(std::sync::atomic::Ordering::SeqCst),
+                calls,
+                "{target} with {start_by:?}"
+            );
         }
     }
 }

@@ -26,6 +26,7 @@ lease_secs = 3
 request_timeout_ms = 1000
 retry_min_ms = 10
 retry_max_ms = 50
+reconcile_settle_secs = 2
 [targets.zim]
 kind = "zim"
 endpoint = "http://{sim}/"

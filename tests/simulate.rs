@@ -730,7 +730,9 @@ async fn zim_query_pages_newest_first_with_exact_u64_msg_ids() {
     let list = v["List"].as_array().unwrap();
     let got: Vec<u64> = list.iter().map(|m| m["MsgId"].as_u64().unwrap()).collect();
     assert_eq!(got, [ids[2], ids[1]]);
-    assert_eq!(list[0]["MsgTime"], now - 98);
+    // MsgTime is the server's receive time (ZEGO's query page), not the
+    // SendMessageTime imported.
+    assert!(list[0]["MsgTime"].as_i64().unwrap() >= now, "{raw}");
     assert_eq!(list[0]["MsgBody"], "m2");
     let next = v["Next"].as_u64().unwrap();
     assert_ne!(next, 0);

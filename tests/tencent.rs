@@ -135,3 +135,46 @@ async fn a_killed_daemon_resumes_without_loss_or_duplicates() {
     assert!(env.stats()["dedup_hits"].as_u64() > Some(0), "{}", env.stats());
     env.assert_verify_clean("crash").await;
 }
+
+/// Tencent deduplicates on (MsgSeq, MsgRandom, MsgTimeStamp), so imports
+/// that land after the client gave up, or are applied and then answered
+/// with a server error, are simply sent again and still stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_landings_and_errors_after_the_write_are_stored_once() {
+    let mut f = chatferry::simulate::faults::FaultConfig {
+        seed: 41,
+        ..Default::default()
+    };
+    f.tencent.late_rate = 0.03;
+    f.tencent.late_ms = 1_300;
+    f.tencent.apply_then_error_rate = 0.05;
+    f.tencent.apis = vec!["importmsg".into()];
+    let env = Env::start(Setup {
+        kind: Kind::Tencent,
+        faults: f,
+        auto_register: true,
+        ensure: false,
+    })
+    .await;
+    let corpus = Corpus::generate(&Shape {
+        kind: Kind::Tencent,
+        conversations: 60,
+        messages: 3_000,
+        seed: 41,
+        one_sided: 0.0,
+        non_text: 0.1,
+    });
+    env.load(&corpus, "late").await;
+    env.run_until_idle().await;
+    assert_eq!(env.not_done().await, vec![], "every job is done");
+    env.assert_holds_exactly(&corpus);
+    let st = env.stats();
+    assert!(st["faults"]["late"].as_u64() > Some(0), "{st}");
+    assert!(st["faults"]["apply_then_error"].as_u64() > Some(0), "{st}");
+    assert!(
+        st["dedup_hits"].as_u64() > Some(0),
+        "resends were deduplicated: {st}"
+    );
+    env.sim.sim.set_faults(Default::default()).unwrap();
+    env.assert_verify_clean("late").await;
+}

@@ -87,6 +87,18 @@ pub struct SendJob<'a> {
     /// database clock). A provider that reports its own receive time got
     /// the message after this.
     pub first_mark_ms: Option<i64>,
+    /// The last moment a call for this job may *start* and still end, its
+    /// timeout included, while the lane is leased. A send that needs a
+    /// second call (a fresh signature or UserSig) makes it only before
+    /// this; None: no limit.
+    pub start_by: Option<std::time::Instant>,
+}
+
+impl SendJob<'_> {
+    /// Whether another call for this job may start now.
+    pub fn may_call_again(&self) -> bool {
+        self.start_by.map_or(true, |t| std::time::Instant::now() <= t)
+    }
 }
 
 /// A user to register, with the profile the provider should show.

@@ -124,6 +124,7 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                 attempt: job.attempts,
                 known_ids: &[],
                 first_mark_ms: job.first_mark_ms,
+                start_by: None,
             };
             if job.needs_reconcile() {
                 match reconcile_head(w, lane, &job, &send, valid_until).await {
@@ -182,7 +183,12 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                 );
                 return Stop::Release;
             }
-            let send = SendJob { attempt, ..send };
+            let left_ms = valid_until.load(Ordering::Acquire) - lane_now_ms() - timeout_ms;
+            let send = SendJob {
+                attempt,
+                start_by: Some(std::time::Instant::now() + Duration::from_millis(left_ms.max(0) as u64)),
+                ..send
+            };
             let started = std::time::Instant::now();
             let outcome = target.provider.send(&send).await;
             let (code, label) = match &outcome {

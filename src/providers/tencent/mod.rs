@@ -20,6 +20,7 @@ use crate::ratelimit;
 
 pub mod body;
 pub mod codes;
+pub mod probe;
 pub mod usersig;
 
 const MAX_ANSWER: usize = 1 << 20;
@@ -345,7 +346,7 @@ impl Provider for TencentClient {
                 ..
             } = outcome
             {
-                if !regenerated {
+                if !regenerated && job.may_call_again() {
                     regenerated = true;
                     continue;
                 }
@@ -362,6 +363,10 @@ impl Provider for TencentClient {
             }
             return outcome;
         }
+    }
+
+    async fn probe(&self, users: [&str; 2]) -> Result<crate::probe::Findings, String> {
+        probe::run(self, users).await
     }
 
     async fn register_users(&self, users: &[UserProfile]) -> Result<Registered, String> {

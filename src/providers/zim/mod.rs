@@ -483,7 +483,7 @@ impl Provider for ZimClient {
                 ..
             } = outcome
             {
-                if !fresh_signature_tried {
+                if !fresh_signature_tried && job.may_call_again() {
                     fresh_signature_tried = true;
                     continue;
                 }
