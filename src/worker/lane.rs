@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{lane_now_ms, retry_delay, Worker};
 use crate::ops::metrics as om;
-use crate::providers::{Outcome, Reconciled, SendJob};
+use crate::providers::{Accepted, Outcome, Reconciled, SendJob};
 use crate::store::{self, ClaimedLane, JobStatus, Lease, OpenJob, Park, ProviderIds};
 
 /// Why a lane stopped before it ran out of work.
@@ -214,18 +214,8 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                         job: job.id,
                     })
                     .await;
-                    let ids = ProviderIds {
-                        msg_id: a.msg_id,
-                        msg_seq: a.msg_seq,
-                        request_id: a.request_id,
-                    };
-                    match with_db(valid_until, "checkpoint", || {
-                        w.checkpoints.record_done(lease, job.id, &ids)
-                    })
-                    .await
-                    {
-                        Some(true) => {}
-                        _ => return Stop::Lost,
+                    if !checkpoint_done(w, lease, job.id, a, valid_until).await {
+                        return Stop::Lost;
                     }
                     // The pace wait is the rate's share of the cycle, not lane work.
                     w.record_cycle(cycle_start.elapsed().saturating_sub(paced));
@@ -363,18 +353,10 @@ async fn reconcile_head(
         .increment(1);
     match result {
         Reconciled::Applied(a) => {
-            let ids = ProviderIds {
-                msg_id: a.msg_id,
-                msg_seq: a.msg_seq,
-                request_id: a.request_id,
-            };
-            match with_db(valid_until, "checkpoint", || {
-                w.checkpoints.record_done(lease, job.id, &ids)
-            })
-            .await
-            {
-                Some(true) => Head::Settled,
-                _ => Head::Stop(Stop::Lost),
+            if checkpoint_done(w, lease, job.id, a, valid_until).await {
+                Head::Settled
+            } else {
+                Head::Stop(Stop::Lost)
             }
         }
         Reconciled::NotApplied => Head::Send,
@@ -384,6 +366,21 @@ async fn reconcile_head(
             Head::Stop(Stop::Release)
         }
     }
+}
+
+/// Records a job done with the ids the provider gave it; false when the
+/// lease moved on or the database could not be reached in time.
+async fn checkpoint_done(w: &Worker, lease: &Lease, job: i64, a: Accepted, valid_until: &AtomicI64) -> bool {
+    let ids = ProviderIds {
+        msg_id: a.msg_id,
+        msg_seq: a.msg_seq,
+        request_id: a.request_id,
+    };
+    with_db(valid_until, "checkpoint", || {
+        w.checkpoints.record_done(lease, job, &ids)
+    })
+    .await
+        == Some(true)
 }
 
 /// A reconcile that could not decide: back off, and past

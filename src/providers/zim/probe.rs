@@ -157,11 +157,15 @@ fn judge(f: &mut Findings, sent: &[Sent], items: &[Value], marked_at: i64) {
     );
     for (s, i) in sent.iter().zip(items) {
         let body = i.get("MsgBody").and_then(Value::as_str).unwrap_or("");
-        let shown: String = body.chars().take(200).collect();
+        let shown = match super::readback::url_decode(body) {
+            Some(decoded) if decoded != body => format!("URL-encoded {decoded}"),
+            _ => format!("{body:?}"),
+        };
+        let came = int_field(i, "MsgType").map_or("no".to_string(), |t| t.to_string());
         f.read_back.push(format!(
-            "MsgType {} came back as MsgType {:?} with MsgBody {shown:?}",
+            "MsgType {} came back as MsgType {came} with MsgBody {}",
             s.msg_type,
-            int_field(i, "MsgType")
+            shown.chars().take(300).collect::<String>()
         ));
     }
 }
