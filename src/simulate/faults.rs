@@ -1,6 +1,6 @@
 //! Fault injection, seeded and per provider.
 //!
-//! Every provider call (never a `/_sim/*` call) goes through [`Faults::plan`]:
+//! Every provider call (never a `/_sim/*` call) goes through `Faults::plan`:
 //!
 //! 1. **Outage**: while `down` is true, or while the time since the
 //!    simulator started falls in one of `outages` (`[start_s, end_s)`), the

@@ -84,7 +84,7 @@ impl Checkpoints {
         rx.await.map_err(|_| gone())?
     }
 
-    /// As [`Store::record_done`], grouped.
+    /// Records a job done with the provider's ids, grouped with other writes.
     pub async fn record_done(&self, lease: &Lease, job: i64, ids: &ProviderIds) -> Result<bool, sqlx::Error> {
         let (reply, rx) = oneshot::channel();
         self.tx

@@ -503,7 +503,7 @@ impl Provider for ZimClient {
 
     /// ImportPeerMsg has no idempotency key: find out whether the in-doubt
     /// message reached the view before sending it again (see
-    /// [`ZimClient::find_in_view`]).
+    /// `ZimClient::find_in_view`).
     async fn reconcile(&self, job: &SendJob<'_>) -> Reconciled {
         let Some(content) = Expected::of_body(job.body) else {
             return Reconciled::NotApplied;
