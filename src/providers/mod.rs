@@ -284,6 +284,9 @@ pub struct PlanContext {
     /// Position among same-millisecond messages of the conversation, in
     /// input order (Tencent folds it into MsgSeq).
     pub same_ms_index: u32,
+    /// The message goes to a live batch (the cut-over): Tencent imports
+    /// it with `SyncFromOldSystem` 5 whatever the target's `sync_mode`.
+    pub live: bool,
 }
 
 /// Turns one input message into the provider calls it needs, or says why

@@ -137,7 +137,7 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
             let waited = std::time::Instant::now();
             let cycle_start = waited;
             tokio::select! {
-                _ = async { w.may_send().await; target.bucket.pace().await } => {}
+                _ = async { w.may_send().await; target.bucket.pace_as(lane.live || job.live).await } => {}
                 _ = cancel.cancelled() => return Stop::Release,
             }
             let paced = waited.elapsed();
