@@ -331,7 +331,9 @@ async fn history_and_live(kind: Kind) {
     }
     second.start_kill().unwrap();
     second.wait().await.unwrap();
-    env.assert_holds_exactly(&want);
+    // Tencent sorts a conversation by time, so its live messages may pass
+    // the history still queued; ZIM's views take calls in send-time order.
+    env.assert_holds(&want, kind == Kind::Tencent);
     if kind == Kind::Tencent {
         let dump = env.sim.sim.dump();
         let mut live_modes = Vec::new();

@@ -123,7 +123,7 @@ impl Ingest {
         answer.rejected.sort_by_key(|r| r.line);
         if answer.accepted > 0 {
             // Best effort: a missed notice costs one poll interval.
-            if let Err(e) = self.store.notify_live(target).await {
+            if let Err(e) = self.store.notify_live(&ins.lanes).await {
                 tracing::warn!(error = %e, "cannot notify the workers of live work; they find it at their next poll");
             }
         }

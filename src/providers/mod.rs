@@ -154,6 +154,13 @@ pub trait Provider: Send + Sync + 'static {
         false
     }
 
+    /// Whether the provider places each message by its own time, in
+    /// whatever order the calls arrive: then a lane's live messages may
+    /// pass its history (issue 16). False keeps the lane's send-time order.
+    fn orders_by_time(&self) -> bool {
+        false
+    }
+
     /// Takes what `chatferry probe` measured for this target (see
     /// [`crate::probe`]); the default ignores it.
     fn apply_findings(&self, _findings: &crate::probe::Findings) {}

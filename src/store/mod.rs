@@ -55,6 +55,9 @@ pub struct ClaimedLane {
     /// The lane held live work when claimed: its calls go first at the
     /// rate limiter.
     pub live: bool,
+    /// Set by the worker when live work for this lane arrives while it
+    /// runs (a `NOTIFY` naming it): the lane reads its queue again.
+    pub news: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Whether a released lane is parked.
@@ -104,6 +107,9 @@ pub struct OpenJob {
     pub settle_wait_ms: i64,
     /// The job belongs to a live batch (paced first).
     pub live: bool,
+    /// The lane holds live work now: its history goes first too, so the
+    /// live message behind it waits as little as it can.
+    pub lane_live: bool,
 }
 
 impl OpenJob {
@@ -164,6 +170,8 @@ pub struct Inserted {
     /// Messages refused: their id is already stored for the conversation
     /// with different content. Nothing of theirs was stored.
     pub conflicts: Vec<Conflict>,
+    /// Every lane the chunk's jobs went to.
+    pub lanes: Vec<i64>,
 }
 
 /// A message whose id is taken by a different message.
@@ -271,6 +279,7 @@ async fn insert_job_rows(
             new: inserted,
             new_seqs,
             conflicts: Vec::new(),
+            lanes: Vec::new(),
         });
     }
     let conflicts: Vec<Conflict> = sqlx::query_as(
@@ -308,6 +317,7 @@ async fn insert_job_rows(
         new: inserted - removed,
         new_seqs,
         conflicts,
+        lanes: Vec::new(),
     })
 }
 
@@ -454,11 +464,24 @@ impl Store {
         .await
     }
 
-    /// Wakes whoever waits for live work (`LISTEN` in [`crate::worker`]).
-    pub async fn notify_live(&self, target: &str) -> Result<(), sqlx::Error> {
+    /// Wakes whoever waits for live work (`LISTEN` in [`crate::worker`]);
+    /// the payload names the lanes, so a worker running one of them reads
+    /// its queue again. Past what a notice can carry it names none, and
+    /// those lanes see the work at their next read.
+    pub async fn notify_live(&self, lanes: &[i64]) -> Result<(), sqlx::Error> {
+        let mut payload = String::new();
+        for id in lanes {
+            if payload.len() > 7000 {
+                break;
+            }
+            if !payload.is_empty() {
+                payload.push(',');
+            }
+            payload.push_str(&id.to_string());
+        }
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(LIVE_CHANNEL)
-            .bind(target)
+            .bind(payload)
             .execute(&self.pool)
             .await
             .map(|_| ())
@@ -557,7 +580,10 @@ impl Store {
         .bind(LIVE_PRIORITY)
         .execute(&self.pool)
         .await?;
-        Ok(inserted)
+        Ok(Inserted {
+            lanes: distinct,
+            ..inserted
+        })
     }
 
     /// Wakes idle lanes that hold open jobs yet wait on nothing: no lease,
@@ -751,6 +777,7 @@ impl Store {
                 target: r.get(2),
                 lane_key: r.get(3),
                 live: r.get::<i32, _>(4) >= LIVE_PRIORITY,
+                news: Default::default(),
             })
             .collect())
     }
@@ -888,11 +915,14 @@ impl Store {
 
     /// The next open jobs of a lane, in lane order. `settle` is how old an
     /// in-doubt job's latest in-flight mark must be before it is reconciled.
+    /// `live_first` (a provider that places messages by their time) puts
+    /// the lane's live jobs before its history.
     pub async fn open_jobs(
         &self,
         lane_id: i64,
         limit: i64,
         settle: Duration,
+        live_first: bool,
     ) -> Result<Vec<OpenJob>, sqlx::Error> {
         sqlx::query_as(
             "SELECT j.id, j.source_id, j.body, j.status, j.attempts,
@@ -901,15 +931,18 @@ impl Store {
                     (extract(epoch FROM j.first_in_flight_at) * 1000)::bigint AS first_mark_ms,
                     coalesce((extract(epoch FROM (j.in_flight_at + $3 * interval '1 millisecond' - now()))
                               * 1000)::bigint, 0) AS settle_wait_ms,
-                    b.mode = 'live' AS live
+                    b.mode = 'live' AS live,
+                    (SELECT priority FROM lanes WHERE id = $1) >= $5 AS lane_live
              FROM jobs j JOIN batches b ON b.id = j.batch_id
              WHERE j.lane_id = $1 AND j.status IN ('pending', 'in_flight')
-             ORDER BY j.sent_at_ms, j.input_seq
+             ORDER BY $4 AND b.mode = 'live' DESC, j.sent_at_ms, j.input_seq
              LIMIT $2",
         )
         .bind(lane_id)
         .bind(limit)
         .bind(settle.as_millis() as i64)
+        .bind(live_first)
+        .bind(LIVE_PRIORITY)
         .fetch_all(&self.pool)
         .await
     }

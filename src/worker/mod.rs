@@ -87,6 +87,8 @@ struct Held {
     token: i64,
     cancel: CancellationToken,
     valid_until: Arc<AtomicI64>,
+    /// The lane's [`store::ClaimedLane::news`].
+    news: Arc<AtomicBool>,
 }
 
 /// A worker process.
@@ -239,6 +241,17 @@ impl Worker {
             Err(_) => self
                 .send_from
                 .store(now_ms() + RATE_EVERY.as_millis() as i64 + 1000, Ordering::Release),
+        }
+    }
+
+    /// Tells the lanes this process runs that live work arrived for them
+    /// (a notice's payload: lane ids, comma-separated).
+    fn live_news(&self, payload: &str) {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for id in payload.split(',').filter_map(|s| s.parse::<i64>().ok()) {
+            if let Some(h) = held.get(&id) {
+                h.news.store(true, Ordering::Release);
+            }
         }
     }
 
@@ -447,7 +460,7 @@ impl Worker {
         let rates = tokio::spawn(self.clone().rate_control(rates_stop.clone()));
         let sweep = tokio::spawn(self.clone().sweep(rates_stop.clone()));
         let live_wake = Arc::new(tokio::sync::Notify::new());
-        let listen = tokio::spawn(listen_live(self.store.clone(), live_wake.clone(), rates_stop.clone()));
+        let listen = tokio::spawn(listen_live(self.clone(), live_wake.clone(), rates_stop.clone()));
         crate::ops::notify::notify("READY=1");
         let mut tasks: JoinSet<i64> = JoinSet::new();
         let mut task_lanes: HashMap<tokio::task::Id, i64> = HashMap::new();
@@ -496,6 +509,7 @@ impl Worker {
                                     token: l.lease.token,
                                     cancel: cancel.clone(),
                                     valid_until: valid_until.clone(),
+                                    news: l.news.clone(),
                                 },
                             );
                             let me = self.clone();
@@ -745,7 +759,8 @@ fn log_woken(woken: &[store::StrandedLane]) {
 /// `LISTEN`s for live work (the ingest API's `NOTIFY` after its commit)
 /// and wakes the claim loop at once instead of at its next poll. After a
 /// lost connection it wakes the loop too: a notice may have been missed.
-async fn listen_live(store: Store, wake: Arc<tokio::sync::Notify>, stop: CancellationToken) {
+async fn listen_live(w: Arc<Worker>, wake: Arc<tokio::sync::Notify>, stop: CancellationToken) {
+    let store = &w.store;
     let mut delay = Duration::from_millis(200);
     loop {
         let listener = async {
@@ -762,9 +777,12 @@ async fn listen_live(store: Store, wake: Arc<tokio::sync::Notify>, stop: Cancell
                 delay = Duration::from_millis(200);
                 wake.notify_one();
                 tokio::select! {
-                    n = l.recv() => if let Err(e) = n {
-                        tracing::warn!(error = %e, "live work notices lost; listening again");
-                        break;
+                    n = l.recv() => match n {
+                        Ok(n) => w.live_news(n.payload()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "live work notices lost; listening again");
+                            break;
+                        }
                     },
                     _ = stop.cancelled() => return,
                 }
