@@ -548,7 +548,9 @@ impl Config {
             return Err(err("worker.prefetch must be at least 1"));
         }
         if self.ingest.enabled && self.http.listen.is_none() {
-            return Err(err("ingest.enabled needs http.listen: the ingest API is served there"));
+            return Err(err(
+                "ingest.enabled needs http.listen: the ingest API is served there",
+            ));
         }
         if self.ingest.max_body_bytes < 1024 {
             return Err(err("ingest.max_body_bytes must be at least 1024"));

@@ -96,7 +96,10 @@ async fn the_api_refuses_bad_tokens_bad_lines_and_big_bodies_and_reposts_store_n
     assert_eq!(rejected.len(), 2, "{answer}");
     assert_eq!(rejected[0]["line"], 2);
     assert_eq!(rejected[1]["line"], 4);
-    assert!(rejected[1]["reason"].as_str().unwrap().contains("sent_at_ms"), "{answer}");
+    assert!(
+        rejected[1]["reason"].as_str().unwrap().contains("sent_at_ms"),
+        "{answer}"
+    );
     assert_eq!(env.jobs().await, 2);
     // The live batch, with Tencent's real-time mode in the frozen body.
     let mode: String = sqlx::query_scalar("SELECT mode FROM chatferry.batches WHERE name = 'live'")
@@ -116,13 +119,23 @@ async fn the_api_refuses_bad_tokens_bad_lines_and_big_bodies_and_reposts_store_n
     // The caller's retry after a lost answer: nothing new.
     let (status, answer) = post(&base, "tim", Some(TOKEN), body.clone()).await;
     assert_eq!(status, 200);
-    assert_eq!((answer["accepted"].clone(), answer["known"].clone()), (json!(0), json!(2)), "{answer}");
+    assert_eq!(
+        (answer["accepted"].clone(), answer["known"].clone()),
+        (json!(0), json!(2)),
+        "{answer}"
+    );
     assert_eq!(env.jobs().await, 2);
     // The same id with other content is refused, as `load` refuses it.
     let changed = text_line("a", "ann", "bob", now - 1000, "something else");
     let (_, answer) = post(&base, "tim", Some(TOKEN), changed).await;
     assert_eq!(answer["accepted"], 0, "{answer}");
-    assert!(answer["rejected"][0]["reason"].as_str().unwrap().contains("already loaded"), "{answer}");
+    assert!(
+        answer["rejected"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("already loaded"),
+        "{answer}"
+    );
 
     // One JSON array works the same; its positions are its line numbers.
     let arr = format!("[{}, {{\"id\": 5}}]", good("e"));
@@ -136,7 +149,10 @@ async fn the_api_refuses_bad_tokens_bad_lines_and_big_bodies_and_reposts_store_n
     assert_eq!(status, 400, "{answer}");
     let (status, _) = post(&base, "nope", Some(TOKEN), good("f")).await;
     assert_eq!(status, 404);
-    let big = (0..100).map(|i| good(&format!("big{i}"))).collect::<Vec<_>>().join("\n");
+    let big = (0..100)
+        .map(|i| good(&format!("big{i}")))
+        .collect::<Vec<_>>()
+        .join("\n");
     let (status, answer) = post(&base, "tim", Some(TOKEN), big).await;
     assert_eq!(status, 413, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("max_body_bytes"));
@@ -183,7 +199,8 @@ async fn a_chunked_oversize_body_is_refused_before_it_ends() {
 #[tokio::test]
 async fn a_live_message_to_an_idle_conversation_arrives_within_a_second() {
     let env = start(Kind::Zim, Default::default()).await;
-    let toml = with_ingest(&env, "127.0.0.1:0", "").replace("poll_interval_ms = 20", "poll_interval_ms = 5000");
+    let toml =
+        with_ingest(&env, "127.0.0.1:0", "").replace("poll_interval_ms = 20", "poll_interval_ms = 5000");
     let cfg = Config::from_toml(&toml).unwrap();
     let stop = CancellationToken::new();
     let base = serve_ingest(&env, &cfg, &stop).await;
@@ -228,7 +245,13 @@ fn free_port() -> u16 {
 /// Posts live messages to the corpus's conversations at `per_sec`,
 /// retrying each request until the daemon answers (it is killed and
 /// restarted meanwhile); returns what it posted.
-async fn post_live(base: String, target: &'static str, pairs: Vec<(String, String)>, n: usize, per_sec: f64) -> Vec<Msg> {
+async fn post_live(
+    base: String,
+    target: &'static str,
+    pairs: Vec<(String, String)>,
+    n: usize,
+    per_sec: f64,
+) -> Vec<Msg> {
     let client = reqwest::Client::new();
     let mut posted = Vec::new();
     let every = Duration::from_secs_f64(1.0 / per_sec);
@@ -288,8 +311,10 @@ async fn history_and_live(kind: Kind) {
     env.load(&corpus, "history").await;
     let port = free_port();
     // A real rate, so the backfill is still running when live traffic comes.
-    let toml = with_ingest(&env, &format!("127.0.0.1:{port}"), "")
-        .replace(&format!("\nrate_per_sec = {}\n", provider::RATE), "\nrate_per_sec = 400\n");
+    let toml = with_ingest(&env, &format!("127.0.0.1:{port}"), "").replace(
+        &format!("\nrate_per_sec = {}\n", provider::RATE),
+        "\nrate_per_sec = 400\n",
+    );
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("daemon.toml");
     std::fs::write(&config, toml).unwrap();
@@ -326,7 +351,11 @@ async fn history_and_live(kind: Kind) {
     // Let anything in doubt settle and any duplicate land before judging.
     let settled = Instant::now();
     while !env.not_done().await.is_empty() {
-        assert!(settled.elapsed() < Duration::from_secs(60), "jobs left: {:?}", env.not_done().await);
+        assert!(
+            settled.elapsed() < Duration::from_secs(60),
+            "jobs left: {:?}",
+            env.not_done().await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     second.start_kill().unwrap();

@@ -535,7 +535,11 @@ pub(crate) fn scan(
         } else {
             Box::new(File::open(name).with_context(|| format!("cannot open input file {name}"))?)
         };
-        let shown = if name == "-" { "standard input" } else { name.as_str() };
+        let shown = if name == "-" {
+            "standard input"
+        } else {
+            name.as_str()
+        };
         scanner.read(name, shown.into(), raw, &bar, sink)?;
     }
     bar.finish_and_clear();

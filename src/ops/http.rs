@@ -288,14 +288,17 @@ async fn ingest(
             StatusCode::UNAUTHORIZED,
             "send the ingest token (ingest.token) as Authorization: Bearer TOKEN".into(),
         );
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     }
     let limit = ing.max_body_bytes;
     let too_big = || {
         json_error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is over ingest.max_body_bytes ({limit} bytes); post fewer messages per request"),
+            format!(
+                "the body is over ingest.max_body_bytes ({limit} bytes); post fewer messages per request"
+            ),
         )
     };
     let declared = headers

@@ -1267,7 +1267,10 @@ impl Store {
         let mut rows: Vec<BatchStatus> = q.build_query_as().fetch_all(&self.pool).await?;
         if rows.iter().any(|r| r.mode == "live") {
             for l in self.live_progress().await? {
-                if let Some(r) = rows.iter_mut().find(|r| r.batch == l.batch && r.target == l.target) {
+                if let Some(r) = rows
+                    .iter_mut()
+                    .find(|r| r.batch == l.batch && r.target == l.target)
+                {
                     r.live = Some(l);
                 }
             }

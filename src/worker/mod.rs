@@ -482,7 +482,10 @@ impl Worker {
                 (cap - tasks.len(), None)
             } else {
                 let extra = (self.cfg.concurrency / 4).max(4);
-                ((cap + extra).saturating_sub(tasks.len()), Some(store::LIVE_PRIORITY))
+                (
+                    (cap + extra).saturating_sub(tasks.len()),
+                    Some(store::LIVE_PRIORITY),
+                )
             };
             let live = self.live_targets();
             let mut claimed = 0;
@@ -787,7 +790,9 @@ async fn listen_live(w: Arc<Worker>, wake: Arc<tokio::sync::Notify>, stop: Cance
                     _ = stop.cancelled() => return,
                 }
             },
-            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "cannot listen for live work; polling meanwhile"),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot listen for live work; polling meanwhile")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
