@@ -396,3 +396,80 @@ async fn zim_history_and_live_in_order_exactly_once_through_a_kill() {
 async fn tencent_history_and_live_exactly_once_in_mode_5_through_a_kill() {
     history_and_live(Kind::Tencent).await;
 }
+
+/// `load --priority`: the higher batch's lanes are claimed first; `status
+/// --json` shows each batch's mode and priority.
+#[tokio::test]
+async fn a_higher_priority_batch_is_claimed_first_and_status_shows_mode_and_priority() {
+    let env = start(Kind::Tencent, Default::default()).await;
+    let now = now_ms();
+    let lines = |who: &str| -> Vec<String> {
+        (0..20)
+            .map(|i| {
+                text_line(
+                    &format!("m{i}"),
+                    &format!("{who}1"),
+                    &format!("{who}2"),
+                    now - 60_000 + i,
+                    &format!("{who}{i}"),
+                )
+            })
+            .collect()
+    };
+    let (low, high) = (jsonl(&lines("low")), jsonl(&lines("high")));
+    load(&env.db, &env.cfg, "tim", "low", &[low.path()], None).await;
+    chatferry::load::run(
+        &env.db.store,
+        &env.cfg,
+        chatferry::load::LoadOptions {
+            target: "tim".into(),
+            batch: "high".into(),
+            rejects: None,
+            files: vec![high.path().display().to_string()],
+            now_ms: now_ms(),
+            progress: false,
+            priority: Some(5),
+        },
+    )
+    .await
+    .unwrap();
+    let rows = env.db.store.status(None).await.unwrap();
+    let v = chatferry::status::json(&rows);
+    let batches = v["batches"].as_array().unwrap();
+    let find = |name: &str| batches.iter().find(|b| b["batch"] == name).unwrap().clone();
+    assert_eq!(
+        (find("low")["mode"].clone(), find("low")["priority"].clone()),
+        (json!("history"), json!(0))
+    );
+    assert_eq!(find("high")["priority"], 5, "{v}");
+
+    // One lane at a time: the order of the claims is the order of arrival.
+    let toml = env
+        .toml
+        .replace("concurrency = 64", "concurrency = 1\nmax_concurrency = 1");
+    let cfg = Config::from_toml(&toml).unwrap();
+    let report = run_until_idle(&env.db, &cfg).await;
+    assert!(report.halted.is_empty());
+    let dump = env.sim.sim.dump();
+    let arrivals = |who: &str| -> Vec<i64> {
+        dump["tencent"][0]["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["a"].as_str().unwrap().starts_with(who))
+            .flat_map(|c| {
+                c["messages"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m["Arrival"].as_i64().unwrap())
+            })
+            .collect()
+    };
+    let (lo, hi) = (arrivals("low"), arrivals("high"));
+    assert_eq!((lo.len(), hi.len()), (20, 20));
+    assert!(
+        hi.iter().max() < lo.iter().min(),
+        "the high-priority batch went first: high {hi:?}, low {lo:?}"
+    );
+}
