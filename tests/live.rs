@@ -473,3 +473,97 @@ async fn a_higher_priority_batch_is_claimed_first_and_status_shows_mode_and_prio
         "the high-priority batch went first: high {hi:?}, low {lo:?}"
     );
 }
+
+/// One bench point: live messages at `per_sec` for `secs` to idle
+/// conversations, with or without a backfill of other conversations
+/// running. Returns (p50, p99) of post-to-done in seconds, and the
+/// backfill's and the live calls per second during the live window.
+async fn live_point(per_sec: f64, secs: u64, backfill: bool) -> (f64, f64, f64, f64) {
+    let env = start(Kind::Tencent, Default::default()).await;
+    let limit = 200.0;
+    if backfill {
+        let corpus = Corpus::generate(&Shape {
+            kind: Kind::Tencent,
+            conversations: 200,
+            messages: 40_000,
+            seed: 7,
+            one_sided: 0.0,
+            non_text: 0.0,
+        });
+        env.load(&corpus, "history").await;
+    }
+    let toml = with_ingest(&env, "127.0.0.1:0", "").replace(
+        &format!("\nrate_per_sec = {}\n", provider::RATE),
+        &format!("\nrate_per_sec = {limit}\n"),
+    );
+    let cfg = Config::from_toml(&toml).unwrap();
+    let stop = CancellationToken::new();
+    let base = serve_ingest(&env, &cfg, &stop).await;
+    let providers = chatferry::providers::build_all(&cfg).unwrap();
+    let worker = chatferry::worker::Worker::new(env.db.store.clone(), &cfg, providers);
+    let run = tokio::spawn(worker.run(stop.clone(), false));
+    tokio::time::sleep(Duration::from_secs(3)).await; // the backfill at full speed
+    let pairs: Vec<(String, String)> = (0..50)
+        .map(|i| (format!("live{i}a"), format!("live{i}b")))
+        .collect();
+    let t0 = now_ms();
+    let n = (per_sec * secs as f64) as usize;
+    post_live(base, "tim", pairs, n, per_sec).await;
+    let t1 = now_ms();
+    let done = Instant::now();
+    loop {
+        let left = env
+            .db
+            .scalar("SELECT count(*) FROM chatferry.jobs j JOIN chatferry.batches b ON b.id = j.batch_id WHERE b.mode = 'live' AND j.status <> 'done'")
+            .await;
+        if left == 0 {
+            break;
+        }
+        assert!(done.elapsed() < Duration::from_secs(60), "live jobs left: {left}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Post to done: the job row is created at the commit, just before the
+    // API answers, so this is the delivery latency a caller sees.
+    let (p50, p99): (f64, f64) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM j.finished_at - j.created_at))::float8,
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM j.finished_at - j.created_at))::float8
+         FROM chatferry.jobs j JOIN chatferry.batches b ON b.id = j.batch_id WHERE b.mode = 'live'",
+    )
+    .fetch_one(env.db.store.pool())
+    .await
+    .unwrap();
+    let history: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM chatferry.jobs j JOIN chatferry.batches b ON b.id = j.batch_id
+         WHERE b.mode = 'history' AND j.finished_at BETWEEN to_timestamp($1 / 1000.0) AND to_timestamp($2 / 1000.0)",
+    )
+    .bind(t0 as f64)
+    .bind(t1 as f64)
+    .fetch_one(env.db.store.pool())
+    .await
+    .unwrap();
+    stop.cancel();
+    run.await.unwrap().unwrap();
+    let window = (t1 - t0) as f64 / 1000.0;
+    (p50, p99, history as f64 / window, n as f64 / window)
+}
+
+/// The bench rows of issue 16 (`scripts/bench g`): live delivery latency
+/// at 20 and 100 messages/s, with and without a running backfill, and the
+/// backfill's share of the rate (Tencent, limit 200/s) meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: scripts/bench g"]
+async fn bench_live_delivery() {
+    for backfill in [false, true] {
+        for per_sec in [20.0, 100.0] {
+            let (p50, p99, hist, live) = live_point(per_sec, 10, backfill).await;
+            println!(
+                "| g  | live {per_sec}/s (posted {live:.1}/s), Tencent limit 200/s, {} | latency p50 {:.3} s, p99 {:.3} s; backfill {:.1} calls/s = {:.2} of the limit |",
+                if backfill { "backfill of 40,000 running" } else { "no backfill" },
+                p50,
+                p99,
+                hist,
+                hist / 200.0
+            );
+        }
+    }
+}
