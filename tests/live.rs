@@ -532,6 +532,15 @@ async fn live_point(per_sec: f64, secs: u64, backfill: bool) -> (f64, f64, f64, 
     .fetch_one(env.db.store.pool())
     .await
     .unwrap();
+    let phases: (f64, f64) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM j.first_in_flight_at - j.created_at))::float8,
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM j.finished_at - j.first_in_flight_at))::float8
+         FROM chatferry.jobs j JOIN chatferry.batches b ON b.id = j.batch_id WHERE b.mode = 'live'",
+    )
+    .fetch_one(env.db.store.pool())
+    .await
+    .unwrap();
+    eprintln!("live p50: commit to in-flight mark {:.3} s, mark to done {:.3} s", phases.0, phases.1);
     let history: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM chatferry.jobs j JOIN chatferry.batches b ON b.id = j.batch_id
          WHERE b.mode = 'history' AND j.finished_at BETWEEN to_timestamp($1 / 1000.0) AND to_timestamp($2 / 1000.0)",
@@ -553,8 +562,12 @@ async fn live_point(per_sec: f64, secs: u64, backfill: bool) -> (f64, f64, f64, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: scripts/bench g"]
 async fn bench_live_delivery() {
+    let only: Option<f64> = std::env::var("BENCH_LIVE_RATE").ok().and_then(|v| v.parse().ok());
     for backfill in [false, true] {
         for per_sec in [20.0, 100.0] {
+            if only.is_some_and(|r| r != per_sec) || (only.is_some() && !backfill) {
+                continue;
+            }
             let (p50, p99, hist, live) = live_point(per_sec, 10, backfill).await;
             println!(
                 "| g  | live {per_sec}/s (posted {live:.1}/s), Tencent limit 200/s, {} | latency p50 {:.3} s, p99 {:.3} s; backfill {:.1} calls/s = {:.2} of the limit |",
