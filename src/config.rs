@@ -810,6 +810,21 @@ sync_mode = "live"
     }
 
     #[test]
+    fn the_ingest_api_needs_a_token_and_a_listener_and_never_prints_it() {
+        let e =
+            Config::from_toml("[http]\nlisten = \"127.0.0.1:0\"\n[ingest]\nenabled = true\n").unwrap_err();
+        assert!(e.0.contains("ingest.token"), "{e}");
+        let e = Config::from_toml("[ingest]\nenabled = true\ntoken = \"t\"\n").unwrap_err();
+        assert!(e.0.contains("http.listen"), "{e}");
+        let c = Config::from_toml(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[ingest]\nenabled = true\ntoken = \"ingest-s3cret\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.ingest.max_body_bytes, 4 * 1024 * 1024);
+        assert!(!format!("{c:?}").contains("ingest-s3cret"));
+    }
+
+    #[test]
     fn a_grace_shorter_than_a_call_is_refused() {
         let e = Config::from_toml("[worker]\nrequest_timeout_ms = 10000\nshutdown_grace_secs = 10\n")
             .unwrap_err();

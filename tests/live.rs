@@ -244,16 +244,21 @@ fn free_port() -> u16 {
 
 /// Posts live messages to the corpus's conversations at `per_sec`,
 /// retrying each request until the daemon answers (it is killed and
-/// restarted meanwhile); returns what it posted.
+/// restarted meanwhile); returns what it posted. One request at a time,
+/// so a conversation's messages are committed in their send order (as an
+/// old system's callback would); `open_loop` posts each on its own task
+/// instead, to hold a rate one client cannot (the bench).
 async fn post_live(
     base: String,
     target: &'static str,
     pairs: Vec<(String, String)>,
     n: usize,
     per_sec: f64,
+    open_loop: bool,
 ) -> Vec<Msg> {
     let client = reqwest::Client::new();
     let mut posted = Vec::new();
+    let mut tasks = Vec::new();
     let every = Duration::from_secs_f64(1.0 / per_sec);
     let mut next = Instant::now();
     for k in 0..n {
@@ -264,33 +269,47 @@ async fn post_live(
         let label = format!("live{k}");
         let at = now_ms();
         let line = text_line(&format!("live-{k}"), from, to, at, &label);
-        loop {
-            let r = client
-                .post(format!("{base}/v1/targets/{target}/messages"))
-                .bearer_auth(TOKEN)
-                .timeout(Duration::from_secs(2))
-                .body(line.clone())
-                .send()
-                .await;
-            match r {
-                Ok(r) if r.status() == 200 => {
-                    let v: Value = r.json().await.unwrap();
-                    assert_eq!(v["rejected"], json!([]), "{v}");
-                    break;
-                }
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
         posted.push(Msg {
             label,
             from: from.clone(),
             to: to.clone(),
             at,
             visible: vec![from.clone(), to.clone()],
-            line,
+            line: line.clone(),
         });
+        let url = format!("{base}/v1/targets/{target}/messages");
+        let post = post_until_stored(client.clone(), url, line);
+        if open_loop {
+            tasks.push(tokio::spawn(post));
+        } else {
+            post.await;
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
     }
     posted
+}
+
+/// Posts one line until the API answers 200 with nothing rejected.
+async fn post_until_stored(client: reqwest::Client, url: String, line: String) {
+    loop {
+        let r = client
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .timeout(Duration::from_secs(2))
+            .body(line.clone())
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status() == 200 => {
+                let v: Value = r.json().await.unwrap();
+                assert_eq!(v["rejected"], json!([]), "{v}");
+                return;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 /// 5,000 history messages sending while live messages to the same
@@ -328,7 +347,7 @@ async fn history_and_live(kind: Kind) {
     pairs.sort();
     pairs.dedup();
     let base = format!("http://127.0.0.1:{port}");
-    let poster = tokio::spawn(post_live(base, kind.target(), pairs, 200, 20.0));
+    let poster = tokio::spawn(post_live(base, kind.target(), pairs, 200, 20.0, false));
 
     let history_calls = env.jobs().await as u64;
     provider::run_and_kill_at(&env, &config, &log, history_calls / 3).await;
@@ -508,7 +527,7 @@ async fn live_point(per_sec: f64, secs: u64, backfill: bool) -> (f64, f64, f64, 
         .collect();
     let t0 = now_ms();
     let n = (per_sec * secs as f64) as usize;
-    post_live(base, "tim", pairs, n, per_sec).await;
+    post_live(base, "tim", pairs, n, per_sec, true).await;
     let t1 = now_ms();
     let done = Instant::now();
     loop {
@@ -540,7 +559,10 @@ async fn live_point(per_sec: f64, secs: u64, backfill: bool) -> (f64, f64, f64, 
     .fetch_one(env.db.store.pool())
     .await
     .unwrap();
-    eprintln!("live p50: commit to in-flight mark {:.3} s, mark to done {:.3} s", phases.0, phases.1);
+    eprintln!(
+        "live p50: commit to in-flight mark {:.3} s, mark to done {:.3} s",
+        phases.0, phases.1
+    );
     let history: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM chatferry.jobs j JOIN chatferry.batches b ON b.id = j.batch_id
          WHERE b.mode = 'history' AND j.finished_at BETWEEN to_timestamp($1 / 1000.0) AND to_timestamp($2 / 1000.0)",
