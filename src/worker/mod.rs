@@ -476,12 +476,13 @@ impl Worker {
                 break;
             }
             let cap = self.lane_cap();
-            // Past the cap, a few more slots for lanes holding live work:
-            // backfill lanes run until empty and must not make it wait.
+            // Past the cap, as many slots again for lanes holding live
+            // work: backfill lanes run until empty and must not make it
+            // wait, and live lanes are short (a message or two each).
             let (free, min_priority) = if tasks.len() < cap {
                 (cap - tasks.len(), None)
             } else {
-                let extra = (self.cfg.concurrency / 4).max(4);
+                let extra = self.cfg.concurrency.max(4);
                 (
                     (cap + extra).saturating_sub(tasks.len()),
                     Some(store::LIVE_PRIORITY),
