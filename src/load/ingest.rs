@@ -22,6 +22,10 @@ use crate::config::{Config, TargetConfig};
 use crate::providers;
 use crate::store::{NewJob, Store};
 
+/// How far ahead of this host's clock a live message's `sent_at_ms` may
+/// be (the old system's clock skew) before it counts as in the future.
+const CLOCK_SKEW_MS: i64 = 5_000;
+
 /// The ingest API's configuration and database handle.
 pub struct Ingest {
     store: Store,
@@ -217,7 +221,10 @@ fn scan_body(target: &TargetConfig, lines: &[u8], max_line: usize, base: i64) ->
         base,
         ..IngestSink::default()
     };
-    let mut scanner = Scanner::new(target, providers::unix_ms(), max_line, true);
+    // The old system stamps live messages with its own clock: a few
+    // seconds ahead of ours is skew, not a message from the future.
+    let now = providers::unix_ms() + CLOCK_SKEW_MS;
+    let mut scanner = Scanner::new(target, now, max_line, true);
     let bar = indicatif::ProgressBar::hidden();
     let name = "the ingest API";
     scanner.read(name, name.into(), Box::new(lines), &bar, &mut sink)?;
