@@ -157,6 +157,35 @@ async fn the_api_refuses_bad_tokens_bad_lines_and_big_bodies_and_reposts_store_n
     assert_eq!(status, 413, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("max_body_bytes"));
     assert_eq!(env.jobs().await, 3, "nothing of the refused requests was stored");
+    // A history batch takes no live messages, and `load` no files into a
+    // live batch.
+    env.db.store.ensure_batch("files", "tim").await.unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/targets/tim/messages?batch=files"))
+        .bearer_auth(TOKEN)
+        .body(good("g"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    let f = jsonl(&[good("h")]);
+    let e = chatferry::load::run(
+        &env.db.store,
+        &env.cfg,
+        chatferry::load::LoadOptions {
+            target: "tim".into(),
+            batch: "live".into(),
+            rejects: None,
+            files: vec![f.path().display().to_string()],
+            now_ms: now_ms(),
+            progress: false,
+            priority: None,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("live batch"), "{e:#}");
+    assert_eq!(env.jobs().await, 3);
     // The old system's clock a little ahead of ours is not "the future".
     let ahead = text_line("skew", "ann", "bob", now_ms() + 2000, "ahead");
     let (_, answer) = post(&base, "tim", Some(TOKEN), ahead).await;
