@@ -38,6 +38,9 @@ pub enum Command {
         /// Write rejected lines here, one JSON object each.
         #[arg(long)]
         rejects: Option<PathBuf>,
+        /// Batch priority: lanes of higher batches are claimed first (default 0).
+        #[arg(long, value_parser = clap::value_parser!(i32).range(0..=1_000_000))]
+        priority: Option<i32>,
         /// Input files; `-` reads stdin.
         #[arg(required = true)]
         files: Vec<String>,
@@ -383,6 +386,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             target,
             batch,
             rejects,
+            priority,
             files,
         } => {
             config.target(&target)?;
@@ -394,6 +398,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 files,
                 now_ms: now_ms(),
                 progress: true,
+                priority,
             };
             let s = crate::load::run(&store, &config, opts).await?;
             let rate = if s.seconds > 0.0 {
@@ -453,6 +458,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                         .collect(),
                     worker: Some(worker.clone()),
                     cache: Default::default(),
+                    ingest: crate::load::ingest::Ingest::from_config(&config, store.clone()),
                 };
                 crate::ops::http::serve(listen, ops, ops_stop.clone())
                     .await

@@ -35,6 +35,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub load: LoadConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
 }
 
 /// `[database]`
@@ -156,6 +158,31 @@ pub struct HttpConfig {
     /// (the page also takes `?token=` once); the probes stay open.
     pub token: Option<SecretString>,
     pub token_file: Option<PathBuf>,
+}
+
+/// `[ingest]`: the live cut-over API (`POST /v1/targets/{target}/messages`),
+/// served on `[http] listen`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    pub enabled: bool,
+    /// The bearer token callers send; required when enabled. Never logged.
+    pub token: Option<SecretString>,
+    pub token_file: Option<PathBuf>,
+    /// Bodies over this are refused (413) before they are read whole.
+    pub max_body_bytes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> IngestConfig {
+        IngestConfig {
+            enabled: false,
+            token: None,
+            token_file: None,
+            max_body_bytes: 4 * 1024 * 1024,
+        }
+    }
 }
 
 /// Log output format.
@@ -447,6 +474,16 @@ impl Config {
         if matches!(&self.http.token, Some(t) if t.expose_secret().is_empty()) {
             return Err(err("http.token is empty; set a token or remove the key"));
         }
+        if let Some(f) = &self.ingest.token_file {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| err(format!("ingest.token_file: cannot read {}: {e}", f.display())))?;
+            self.ingest.token = Some(SecretString::new(text.trim_end_matches(['\n', '\r']).to_string()));
+        }
+        if self.ingest.enabled && !matches!(&self.ingest.token, Some(t) if !t.expose_secret().is_empty()) {
+            return Err(err(
+                "ingest.enabled needs a token: set ingest.token or ingest.token_file (callers send it as a Bearer token)",
+            ));
+        }
         for (name, t) in self.targets.iter_mut() {
             let (value, file, key) = match t {
                 TargetConfig::Zim(z) => (&mut z.server_secret, &z.server_secret_file, "server_secret"),
@@ -509,6 +546,14 @@ impl Config {
         }
         if self.worker.prefetch < 1 {
             return Err(err("worker.prefetch must be at least 1"));
+        }
+        if self.ingest.enabled && self.http.listen.is_none() {
+            return Err(err(
+                "ingest.enabled needs http.listen: the ingest API is served there",
+            ));
+        }
+        if self.ingest.max_body_bytes < 1024 {
+            return Err(err("ingest.max_body_bytes must be at least 1024"));
         }
         for (name, t) in &self.targets {
             if !valid_target_name(name) {
@@ -762,6 +807,21 @@ sync_mode = "live"
         assert!(!dump.contains("hunter2"));
         assert!(!dump.contains("s3cret"));
         assert!(!dump.contains("k3y\""));
+    }
+
+    #[test]
+    fn the_ingest_api_needs_a_token_and_a_listener_and_never_prints_it() {
+        let e =
+            Config::from_toml("[http]\nlisten = \"127.0.0.1:0\"\n[ingest]\nenabled = true\n").unwrap_err();
+        assert!(e.0.contains("ingest.token"), "{e}");
+        let e = Config::from_toml("[ingest]\nenabled = true\ntoken = \"t\"\n").unwrap_err();
+        assert!(e.0.contains("http.listen"), "{e}");
+        let c = Config::from_toml(
+            "[http]\nlisten = \"127.0.0.1:0\"\n[ingest]\nenabled = true\ntoken = \"ingest-s3cret\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.ingest.max_body_bytes, 4 * 1024 * 1024);
+        assert!(!format!("{c:?}").contains("ingest-s3cret"));
     }
 
     #[test]

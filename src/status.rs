@@ -33,8 +33,33 @@ pub fn render(rows: &[BatchStatus]) -> String {
             r.skipped,
             r.jobs_per_sec,
             eta,
-            if r.paused { "  (paused)" } else { "" }
+            suffix(r)
         ));
     }
     out
+}
+
+/// Paused, live (with its delivery figures) and priority, after the row.
+fn suffix(r: &BatchStatus) -> String {
+    let mut s = String::new();
+    if r.paused {
+        s.push_str("  (paused)");
+    }
+    if let Some(l) = &r.live {
+        let secs = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}s"));
+        s.push_str(&format!(
+            "  (live: {} received, {} delivered, latency p50 {} p99 {}, oldest undelivered {})",
+            l.received,
+            l.delivered,
+            secs(l.latency_p50_secs),
+            secs(l.latency_p99_secs),
+            secs(l.oldest_undelivered_secs)
+        ));
+    } else if r.mode == "live" {
+        s.push_str("  (live)");
+    }
+    if r.priority != 0 {
+        s.push_str(&format!("  (priority {})", r.priority));
+    }
+    s
 }

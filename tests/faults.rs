@@ -48,6 +48,7 @@ async fn claimed_lanes(db: &TestDb, n: usize) -> Vec<(chatferry::store::Lease, i
             Duration::from_secs(30),
             &["tim".to_string()],
             &[],
+            None,
         )
         .await
         .unwrap();

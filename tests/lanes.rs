@@ -362,6 +362,7 @@ async fn a_drain_cut_short_keeps_the_lane_leased_and_the_heartbeat_quiet() {
             std::time::Duration::from_secs(3),
             &["tim".to_string()],
             &[],
+            None,
         )
         .await
         .unwrap();

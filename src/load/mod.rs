@@ -24,6 +24,7 @@ use crate::config::{Config, TargetConfig};
 use crate::providers::{self, PlanContext};
 use crate::store::{self, NewJob, Store};
 
+pub mod ingest;
 pub mod input;
 pub mod plan;
 pub mod users;
@@ -59,6 +60,8 @@ pub struct LoadOptions {
     pub now_ms: i64,
     /// Show a progress bar (when stderr is a terminal).
     pub progress: bool,
+    /// `--priority`: set on the batch (higher batches are claimed first).
+    pub priority: Option<i32>,
 }
 
 /// Rejected lines shown on stderr before the rest go only to the file.
@@ -71,10 +74,17 @@ const SAME_MS_TABLE_MAX: usize = 1 << 21;
 /// Runs a load to the end.
 pub async fn run(store: &Store, config: &Config, opts: LoadOptions) -> anyhow::Result<LoadSummary> {
     let target = config.target(&opts.target)?.clone();
-    let batch_id = store
-        .ensure_batch(&opts.batch, &opts.target)
+    let (batch_id, live) = store
+        .ensure_batch_as(&opts.batch, &opts.target, false, opts.priority)
         .await
         .context("cannot create the batch; did you run `chatferry migrate`?")?;
+    if live {
+        anyhow::bail!(
+            "batch {} of target {} is the live batch of the ingest API; load history files into another batch (--batch NAME)",
+            opts.batch,
+            opts.target
+        );
+    }
     let base = store.next_load_base().await?;
     let started = Instant::now();
     let rejects = Arc::new(Mutex::new(Rejects::open(opts.rejects.as_deref())?));
@@ -157,22 +167,26 @@ impl Stored {
             };
             self.refused += 1;
             self.refused_jobs += chunk.jobs.iter().filter(|j| j.input_seq == c.input_seq).count() as u64;
-            let first = c.first.as_deref().unwrap_or("an earlier load");
-            let reason = format!(
-                "id {:?} is already loaded for this conversation from {first} with different content; \
-                 a source id must name one message: give this message its own id, or drop one of the two",
-                l.source_id
-            );
+            let reason = reused_id_reason(&l.source_id, c);
             rejects.record(&l.file, l.line, &reason, &l.raw)?;
         }
         Ok(())
     }
 }
 
+/// Why a message whose id is taken by a different message is refused.
+pub(crate) fn reused_id_reason(source_id: &str, c: &store::Conflict) -> String {
+    let first = c.first.as_deref().unwrap_or("an earlier load");
+    format!(
+        "id {source_id:?} is already loaded for this conversation from {first} with different content; \
+         a source id must name one message: give this message its own id, or drop one of the two"
+    )
+}
+
 /// SHA-256 of the parsed message: independent of the load (file, line,
 /// batch, same-millisecond neighbours), so a reload of the same message
 /// matches and a different message under the same id does not.
-fn content_hash(m: &input::InputMessage) -> Vec<u8> {
+pub(crate) fn content_hash(m: &input::InputMessage) -> Vec<u8> {
     use sha2::Digest;
     let canonical = serde_json::to_vec(m).unwrap_or_default();
     sha2::Sha256::digest(&canonical).to_vec()
@@ -472,6 +486,7 @@ impl Planner {
         target: &TargetConfig,
         m: &input::InputMessage,
         now_ms: i64,
+        live: bool,
         at: (&str, u64),
     ) -> Result<Vec<providers::PlannedJob>, String> {
         if matches!(target, TargetConfig::Tencent(_)) && m.visible_to.is_some() && !self.warned_visible_to {
@@ -494,6 +509,7 @@ impl Planner {
         let ctx = PlanContext {
             now_ms,
             same_ms_index: *slot,
+            live,
         };
         let jobs = providers::plan(target, m, ctx)?;
         *slot += 1;
@@ -502,7 +518,7 @@ impl Planner {
 }
 
 /// Reads, checks and plans every line of `files`, handing each to `sink`:
-/// the one code path behind both `load` and `plan`.
+/// the one code path behind `load`, `plan` and the ingest API.
 pub(crate) fn scan(
     files: &[String],
     target: &TargetConfig,
@@ -511,23 +527,63 @@ pub(crate) fn scan(
     progress: bool,
     sink: &mut impl Sink,
 ) -> anyhow::Result<LoadSummary> {
-    let mut summary = LoadSummary::default();
-    let mut planner = Planner::default();
-    let mut seq: i64 = 0;
+    let mut scanner = Scanner::new(target, now_ms, max_line, false);
     let bar = progress_bar(files, progress);
-    let mut buf = Vec::with_capacity(4096);
     for name in files {
-        let file: Arc<str> = if name == "-" {
-            "standard input".into()
-        } else {
-            name.as_str().into()
-        };
         let raw: Box<dyn Read> = if name == "-" {
             Box::new(std::io::stdin())
         } else {
             Box::new(File::open(name).with_context(|| format!("cannot open input file {name}"))?)
         };
+        let shown = if name == "-" {
+            "standard input"
+        } else {
+            name.as_str()
+        };
+        scanner.read(name, shown.into(), raw, &bar, sink)?;
+    }
+    bar.finish_and_clear();
+    Ok(scanner.summary)
+}
+
+/// The line-by-line checks across one or more inputs: the planner's state
+/// and the input order carry over from one input to the next.
+pub(crate) struct Scanner<'t> {
+    target: &'t TargetConfig,
+    now_ms: i64,
+    max_line: usize,
+    /// Plan for a live batch (see [`PlanContext::live`]).
+    live: bool,
+    planner: Planner,
+    seq: i64,
+    pub summary: LoadSummary,
+}
+
+impl<'t> Scanner<'t> {
+    pub(crate) fn new(target: &'t TargetConfig, now_ms: i64, max_line: usize, live: bool) -> Scanner<'t> {
+        Scanner {
+            target,
+            now_ms,
+            max_line,
+            live,
+            planner: Planner::default(),
+            seq: 0,
+            summary: LoadSummary::default(),
+        }
+    }
+
+    /// Scans one input: `name` for errors, `file` for reject records.
+    pub(crate) fn read(
+        &mut self,
+        name: &str,
+        file: Arc<str>,
+        raw: Box<dyn Read + '_>,
+        bar: &indicatif::ProgressBar,
+        sink: &mut impl Sink,
+    ) -> anyhow::Result<()> {
+        let max_line = self.max_line;
         let mut reader = BufReader::with_capacity(1 << 16, raw);
+        let mut buf = Vec::with_capacity(4096);
         let mut line_no = 0u64;
         loop {
             let got = read_line_bounded(&mut reader, &mut buf, max_line)
@@ -536,52 +592,52 @@ pub(crate) fn scan(
             let parsed = match got {
                 Line::Eof => break,
                 Line::TooLong(n) => {
-                    summary.lines += 1;
+                    self.summary.lines += 1;
                     bar.inc(n as u64 + 1);
                     let reason = format!(
                         "line is {n} bytes, over the {max_line}-byte limit (load.max_line_bytes); \
                          no provider accepts a message that large"
                     );
                     sink.reject(name, line_no, &reason, b"")?;
-                    summary.rejected += 1;
+                    self.summary.rejected += 1;
                     continue;
                 }
                 Line::Ok => {
                     bar.inc(buf.len() as u64 + 1);
                     if buf.iter().all(u8::is_ascii_whitespace) {
-                        summary.blank += 1;
+                        self.summary.blank += 1;
                         continue;
                     }
-                    summary.lines += 1;
+                    self.summary.lines += 1;
                     input::parse_line(&buf)
                 }
             };
-            seq += 1;
+            self.seq += 1;
+            let (target, now_ms, live) = (self.target, self.now_ms, self.live);
             let planned = parsed.and_then(|m| {
-                planner
-                    .plan(target, &m, now_ms, (name, line_no))
+                self.planner
+                    .plan(target, &m, now_ms, live, (&file, line_no))
                     .map(|jobs| (m, jobs))
             });
             match planned {
                 Err(reason) => {
                     sink.reject(name, line_no, &reason, &buf)?;
-                    summary.rejected += 1;
+                    self.summary.rejected += 1;
                 }
                 Ok((m, jobs)) => {
-                    summary.accepted += 1;
-                    summary.jobs_planned += jobs.len() as u64;
+                    self.summary.accepted += 1;
+                    self.summary.jobs_planned += jobs.len() as u64;
                     let at = At {
                         file: &file,
                         no: line_no,
                         raw: &buf,
                     };
-                    sink.accept(&m, jobs, seq, &at)?;
+                    sink.accept(&m, jobs, self.seq, &at)?;
                 }
             }
         }
+        Ok(())
     }
-    bar.finish_and_clear();
-    Ok(summary)
 }
 
 #[cfg(test)]

@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -49,6 +49,8 @@ pub struct Ops {
     /// The last `/api/status` answer and when it was read: tabs and scripts
     /// polling at once share one read of the database per `FRESH_FOR`.
     pub cache: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Value)>>>,
+    /// The ingest API, when `[ingest] enabled`.
+    pub ingest: Option<Arc<crate::load::ingest::Ingest>>,
 }
 
 /// How long one read of the status serves every caller.
@@ -253,8 +255,89 @@ fn rates(o: &Ops) -> Value {
     Value::Array(list)
 }
 
+#[derive(serde::Deserialize)]
+struct IngestQuery {
+    batch: Option<String>,
+}
+
+fn json_error(status: StatusCode, error: String) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": error }))).into_response()
+}
+
+/// `POST /v1/targets/{target}/messages`: live messages for the cut-over
+/// (see `load::ingest`). Only the bearer token opens it (no cookie: it is
+/// an API for the old system's backend, not a page). The body limit is
+/// checked on the declared length first, then while reading, so an
+/// oversize body is never buffered whole.
+async fn ingest(
+    State(o): State<Ops>,
+    Path(target): Path<String>,
+    Query(q): Query<IngestQuery>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let Some(ing) = o.ingest.clone() else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !bearer.is_some_and(|t| same(t.trim().as_bytes(), ing.token.expose_secret().as_bytes())) {
+        let mut r = json_error(
+            StatusCode::UNAUTHORIZED,
+            "send the ingest token (ingest.token) as Authorization: Bearer TOKEN".into(),
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let limit = ing.max_body_bytes;
+    let too_big = || {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body is over ingest.max_body_bytes ({limit} bytes); post fewer messages per request"
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_big();
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return too_big();
+    };
+    let batch = q.batch.unwrap_or_else(|| "live".into());
+    use crate::load::ingest::IngestError as E;
+    match ing.post(&target, &batch, bytes).await {
+        Ok(answer) => {
+            tracing::debug!(target_name = %target, batch = %batch, accepted = answer.accepted,
+                known = answer.known, rejected = answer.rejected.len(), "ingest: stored");
+            (StatusCode::OK, axum::Json(answer)).into_response()
+        }
+        Err(e) => {
+            let status = match &e {
+                E::UnknownTarget(_) => StatusCode::NOT_FOUND,
+                E::NotMessages(_) => StatusCode::BAD_REQUEST,
+                E::HistoryBatch(_) => StatusCode::CONFLICT,
+                E::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+                E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            if status.is_server_error() {
+                tracing::warn!(target_name = %target, error = %e, "ingest: nothing stored");
+            }
+            json_error(status, e.to_string())
+        }
+    }
+}
+
 fn router(ops: Ops) -> Router {
     Router::new()
+        .route("/v1/targets/{target}/messages", post(ingest))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

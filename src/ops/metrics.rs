@@ -35,6 +35,16 @@ pub const WORKERS_SILENT: &str = "chatferry_workers_silent";
 /// 1 while this process has halted a target (until restart), else 0.
 pub const TARGET_HALTED: &str = "chatferry_target_halted";
 
+/// Live (cut-over) messages stored by the ingest API, by target.
+pub const LIVE_RECEIVED: &str = "chatferry_live_received_total";
+/// Live calls received and delivered, per live batch (from the database).
+pub const LIVE_JOBS: &str = "chatferry_live_jobs";
+/// Live delivery latency (commit to done checkpoint, last 5 minutes), by
+/// batch and quantile (0.5, 0.99).
+pub const LIVE_LATENCY: &str = "chatferry_live_delivery_latency_seconds";
+/// Age of the oldest live call not delivered yet, by batch.
+pub const LIVE_OLDEST: &str = "chatferry_live_oldest_undelivered_seconds";
+
 /// A worker heartbeats every 2 s; five missed beats make it silent.
 const SILENT_SECS: f64 = 10.0;
 /// How often the alerting gauges are read from the database.
@@ -101,6 +111,17 @@ async fn refresh_gauges(store: &crate::store::Store, worker: &crate::worker::Wor
         metrics::gauge!(IN_DOUBT).set(in_doubt as f64);
         metrics::gauge!(LANES_BLOCKED).set(blocked as f64);
     }
+    if let Ok(live) = store.live_progress().await {
+        for l in live {
+            let b = || l.batch.clone();
+            metrics::gauge!(LIVE_JOBS, "batch" => b(), "state" => "received").set(l.received as f64);
+            metrics::gauge!(LIVE_JOBS, "batch" => b(), "state" => "delivered").set(l.delivered as f64);
+            for (q, v) in [("0.5", l.latency_p50_secs), ("0.99", l.latency_p99_secs)] {
+                metrics::gauge!(LIVE_LATENCY, "batch" => b(), "quantile" => q).set(v.unwrap_or(0.0));
+            }
+            metrics::gauge!(LIVE_OLDEST, "batch" => b()).set(l.oldest_undelivered_secs.unwrap_or(0.0));
+        }
+    }
     if let Ok(rows) = store.worker_rows().await {
         let silent = rows.iter().filter(|w| w.silent_secs > SILENT_SECS).count();
         metrics::gauge!(WORKERS_LIVE).set((rows.len() - silent) as f64);
@@ -114,6 +135,7 @@ async fn refresh_gauges(store: &crate::store::Store, worker: &crate::worker::Wor
 fn zero_series(worker: &crate::worker::Worker) {
     metrics::counter!(LEASES_LOST).increment(0);
     for (name, _) in worker.rate_shares().1 {
+        metrics::counter!(LIVE_RECEIVED, "target" => name.clone()).increment(0);
         metrics::counter!(RATE_WAIT_MS, "target" => name.clone()).increment(0);
         for result in ["applied", "not_applied", "unknown", "halt"] {
             metrics::counter!(RECONCILES, "target" => name.clone(), "result" => result).increment(0);

@@ -166,6 +166,13 @@ pub trait Provider: Send + Sync + 'static {
         false
     }
 
+    /// Whether the provider places each message by its own time, in
+    /// whatever order the calls arrive: then a lane's live messages may
+    /// pass its history (issue 16). False keeps the lane's send-time order.
+    fn orders_by_time(&self) -> bool {
+        false
+    }
+
     /// Takes what `chatferry probe` measured for this target (see
     /// [`crate::probe`]); the default ignores it.
     fn apply_findings(&self, _findings: &crate::probe::Findings) {}
@@ -296,6 +303,9 @@ pub struct PlanContext {
     /// Position among same-millisecond messages of the conversation, in
     /// input order (Tencent folds it into MsgSeq).
     pub same_ms_index: u32,
+    /// The message goes to a live batch (the cut-over): Tencent imports
+    /// it with `SyncFromOldSystem` 5 whatever the target's `sync_mode`.
+    pub live: bool,
 }
 
 /// Turns one input message into the provider calls it needs, or says why

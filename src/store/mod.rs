@@ -23,6 +23,11 @@ pub mod dashboard;
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The `NOTIFY` channel of live work.
+pub const LIVE_CHANNEL: &str = "chatferry_live";
+/// A lane's priority while it holds live work: above any `load --priority`.
+pub const LIVE_PRIORITY: i32 = 1 << 30;
+
 /// Lock key for `migrate`, so hosts running it at once take turns.
 const MIGRATE_LOCK: i64 = 0x6368_6174_6665_7279; // "chatfery"
 
@@ -47,6 +52,12 @@ pub struct ClaimedLane {
     pub lease: Lease,
     pub target: String,
     pub lane_key: String,
+    /// The lane held live work when claimed: its calls go first at the
+    /// rate limiter.
+    pub live: bool,
+    /// Set by the worker when live work for this lane arrives while it
+    /// runs (a `NOTIFY` naming it): the lane reads its queue again.
+    pub news: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Whether a released lane is parked.
@@ -94,6 +105,11 @@ pub struct OpenJob {
     pub first_mark_ms: Option<i64>,
     /// Milliseconds until the latest mark is `settle` old (<= 0: settled).
     pub settle_wait_ms: i64,
+    /// The job belongs to a live batch (paced first).
+    pub live: bool,
+    /// The lane holds live work now: its history goes first too, so the
+    /// live message behind it waits as little as it can.
+    pub lane_live: bool,
 }
 
 impl OpenJob {
@@ -148,9 +164,14 @@ pub struct NewJob {
 pub struct Inserted {
     /// Jobs stored for the first time.
     pub new: u64,
+    /// The `input_seq` of every message with a job stored for the first
+    /// time (the ingest API tells new messages from known ones).
+    pub new_seqs: std::collections::HashSet<i64>,
     /// Messages refused: their id is already stored for the conversation
     /// with different content. Nothing of theirs was stored.
     pub conflicts: Vec<Conflict>,
+    /// Every lane the chunk's jobs went to.
+    pub lanes: Vec<i64>,
 }
 
 /// A message whose id is taken by a different message.
@@ -186,6 +207,32 @@ pub struct BatchStatus {
     pub jobs_per_sec: f64,
     /// Seconds to finish the batch at that rate.
     pub eta_secs: Option<i64>,
+    /// `history` or `live`.
+    pub mode: String,
+    /// `load --priority`: higher batches are claimed first.
+    pub priority: i32,
+    /// For a live batch: delivery figures (see the `live_progress` view).
+    #[sqlx(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveStats>,
+}
+
+/// Delivery of one live batch (`live_progress`).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct LiveStats {
+    #[serde(skip)]
+    pub batch: String,
+    #[serde(skip)]
+    pub target: String,
+    /// Calls committed to the batch (a ZIM message visible to both is two).
+    pub received: i64,
+    /// Calls the provider accepted.
+    pub delivered: i64,
+    /// Commit to done checkpoint, over the last five minutes.
+    pub latency_p50_secs: Option<f64>,
+    pub latency_p99_secs: Option<f64>,
+    /// Age of the oldest call not yet delivered.
+    pub oldest_undelivered_secs: Option<f64>,
 }
 
 /// Inserts a chunk's job rows, then refuses (removes again) every message
@@ -205,13 +252,14 @@ async fn insert_job_rows(
     let bodies: Vec<&str> = jobs.iter().map(|j| j.body.as_str()).collect();
     let hashes: Vec<&[u8]> = jobs.iter().map(|j| j.content_hash.as_slice()).collect();
     let origins: Vec<&str> = jobs.iter().map(|j| j.origin.as_str()).collect();
-    let inserted = sqlx::query(
+    let new_rows: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO jobs (lane_id, batch_id, source_id, sent_at_ms, input_seq, body, content_hash, origin)
          SELECT l, $1, s, t, q, b, h, o
          FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::bytea[], $8::text[])
               WITH ORDINALITY AS u(l, s, t, q, b, h, o, n)
          ORDER BY n
-         ON CONFLICT (lane_id, source_id) DO NOTHING",
+         ON CONFLICT (lane_id, source_id) DO NOTHING
+         RETURNING input_seq",
     )
     .bind(batch_id)
     .bind(lane_ids)
@@ -221,14 +269,17 @@ async fn insert_job_rows(
     .bind(&bodies)
     .bind(&hashes)
     .bind(&origins)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    .fetch_all(&mut *tx)
+    .await?;
+    let inserted = new_rows.len() as u64;
+    let mut new_seqs: std::collections::HashSet<i64> = new_rows.into_iter().collect();
     if inserted == jobs.len() as u64 {
         // Every row is new, so none can collide (the usual first load).
         return Ok(Inserted {
             new: inserted,
+            new_seqs,
             conflicts: Vec::new(),
+            lanes: Vec::new(),
         });
     }
     let conflicts: Vec<Conflict> = sqlx::query_as(
@@ -259,9 +310,14 @@ async fn insert_job_rows(
         .await?
         .rows_affected();
     }
+    for c in &conflicts {
+        new_seqs.remove(&c.input_seq);
+    }
     Ok(Inserted {
         new: inserted - removed,
+        new_seqs,
         conflicts,
+        lanes: Vec::new(),
     })
 }
 
@@ -378,17 +434,57 @@ impl Store {
 
     // ----- loading -------------------------------------------------------
 
-    /// Finds or creates a batch.
+    /// Finds or creates a history batch.
     pub async fn ensure_batch(&self, name: &str, target: &str) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar(
-            "INSERT INTO batches (name, target) VALUES ($1, $2)
-             ON CONFLICT (name, target) DO UPDATE SET name = excluded.name
-             RETURNING id",
+        Ok(self.ensure_batch_as(name, target, false, None).await?.0)
+    }
+
+    /// Finds or creates a batch of this mode; `priority`, when given, is
+    /// set (also on an existing batch). Returns its id and whether it is
+    /// live: a batch keeps the mode it was created with, and the caller
+    /// refuses a mismatch.
+    pub async fn ensure_batch_as(
+        &self,
+        name: &str,
+        target: &str,
+        live: bool,
+        priority: Option<i32>,
+    ) -> Result<(i64, bool), sqlx::Error> {
+        sqlx::query_as(
+            "INSERT INTO batches (name, target, mode, priority)
+             VALUES ($1, $2, CASE WHEN $3 THEN 'live' ELSE 'history' END, coalesce($4, 0))
+             ON CONFLICT (name, target) DO UPDATE SET priority = coalesce($4, batches.priority)
+             RETURNING id, mode = 'live'",
         )
         .bind(name)
         .bind(target)
+        .bind(live)
+        .bind(priority)
         .fetch_one(&self.pool)
         .await
+    }
+
+    /// Wakes whoever waits for live work (`LISTEN` in [`crate::worker`]);
+    /// the payload names the lanes, so a worker running one of them reads
+    /// its queue again. Past what a notice can carry it names none, and
+    /// those lanes see the work at their next read.
+    pub async fn notify_live(&self, lanes: &[i64]) -> Result<(), sqlx::Error> {
+        let mut payload = String::new();
+        for id in lanes {
+            if payload.len() > 7000 {
+                break;
+            }
+            if !payload.is_empty() {
+                payload.push(',');
+            }
+            payload.push_str(&id.to_string());
+        }
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(LIVE_CHANNEL)
+            .bind(payload)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
     }
 
     /// A base for this load's input order: later loads sort after earlier ones.
@@ -465,15 +561,29 @@ impl Store {
 
         let mut distinct: Vec<i64> = ids.into_values().collect();
         distinct.sort_unstable();
+        // The same wake-up also raises the lanes to the batch's priority
+        // (a live batch: LIVE_PRIORITY), and only touches lanes that need
+        // either, so a plain load writes no more than before.
         sqlx::query(
-            "UPDATE lanes SET available_at = now()
-             WHERE id = ANY($1) AND available_at IS NULL AND blocked_job IS NULL
-               AND paused_batch IS NULL",
+            "UPDATE lanes l SET priority = greatest(l.priority, p.prio),
+                    available_at = CASE WHEN l.available_at IS NULL AND l.blocked_job IS NULL
+                                             AND l.paused_batch IS NULL
+                                        THEN now() ELSE l.available_at END
+             FROM (SELECT CASE WHEN mode = 'live' THEN $3 ELSE priority END AS prio
+                   FROM batches WHERE id = $2) p
+             WHERE l.id = ANY($1)
+               AND ((l.available_at IS NULL AND l.blocked_job IS NULL AND l.paused_batch IS NULL)
+                    OR l.priority < p.prio)",
         )
         .bind(&distinct)
+        .bind(batch_id)
+        .bind(LIVE_PRIORITY)
         .execute(&self.pool)
         .await?;
-        Ok(inserted)
+        Ok(Inserted {
+            lanes: distinct,
+            ..inserted
+        })
     }
 
     /// Wakes idle lanes that hold open jobs yet wait on nothing: no lease,
@@ -626,6 +736,7 @@ impl Store {
         lease: Duration,
         targets: &[String],
         running: &[i64],
+        min_priority: Option<i32>,
     ) -> Result<Vec<ClaimedLane>, sqlx::Error> {
         if n <= 0 || targets.is_empty() {
             return Ok(Vec::new());
@@ -634,7 +745,8 @@ impl Store {
             "WITH c AS (
                 SELECT id FROM lanes
                 WHERE available_at <= now() AND target = ANY($4) AND id <> ALL($5)
-                ORDER BY available_at
+                  AND ($6::integer IS NULL OR priority >= $6)
+                ORDER BY priority DESC, available_at
                 LIMIT $2
                 FOR UPDATE SKIP LOCKED
              )
@@ -644,13 +756,14 @@ impl Store {
                     lease_until = now() + $3 * interval '1 millisecond',
                     available_at = now() + $3 * interval '1 millisecond'
              FROM c WHERE l.id = c.id
-             RETURNING l.id, l.lease_token, l.target, l.lane_key",
+             RETURNING l.id, l.lease_token, l.target, l.lane_key, l.priority",
         )
         .bind(owner)
         .bind(n)
         .bind(lease.as_millis() as i64)
         .bind(targets)
         .bind(running)
+        .bind(min_priority)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -663,6 +776,8 @@ impl Store {
                 },
                 target: r.get(2),
                 lane_key: r.get(3),
+                live: r.get::<i32, _>(4) >= LIVE_PRIORITY,
+                news: Default::default(),
             })
             .collect())
     }
@@ -751,6 +866,11 @@ impl Store {
                        (SELECT id FROM batches WHERE id = $3 AND paused) AS paused_batch)
              UPDATE lanes SET lease_owner = NULL, lease_until = NULL,
                     blocked_job = park.blocked_job, paused_batch = park.paused_batch,
+                    priority = CASE WHEN lanes.priority = 0 THEN 0 ELSE coalesce((
+                        SELECT max(CASE WHEN b.mode = 'live' THEN $4 ELSE b.priority END)
+                        FROM batches b
+                        WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.lane_id = $1 AND j.batch_id = b.id
+                                      AND j.status IN ('pending', 'in_flight'))), 0) END,
                     available_at = CASE WHEN park.blocked_job IS NULL AND park.paused_batch IS NULL THEN
                         (SELECT next_attempt_at FROM jobs
                          WHERE lane_id = $1 AND status IN ('pending', 'in_flight')
@@ -762,6 +882,7 @@ impl Store {
         .bind(lease.lane_id)
         .bind(block_at)
         .bind(paused_by)
+        .bind(LIVE_PRIORITY)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -794,11 +915,14 @@ impl Store {
 
     /// The next open jobs of a lane, in lane order. `settle` is how old an
     /// in-doubt job's latest in-flight mark must be before it is reconciled.
+    /// `live_first` (a provider that places messages by their time) puts
+    /// the lane's live jobs before its history.
     pub async fn open_jobs(
         &self,
         lane_id: i64,
         limit: i64,
         settle: Duration,
+        live_first: bool,
     ) -> Result<Vec<OpenJob>, sqlx::Error> {
         sqlx::query_as(
             "SELECT j.id, j.source_id, j.body, j.status, j.attempts,
@@ -806,15 +930,19 @@ impl Store {
                     j.sent_at_ms, j.batch_id, b.paused, j.in_doubt, j.reconcile_attempts,
                     (extract(epoch FROM j.first_in_flight_at) * 1000)::bigint AS first_mark_ms,
                     coalesce((extract(epoch FROM (j.in_flight_at + $3 * interval '1 millisecond' - now()))
-                              * 1000)::bigint, 0) AS settle_wait_ms
+                              * 1000)::bigint, 0) AS settle_wait_ms,
+                    b.mode = 'live' AS live,
+                    (SELECT priority FROM lanes WHERE id = $1) >= $5 AS lane_live
              FROM jobs j JOIN batches b ON b.id = j.batch_id
              WHERE j.lane_id = $1 AND j.status IN ('pending', 'in_flight')
-             ORDER BY j.sent_at_ms, j.input_seq
+             ORDER BY $4 AND b.mode = 'live' DESC, j.sent_at_ms, j.input_seq
              LIMIT $2",
         )
         .bind(lane_id)
         .bind(limit)
         .bind(settle.as_millis() as i64)
+        .bind(live_first)
+        .bind(LIVE_PRIORITY)
         .fetch_all(&self.pool)
         .await
     }
@@ -1126,15 +1254,38 @@ impl Store {
     /// Progress per batch, optionally of one batch name.
     pub async fn status(&self, batch: Option<&str>) -> Result<Vec<BatchStatus>, sqlx::Error> {
         let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
-            "SELECT batch, target, total, pending, in_flight, done, failed, skipped, paused,
-                    jobs_per_sec::float8 AS jobs_per_sec,
-                    CASE WHEN pending + in_flight > 0 THEN extract(epoch FROM eta)::bigint END AS eta_secs
-             FROM batch_progress",
+            "SELECT p.batch, p.target, p.total, p.pending, p.in_flight, p.done, p.failed, p.skipped,
+                    p.paused, p.jobs_per_sec::float8 AS jobs_per_sec,
+                    CASE WHEN p.pending + p.in_flight > 0 THEN extract(epoch FROM p.eta)::bigint END AS eta_secs,
+                    b.mode, b.priority
+             FROM batch_progress p JOIN batches b ON b.name = p.batch AND b.target = p.target",
         );
         if let Some(b) = batch {
-            q.push(" WHERE batch = ").push_bind(b);
+            q.push(" WHERE p.batch = ").push_bind(b);
         }
-        q.push(" ORDER BY batch, target");
-        q.build_query_as().fetch_all(&self.pool).await
+        q.push(" ORDER BY p.batch, p.target");
+        let mut rows: Vec<BatchStatus> = q.build_query_as().fetch_all(&self.pool).await?;
+        if rows.iter().any(|r| r.mode == "live") {
+            for l in self.live_progress().await? {
+                if let Some(r) = rows
+                    .iter_mut()
+                    .find(|r| r.batch == l.batch && r.target == l.target)
+                {
+                    r.live = Some(l);
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Delivery figures of every live batch.
+    pub async fn live_progress(&self) -> Result<Vec<LiveStats>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT batch, target, received, delivered, latency_p50_secs, latency_p99_secs,
+                    oldest_undelivered_secs::float8 AS oldest_undelivered_secs
+             FROM live_progress ORDER BY batch, target",
+        )
+        .fetch_all(&self.pool)
+        .await
     }
 }

@@ -92,13 +92,14 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
     // A call may only start if it ends, timeout included, with a tenth of
     // the lease to spare: then no other worker can hold the lane meanwhile.
     let margin_ms = (w.cfg.lease_secs as i64 * 100).max(200);
+    let live_first = target.provider.orders_by_time();
     loop {
         if cancel.is_cancelled() || w.is_halted(&lane.target) {
             return Stop::Release;
         }
         let Some(jobs) = with_db(valid_until, "read the lane", || {
             w.store
-                .open_jobs(lease.lane_id, w.cfg.prefetch, w.settle(&lane.target))
+                .open_jobs(lease.lane_id, w.cfg.prefetch, w.settle(&lane.target), live_first)
         })
         .await
         else {
@@ -107,7 +108,15 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
         if jobs.is_empty() {
             return Stop::Release;
         }
+        let mut skipped = false;
+        let mut reread = false;
         for job in jobs {
+            // Live work arrived: read again, so it goes first (Tencent)
+            // or the lane is paced as live (ZIM).
+            if lane.news.swap(false, Ordering::AcqRel) {
+                reread = true;
+                break;
+            }
             if cancel.is_cancelled() || w.is_halted(&lane.target) {
                 return Stop::Release;
             }
@@ -115,6 +124,12 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                 return Stop::Paused(job.batch_id);
             }
             if job.wait_ms > 0 {
+                // Placed by its time, a live job waiting for its retry
+                // holds nothing up: the rest of the lane goes on.
+                if live_first && job.live {
+                    skipped = true;
+                    continue;
+                }
                 return Stop::Release;
             }
             let send = SendJob {
@@ -138,7 +153,7 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
             let waited = std::time::Instant::now();
             let cycle_start = waited;
             tokio::select! {
-                _ = async { w.may_send().await; target.bucket.pace().await } => {}
+                _ = async { w.may_send().await; target.bucket.pace_as(lane.live || job.live || job.lane_live).await } => {}
                 _ = cancel.cancelled() => return Stop::Release,
             }
             let paced = waited.elapsed();
@@ -292,6 +307,11 @@ async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_
                     return r;
                 }
             }
+        }
+        if skipped && !reread {
+            // Only live jobs waiting for their retry are left in this
+            // read; the release wakes the lane at the oldest one's time.
+            return Stop::Release;
         }
     }
 }

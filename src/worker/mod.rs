@@ -87,6 +87,8 @@ struct Held {
     token: i64,
     cancel: CancellationToken,
     valid_until: Arc<AtomicI64>,
+    /// The lane's [`store::ClaimedLane::news`].
+    news: Arc<AtomicBool>,
 }
 
 /// A worker process.
@@ -239,6 +241,17 @@ impl Worker {
             Err(_) => self
                 .send_from
                 .store(now_ms() + RATE_EVERY.as_millis() as i64 + 1000, Ordering::Release),
+        }
+    }
+
+    /// Tells the lanes this process runs that live work arrived for them
+    /// (a notice's payload: lane ids, comma-separated).
+    fn live_news(&self, payload: &str) {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for id in payload.split(',').filter_map(|s| s.parse::<i64>().ok()) {
+            if let Some(h) = held.get(&id) {
+                h.news.store(true, Ordering::Release);
+            }
         }
     }
 
@@ -446,6 +459,8 @@ impl Worker {
         let rates_stop = CancellationToken::new();
         let rates = tokio::spawn(self.clone().rate_control(rates_stop.clone()));
         let sweep = tokio::spawn(self.clone().sweep(rates_stop.clone()));
+        let live_wake = Arc::new(tokio::sync::Notify::new());
+        let listen = tokio::spawn(listen_live(self.clone(), live_wake.clone(), rates_stop.clone()));
         crate::ops::notify::notify("READY=1");
         let mut tasks: JoinSet<i64> = JoinSet::new();
         let mut task_lanes: HashMap<tokio::task::Id, i64> = HashMap::new();
@@ -461,7 +476,18 @@ impl Worker {
                 break;
             }
             let cap = self.lane_cap();
-            let free = cap.saturating_sub(tasks.len());
+            // Past the cap, as many slots again for lanes holding live
+            // work: backfill lanes run until empty and must not make it
+            // wait, and live lanes are short (a message or two each).
+            let (free, min_priority) = if tasks.len() < cap {
+                (cap - tasks.len(), None)
+            } else {
+                let extra = self.cfg.concurrency.max(4);
+                (
+                    (cap + extra).saturating_sub(tasks.len()),
+                    Some(store::LIVE_PRIORITY),
+                )
+            };
             let live = self.live_targets();
             let mut claimed = 0;
             if free > 0 && !live.is_empty() {
@@ -471,7 +497,7 @@ impl Worker {
                 let claim_started = now_ms();
                 match self
                     .store
-                    .claim_lanes(self.id, free as i64, self.lease(), &live, &running)
+                    .claim_lanes(self.id, free as i64, self.lease(), &live, &running, min_priority)
                     .await
                 {
                     Ok(lanes) => {
@@ -487,6 +513,7 @@ impl Worker {
                                     token: l.lease.token,
                                     cancel: cancel.clone(),
                                     valid_until: valid_until.clone(),
+                                    news: l.news.clone(),
                                 },
                             );
                             let me = self.clone();
@@ -564,6 +591,7 @@ impl Worker {
                     self.finished(done, &mut task_lanes);
                 }
                 _ = tokio::time::sleep(wait) => {}
+                _ = live_wake.notified() => {}
                 _ = shutdown.cancelled() => {}
             }
         }
@@ -605,6 +633,7 @@ impl Worker {
         rates_stop.cancel();
         let _ = rates.await;
         let _ = sweep.await;
+        let _ = listen.await;
         let _ = self.store.unregister_worker(self.id).await;
         let halted: Vec<(String, String)> = self
             .halted
@@ -728,6 +757,49 @@ fn log_woken(woken: &[store::StrandedLane]) {
             more = woken.len() - WOKEN_LOGGED,
             "woke more lanes that had work and nothing to wake them"
         );
+    }
+}
+
+/// `LISTEN`s for live work (the ingest API's `NOTIFY` after its commit)
+/// and wakes the claim loop at once instead of at its next poll. After a
+/// lost connection it wakes the loop too: a notice may have been missed.
+async fn listen_live(w: Arc<Worker>, wake: Arc<tokio::sync::Notify>, stop: CancellationToken) {
+    let store = &w.store;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let listener = async {
+            let mut l = sqlx::postgres::PgListener::connect_with(store.pool()).await?;
+            l.listen(store::LIVE_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let mut l = tokio::select! {
+            l = listener => l,
+            _ = stop.cancelled() => return,
+        };
+        match &mut l {
+            Ok(l) => loop {
+                delay = Duration::from_millis(200);
+                wake.notify_one();
+                tokio::select! {
+                    n = l.recv() => match n {
+                        Ok(n) => w.live_news(n.payload()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "live work notices lost; listening again");
+                            break;
+                        }
+                    },
+                    _ = stop.cancelled() => return,
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot listen for live work; polling meanwhile")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

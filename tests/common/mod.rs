@@ -302,6 +302,7 @@ pub async fn load(
             files: files.iter().map(|p| p.display().to_string()).collect(),
             now_ms: now_ms(),
             progress: false,
+            priority: None,
         },
     )
     .await

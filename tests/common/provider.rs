@@ -230,6 +230,13 @@ impl Env {
     /// conversation (Tencent) equals its source, in source order, with the
     /// source times; and no duplicate was stored.
     pub fn assert_holds_exactly(&self, corpus: &Corpus) {
+        self.assert_holds(corpus, false);
+    }
+
+    /// [`Env::assert_holds_exactly`]; with `arrivals_may_pass`, calls may
+    /// have arrived out of time order (Tencent places them by time: live
+    /// messages pass history) as long as the display order is right.
+    pub fn assert_holds(&self, corpus: &Corpus, arrivals_may_pass: bool) {
         let want = match self.kind {
             Kind::Zim => corpus.zim_views(),
             Kind::Tencent => corpus.tim_conversations(),
@@ -263,7 +270,9 @@ impl Env {
         );
         let st = self.stats();
         assert_eq!(st["duplicates_stored"], 0, "{st}");
-        assert_eq!(st["order_inversions"], 0, "{st}");
+        if !arrivals_may_pass {
+            assert_eq!(st["order_inversions"], 0, "{st}");
+        }
         let total: usize = want.values().map(Vec::len).sum();
         assert_eq!(st["stored"], total as u64, "{st}");
     }

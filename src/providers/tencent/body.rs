@@ -414,7 +414,13 @@ pub fn plan(t: &TencentTarget, m: &InputMessage, ctx: PlanContext) -> Result<Vec
     let conversation = conversation_id(&m.from, &m.to);
     let msg_body = msg_body(m, &conversation)?;
     let body = ImportMsg {
-        sync_from_old_system: t.sync_mode.wire(),
+        // Tencent: 导入单聊消息, SyncFromOldSystem 5 = real-time import
+        // (unread, pushed) for the messages of a cut-over.
+        sync_from_old_system: if ctx.live {
+            crate::config::SyncMode::Live.wire()
+        } else {
+            t.sync_mode.wire()
+        },
         from: &m.from,
         to: &m.to,
         msg_seq: msg_seq(m.sent_at_ms, ctx.same_ms_index),
@@ -467,6 +473,7 @@ mod tests {
         let ctx = PlanContext {
             now_ms: NOW,
             same_ms_index: 0,
+            live: false,
         };
         plan(t, &m, ctx).map(|jobs| {
             assert_eq!(jobs.len(), 1);

@@ -329,6 +329,14 @@ fn account_item(u: &UserProfile) -> Value {
 
 #[async_trait]
 impl Provider for TencentClient {
+    // Tencent: 导入单聊消息 (product/269/2568): "单聊消息历史记录对同一个会话的
+    // 消息先以时间戳排序,同秒内的消息再以 MsgSeq 排序": a conversation's
+    // history is sorted by MsgTimeStamp, then MsgSeq, whatever order the
+    // imports came in, so a live message need not wait for older history.
+    fn orders_by_time(&self) -> bool {
+        true
+    }
+
     async fn send(&self, job: &SendJob<'_>) -> Outcome {
         let parsed = serde_json::from_str::<Value>(job.body).ok();
         let sent_seq = parsed.as_ref().and_then(|v| int_field(v, "MsgSeq"));

@@ -769,6 +769,7 @@ mod tests {
         let ctx = PlanContext {
             now_ms: NOW,
             same_ms_index: 0,
+            live: false,
         };
         plan(z, &msg(fields), ctx).map(|jobs| {
             jobs.iter()
