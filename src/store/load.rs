@@ -1,0 +1,203 @@
+//! Writing the loader's chunks: `COPY` into a per-connection staging
+//! table, then one set-based insert into `jobs`.
+//!
+//! `COPY` is the fastest way into Postgres (one stream, no parameter
+//! limits, no per-row statement), and the set-based insert keeps what made
+//! loading safe: `ON CONFLICT (lane_id, source_id) DO NOTHING` makes a
+//! reload a no-op, and a reused id with other content is found by a join
+//! of the staged rows against what is stored.
+
+use super::{Conflict, Inserted, NewJob, Store};
+
+/// The staging table lives in `pg_temp` (per connection, never
+/// WAL-logged) and empties at every commit or rollback.
+const STAGE: &str = "SET LOCAL client_min_messages = warning;
+    CREATE TEMP TABLE IF NOT EXISTS load_stage (
+        lane_key text, source_id text, sent_at_ms bigint, input_seq bigint,
+        body text, content_hash bytea, origin text
+    ) ON COMMIT DELETE ROWS";
+
+impl Store {
+    /// Inserts one chunk of jobs in one transaction; returns how many were
+    /// new and which messages were refused as reused ids.
+    ///
+    /// Waking the chunk's idle lanes happens after the commit, on purpose:
+    /// a worker releasing a lane locks it and then reads its head in a new
+    /// statement. If that read missed our jobs, the release sets the lane
+    /// idle (NULL) and our wake-up, which runs after our commit, either
+    /// waits for that release's lock or sees its NULL, and wakes the lane.
+    /// Had we woken the lane inside the transaction, a release between our
+    /// wake-up and our commit would put it to sleep with work in it. A
+    /// loader killed between commit and wake-up leaves lanes stranded;
+    /// [`Store::wake_stranded_lanes`] finds them.
+    pub async fn insert_jobs(
+        &self,
+        target: &str,
+        batch_id: i64,
+        jobs: &[NewJob],
+    ) -> Result<Inserted, sqlx::Error> {
+        if jobs.is_empty() {
+            return Ok(Inserted::default());
+        }
+        let mut lanes: Vec<(&str, &str, Option<&str>)> = jobs
+            .iter()
+            .map(|j| (j.lane_key.as_str(), j.conversation.as_str(), j.view_user.as_deref()))
+            .collect();
+        lanes.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        lanes.dedup_by(|a, b| a.0 == b.0);
+        let keys: Vec<&str> = lanes.iter().map(|l| l.0).collect();
+        let convs: Vec<&str> = lanes.iter().map(|l| l.1).collect();
+        let views: Vec<Option<&str>> = lanes.iter().map(|l| l.2).collect();
+
+        let mut tx = self.pool.begin().await?;
+        sqlx::raw_sql(STAGE).execute(&mut *tx).await?;
+        let mut copy = tx
+            .copy_in_raw(
+                "COPY load_stage (lane_key, source_id, sent_at_ms, input_seq, body, content_hash, origin) \
+                 FROM STDIN",
+            )
+            .await?;
+        copy.send(copy_rows(jobs)).await?;
+        copy.finish().await?;
+        // Lanes first, in key order, so concurrent loads lock them alike.
+        sqlx::query(
+            "INSERT INTO lanes (target, lane_key, conversation, view_user, available_at)
+             SELECT $1, k, c, v, now()
+             FROM unnest($2::text[], $3::text[], $4::text[]) AS u(k, c, v)
+             ORDER BY k
+             ON CONFLICT (target, lane_key) DO NOTHING",
+        )
+        .bind(target)
+        .bind(&keys)
+        .bind(&convs)
+        .bind(&views)
+        .execute(&mut *tx)
+        .await?;
+        let inserted = insert_staged(&mut tx, target, batch_id, jobs.len() as u64).await?;
+        tx.commit().await?;
+
+        sqlx::query(
+            "UPDATE lanes SET available_at = now()
+             WHERE target = $1 AND lane_key = ANY($2) AND available_at IS NULL
+               AND blocked_job IS NULL AND paused_batch IS NULL",
+        )
+        .bind(target)
+        .bind(&keys)
+        .execute(&self.pool)
+        .await?;
+        Ok(inserted)
+    }
+}
+
+/// Moves the staged rows into `jobs`, then refuses (removes again) every
+/// message whose id is already stored in its lane with another content
+/// hash. A row is ours when its `input_seq` is: every load takes its own
+/// range. Concurrent chunks see each other through the unique index: the
+/// later insert waits for the earlier commit, then compares. Input order
+/// decides which of two lines with one id in a chunk is stored first.
+async fn insert_staged(
+    tx: &mut sqlx::PgConnection,
+    target: &str,
+    batch_id: i64,
+    staged: u64,
+) -> Result<Inserted, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO jobs (lane_id, batch_id, source_id, sent_at_ms, input_seq, body, content_hash, origin)
+         SELECT l.id, $2, s.source_id, s.sent_at_ms, s.input_seq, s.body, s.content_hash, s.origin
+         FROM load_stage s JOIN lanes l ON l.target = $1 AND l.lane_key = s.lane_key
+         ORDER BY s.input_seq
+         ON CONFLICT (lane_id, source_id) DO NOTHING",
+    )
+    .bind(target)
+    .bind(batch_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == staged {
+        // Every row is new, so none can collide (the usual first load).
+        return Ok(Inserted {
+            new: inserted,
+            conflicts: Vec::new(),
+        });
+    }
+    const STAGED_JOBS: &str = "load_stage s JOIN lanes l ON l.target = $1 AND l.lane_key = s.lane_key
+         JOIN jobs j ON j.lane_id = l.id AND j.source_id = s.source_id";
+    let conflicts: Vec<Conflict> = sqlx::query_as(&format!(
+        "SELECT DISTINCT ON (s.input_seq) s.input_seq, j.origin AS first FROM {STAGED_JOBS}
+         WHERE j.input_seq <> s.input_seq AND j.content_hash <> s.content_hash
+         ORDER BY s.input_seq"
+    ))
+    .bind(target)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut removed = 0;
+    if !conflicts.is_empty() {
+        let refused: Vec<i64> = conflicts.iter().map(|c| c.input_seq).collect();
+        removed = sqlx::query(
+            "DELETE FROM jobs j USING load_stage s, lanes l
+             WHERE l.target = $1 AND l.lane_key = s.lane_key AND j.lane_id = l.id
+               AND j.source_id = s.source_id AND j.input_seq = s.input_seq AND s.input_seq = ANY($2)",
+        )
+        .bind(target)
+        .bind(&refused)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    }
+    Ok(Inserted {
+        new: inserted - removed,
+        conflicts,
+    })
+}
+
+/// The chunk in `COPY`'s text format: tab-separated columns, one row a
+/// line, bytea as `\x` hex.
+fn copy_rows(jobs: &[NewJob]) -> Vec<u8> {
+    use std::io::Write;
+    let size: usize = jobs
+        .iter()
+        .map(|j| j.body.len() + j.lane_key.len() + j.source_id.len() + j.origin.len() + 120)
+        .sum();
+    let mut out = Vec::with_capacity(size);
+    for j in jobs {
+        copy_text(&mut out, &j.lane_key);
+        out.push(b'\t');
+        copy_text(&mut out, &j.source_id);
+        let _ = write!(out, "\t{}\t{}\t", j.sent_at_ms, j.input_seq);
+        copy_text(&mut out, &j.body);
+        out.extend_from_slice(b"\t\\\\x");
+        for b in &j.content_hash {
+            let _ = write!(out, "{b:02x}");
+        }
+        out.push(b'\t');
+        copy_text(&mut out, &j.origin);
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Escapes a value for `COPY ... FROM STDIN` text format: backslash and
+/// the separators are the only bytes it treats specially.
+fn copy_text(out: &mut Vec<u8>, s: &str) {
+    for &b in s.as_bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_separators_and_backslashes() {
+        let mut out = Vec::new();
+        copy_text(&mut out, "a\tb\nc\\d\re");
+        assert_eq!(out, b"a\\tb\\nc\\\\d\\re");
+    }
+}
