@@ -41,7 +41,13 @@ impl Store {
         }
         let mut lanes: Vec<(&str, &str, Option<&str>)> = jobs
             .iter()
-            .map(|j| (j.lane_key.as_str(), j.conversation.as_str(), j.view_user.as_deref()))
+            .map(|j| {
+                (
+                    j.lane_key.as_str(),
+                    j.conversation.as_str(),
+                    j.view_user.as_deref(),
+                )
+            })
             .collect();
         lanes.sort_unstable_by(|a, b| a.0.cmp(b.0));
         lanes.dedup_by(|a, b| a.0 == b.0);

@@ -20,6 +20,8 @@ use crate::config::DatabaseConfig;
 pub mod checkpoint;
 pub mod dashboard;
 mod load;
+mod purge;
+pub use purge::PurgeCheck;
 
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -969,8 +971,8 @@ impl Store {
         sqlx::query_as(
             "SELECT status::text, sum(n)::bigint FROM job_counts GROUP BY status HAVING sum(n) <> 0",
         )
-            .fetch_all(&self.pool)
-            .await
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Progress per batch, optionally of one batch name.
