@@ -30,6 +30,21 @@ async fn assert_counters_match(db: &TestDb, when: &str) {
     .await
     .unwrap();
     assert_eq!(counted, full, "counters after {when}");
+    let done_full: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT batch_id, extract(epoch FROM date_trunc('minute', finished_at))::bigint, count(*)
+         FROM chatferry.jobs WHERE status = 'done' GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let done_counted: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT batch_id, extract(epoch FROM minute)::bigint, sum(n)::bigint FROM chatferry.job_done_minutes
+         GROUP BY 1, 2 HAVING sum(n) <> 0 ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(done_counted, done_full, "done per minute after {when}");
     let shown: i64 = db.store.status(None).await.unwrap().iter().map(|b| b.total).sum();
     let open: i64 = db
         .store

@@ -7,13 +7,17 @@
 //! reload a no-op, and a reused id with other content is found by a join
 //! of the staged rows against what is stored.
 
+use std::collections::HashMap;
+
+use sqlx::Row;
+
 use super::{Conflict, Inserted, NewJob, Store};
 
 /// The staging table lives in `pg_temp` (per connection, never
 /// WAL-logged) and empties at every commit or rollback.
 const STAGE: &str = "SET LOCAL client_min_messages = warning;
     CREATE TEMP TABLE IF NOT EXISTS load_stage (
-        lane_key text, source_id text, sent_at_ms bigint, input_seq bigint,
+        lane_id bigint, source_id text, sent_at_ms bigint, input_seq bigint,
         body text, content_hash bytea, origin text
     ) ON COMMIT DELETE ROWS";
 
@@ -56,15 +60,6 @@ impl Store {
         let views: Vec<Option<&str>> = lanes.iter().map(|l| l.2).collect();
 
         let mut tx = self.pool.begin().await?;
-        sqlx::raw_sql(STAGE).execute(&mut *tx).await?;
-        let mut copy = tx
-            .copy_in_raw(
-                "COPY load_stage (lane_key, source_id, sent_at_ms, input_seq, body, content_hash, origin) \
-                 FROM STDIN",
-            )
-            .await?;
-        copy.send(copy_rows(jobs)).await?;
-        copy.finish().await?;
         // Lanes first, in key order, so concurrent loads lock them alike.
         sqlx::query(
             "INSERT INTO lanes (target, lane_key, conversation, view_user, available_at)
@@ -79,7 +74,24 @@ impl Store {
         .bind(&views)
         .execute(&mut *tx)
         .await?;
-        let inserted = insert_staged(&mut tx, target, batch_id, jobs.len() as u64).await?;
+        // Lane ids by key through the unique index: a join of the staged
+        // rows with `lanes` could hash every lane of the target.
+        let rows = sqlx::query("SELECT id, lane_key FROM lanes WHERE target = $1 AND lane_key = ANY($2)")
+            .bind(target)
+            .bind(&keys)
+            .fetch_all(&mut *tx)
+            .await?;
+        let ids: HashMap<String, i64> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
+        sqlx::raw_sql(STAGE).execute(&mut *tx).await?;
+        let mut copy = tx
+            .copy_in_raw(
+                "COPY load_stage (lane_id, source_id, sent_at_ms, input_seq, body, content_hash, origin) \
+                 FROM STDIN",
+            )
+            .await?;
+        copy.send(copy_rows(jobs, &ids)).await?;
+        copy.finish().await?;
+        let inserted = insert_staged(&mut tx, batch_id, jobs.len() as u64).await?;
         tx.commit().await?;
 
         sqlx::query(
@@ -103,18 +115,16 @@ impl Store {
 /// decides which of two lines with one id in a chunk is stored first.
 async fn insert_staged(
     tx: &mut sqlx::PgConnection,
-    target: &str,
     batch_id: i64,
     staged: u64,
 ) -> Result<Inserted, sqlx::Error> {
     let inserted = sqlx::query(
         "INSERT INTO jobs (lane_id, batch_id, source_id, sent_at_ms, input_seq, body, content_hash, origin)
-         SELECT l.id, $2, s.source_id, s.sent_at_ms, s.input_seq, s.body, s.content_hash, s.origin
-         FROM load_stage s JOIN lanes l ON l.target = $1 AND l.lane_key = s.lane_key
+         SELECT s.lane_id, $1, s.source_id, s.sent_at_ms, s.input_seq, s.body, s.content_hash, s.origin
+         FROM load_stage s
          ORDER BY s.input_seq
          ON CONFLICT (lane_id, source_id) DO NOTHING",
     )
-    .bind(target)
     .bind(batch_id)
     .execute(&mut *tx)
     .await?
@@ -126,25 +136,22 @@ async fn insert_staged(
             conflicts: Vec::new(),
         });
     }
-    const STAGED_JOBS: &str = "load_stage s JOIN lanes l ON l.target = $1 AND l.lane_key = s.lane_key
-         JOIN jobs j ON j.lane_id = l.id AND j.source_id = s.source_id";
-    let conflicts: Vec<Conflict> = sqlx::query_as(&format!(
-        "SELECT DISTINCT ON (s.input_seq) s.input_seq, j.origin AS first FROM {STAGED_JOBS}
+    let conflicts: Vec<Conflict> = sqlx::query_as(
+        "SELECT DISTINCT ON (s.input_seq) s.input_seq, j.origin AS first
+         FROM load_stage s JOIN jobs j ON j.lane_id = s.lane_id AND j.source_id = s.source_id
          WHERE j.input_seq <> s.input_seq AND j.content_hash <> s.content_hash
-         ORDER BY s.input_seq"
-    ))
-    .bind(target)
+         ORDER BY s.input_seq",
+    )
     .fetch_all(&mut *tx)
     .await?;
     let mut removed = 0;
     if !conflicts.is_empty() {
         let refused: Vec<i64> = conflicts.iter().map(|c| c.input_seq).collect();
         removed = sqlx::query(
-            "DELETE FROM jobs j USING load_stage s, lanes l
-             WHERE l.target = $1 AND l.lane_key = s.lane_key AND j.lane_id = l.id
-               AND j.source_id = s.source_id AND j.input_seq = s.input_seq AND s.input_seq = ANY($2)",
+            "DELETE FROM jobs j USING load_stage s
+             WHERE j.lane_id = s.lane_id AND j.source_id = s.source_id AND j.input_seq = s.input_seq
+               AND s.input_seq = ANY($1)",
         )
-        .bind(target)
         .bind(&refused)
         .execute(&mut *tx)
         .await?
@@ -158,16 +165,15 @@ async fn insert_staged(
 
 /// The chunk in `COPY`'s text format: tab-separated columns, one row a
 /// line, bytea as `\x` hex.
-fn copy_rows(jobs: &[NewJob]) -> Vec<u8> {
+fn copy_rows(jobs: &[NewJob], lane_ids: &HashMap<String, i64>) -> Vec<u8> {
     use std::io::Write;
     let size: usize = jobs
         .iter()
-        .map(|j| j.body.len() + j.lane_key.len() + j.source_id.len() + j.origin.len() + 120)
+        .map(|j| j.body.len() + j.source_id.len() + j.origin.len() + 140)
         .sum();
     let mut out = Vec::with_capacity(size);
     for j in jobs {
-        copy_text(&mut out, &j.lane_key);
-        out.push(b'\t');
+        let _ = write!(out, "{}\t", lane_ids[&j.lane_key]);
         copy_text(&mut out, &j.source_id);
         let _ = write!(out, "\t{}\t{}\t", j.sent_at_ms, j.input_seq);
         copy_text(&mut out, &j.body);

@@ -968,8 +968,12 @@ impl Store {
     /// Jobs per status over all batches (the backlog gauge).
     pub async fn backlog(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
         // From the counters (migration 0007): constant time at any size.
+        // Every status, zeros too, so a gauge falls to 0 when its last
+        // job leaves instead of keeping its last value.
         sqlx::query_as(
-            "SELECT status::text, sum(n)::bigint FROM job_counts GROUP BY status HAVING sum(n) <> 0",
+            "SELECT s::text, coalesce(sum(c.n), 0)::bigint
+             FROM unnest(enum_range(NULL::job_status)) AS s LEFT JOIN job_counts c ON c.status = s
+             GROUP BY s ORDER BY s",
         )
         .fetch_all(&self.pool)
         .await
