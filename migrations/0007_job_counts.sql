@@ -29,12 +29,17 @@ CREATE TABLE job_done_minutes (
 );
 CREATE INDEX job_done_minutes_minute ON job_done_minutes (minute);
 
+-- Every function keeps the schema it was created in (SET search_path FROM
+-- CURRENT): the triggers fire for any session that writes jobs, such as
+-- an operator's psql with the default search_path.
+
 -- Folds every committed delta into one row per (batch, status). One
 -- compaction at a time (the others skip); rows committed after this
 -- statement's snapshot are neither deleted nor counted, so a concurrent
 -- writer's delta is never lost. The lock key is this table's oid, so
 -- schemas sharing a database do not skip each other.
-CREATE FUNCTION job_counts_compact() RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION job_counts_compact() RETURNS void LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
 BEGIN
     IF pg_try_advisory_xact_lock('job_counts'::regclass::oid::bigint) THEN
         WITH gone AS (DELETE FROM job_counts RETURNING batch_id, status, n)
@@ -49,14 +54,16 @@ END $$;
 
 -- One statement in 256 also compacts: the delta rows stay in the low
 -- thousands whatever the rate, at the cost of one short fold.
-CREATE FUNCTION job_counts_maybe_compact() RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION job_counts_maybe_compact() RETURNS void LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
 BEGIN
     IF random() < 1.0 / 256 THEN
         PERFORM job_counts_compact();
     END IF;
 END $$;
 
-CREATE FUNCTION job_counts_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION job_counts_on_insert() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
 BEGIN
     INSERT INTO job_counts (batch_id, status, n)
     SELECT batch_id, status, count(*) FROM new_rows GROUP BY 1, 2;
@@ -67,7 +74,8 @@ END $$;
 -- Statement-level with transition tables: one delta insert per statement
 -- however many rows it changes, and none when no status changed (a
 -- deferral, a reconcile note).
-CREATE FUNCTION job_counts_on_update() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION job_counts_on_update() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
 BEGIN
     INSERT INTO job_counts (batch_id, status, n)
     SELECT batch_id, status, sum(d) FROM (
@@ -87,7 +95,8 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE FUNCTION job_counts_on_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION job_counts_on_delete() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
 BEGIN
     INSERT INTO job_counts (batch_id, status, n)
     SELECT batch_id, status, -count(*) FROM old_rows GROUP BY 1, 2;

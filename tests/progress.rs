@@ -158,6 +158,22 @@ async fn counters_equal_a_full_count_after_loads_retries_skips_purges_and_crashe
         failed - 20
     );
     assert_counters_match(&db, "retry").await;
+    // By hand, as README's "Operating it through SQL" shows, from a
+    // session whose search_path does not name chatferry's schema.
+    let mut tx = db.store.pool().begin().await.unwrap();
+    sqlx::query("SET LOCAL search_path = public")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let by_hand = sqlx::query(
+        "UPDATE chatferry.jobs SET status = 'pending', next_attempt_at = now() WHERE status = 'failed'",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(by_hand.rows_affected(), 20);
+    assert_counters_match(&db, "a retry through SQL").await;
 
     load(&db, &cfg, "tim", "c", &[jsonl(&lines("c", 3)).path()], None).await;
     let job = db
