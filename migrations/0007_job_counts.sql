@@ -134,10 +134,25 @@ CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs
     FOR EACH STATEMENT EXECUTE FUNCTION job_counts_on_delete();
 
 -- The same columns as before, from the counters. Throughput still reads
--- jobs, but only the last minute's through jobs_batch_finished.
+-- jobs, but only the last minute's through jobs_batch_finished, once per
+-- batch (a LATERAL, not an expression the planner copies into each use).
 DROP VIEW batch_progress;
 CREATE VIEW batch_progress AS
-WITH c AS (
+SELECT b.name                           AS batch,
+       b.target,
+       b.paused,
+       coalesce(c.total, 0)::bigint     AS total,
+       coalesce(c.pending, 0)::bigint   AS pending,
+       coalesce(c.in_flight, 0)::bigint AS in_flight,
+       coalesce(c.done, 0)::bigint      AS done,
+       coalesce(c.failed, 0)::bigint    AS failed,
+       coalesce(c.skipped, 0)::bigint   AS skipped,
+       round(r.recent / 60.0, 2)        AS jobs_per_sec,
+       CASE WHEN r.recent > 0
+            THEN make_interval(secs => coalesce(c.pending + c.in_flight, 0) / (r.recent / 60.0))
+       END                              AS eta
+FROM batches b
+LEFT JOIN (
     SELECT batch_id,
            sum(n)                                     AS total,
            sum(n) FILTER (WHERE status = 'pending')   AS pending,
@@ -146,21 +161,8 @@ WITH c AS (
            sum(n) FILTER (WHERE status = 'failed')    AS failed,
            sum(n) FILTER (WHERE status = 'skipped')   AS skipped
     FROM job_counts GROUP BY batch_id
-), b AS (
-    SELECT b.id, b.name, b.target, b.paused,
-           coalesce(c.total, 0)::bigint     AS total,
-           coalesce(c.pending, 0)::bigint   AS pending,
-           coalesce(c.in_flight, 0)::bigint AS in_flight,
-           coalesce(c.done, 0)::bigint      AS done,
-           coalesce(c.failed, 0)::bigint    AS failed,
-           coalesce(c.skipped, 0)::bigint   AS skipped,
-           (SELECT count(*) FROM jobs j
-             WHERE j.batch_id = b.id AND j.finished_at > now() - interval '1 minute') AS recent
-    FROM batches b LEFT JOIN c ON c.batch_id = b.id
-)
-SELECT name AS batch, target, paused, total, pending, in_flight, done, failed, skipped,
-       round(recent / 60.0, 2) AS jobs_per_sec,
-       CASE WHEN recent > 0
-            THEN make_interval(secs => (pending + in_flight) / (recent / 60.0))
-       END AS eta
-FROM b;
+) c ON c.batch_id = b.id
+CROSS JOIN LATERAL (
+    SELECT count(*) AS recent FROM jobs j
+    WHERE j.batch_id = b.id AND j.finished_at > now() - interval '1 minute'
+) r;

@@ -259,7 +259,10 @@ impl Store {
         }
         let opts = PgConnectOptions::from_str(url.expose_secret())
             .map_err(|_| anyhow::anyhow!("database.url is not a valid postgres:// URL"))?
-            .options([("search_path", schema.as_str())])
+            // JIT compiles for a second or more whenever the planner's
+            // estimate is large (a view over a fresh, unanalyzed table),
+            // and no statement here runs long enough to win it back.
+            .options([("search_path", schema.as_str()), ("jit", "off")])
             .application_name("chatferry");
         let pool = PgPoolOptions::new()
             .max_connections(cfg.max_connections)
