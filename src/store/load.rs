@@ -43,45 +43,8 @@ impl Store {
         if jobs.is_empty() {
             return Ok(Inserted::default());
         }
-        let mut lanes: Vec<(&str, &str, Option<&str>)> = jobs
-            .iter()
-            .map(|j| {
-                (
-                    j.lane_key.as_str(),
-                    j.conversation.as_str(),
-                    j.view_user.as_deref(),
-                )
-            })
-            .collect();
-        lanes.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        lanes.dedup_by(|a, b| a.0 == b.0);
-        let keys: Vec<&str> = lanes.iter().map(|l| l.0).collect();
-        let convs: Vec<&str> = lanes.iter().map(|l| l.1).collect();
-        let views: Vec<Option<&str>> = lanes.iter().map(|l| l.2).collect();
-
         let mut tx = self.pool.begin().await?;
-        // Lanes first, in key order, so concurrent loads lock them alike.
-        sqlx::query(
-            "INSERT INTO lanes (target, lane_key, conversation, view_user, available_at)
-             SELECT $1, k, c, v, now()
-             FROM unnest($2::text[], $3::text[], $4::text[]) AS u(k, c, v)
-             ORDER BY k
-             ON CONFLICT (target, lane_key) DO NOTHING",
-        )
-        .bind(target)
-        .bind(&keys)
-        .bind(&convs)
-        .bind(&views)
-        .execute(&mut *tx)
-        .await?;
-        // Lane ids by key through the unique index: a join of the staged
-        // rows with `lanes` could hash every lane of the target.
-        let rows = sqlx::query("SELECT id, lane_key FROM lanes WHERE target = $1 AND lane_key = ANY($2)")
-            .bind(target)
-            .bind(&keys)
-            .fetch_all(&mut *tx)
-            .await?;
-        let ids: HashMap<String, i64> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
+        let (keys, ids) = upsert_lanes(&mut tx, target, jobs).await?;
         sqlx::raw_sql(STAGE).execute(&mut *tx).await?;
         let mut copy = tx
             .copy_in_raw(
@@ -105,6 +68,53 @@ impl Store {
         .await?;
         Ok(inserted)
     }
+}
+
+/// Creates the chunk's missing lanes and returns every lane key of the
+/// chunk with its id.
+async fn upsert_lanes<'a>(
+    tx: &mut sqlx::PgConnection,
+    target: &str,
+    jobs: &'a [NewJob],
+) -> Result<(Vec<&'a str>, HashMap<String, i64>), sqlx::Error> {
+    let mut lanes: Vec<(&str, &str, Option<&str>)> = jobs
+        .iter()
+        .map(|j| {
+            (
+                j.lane_key.as_str(),
+                j.conversation.as_str(),
+                j.view_user.as_deref(),
+            )
+        })
+        .collect();
+    lanes.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    lanes.dedup_by(|a, b| a.0 == b.0);
+    let keys: Vec<&str> = lanes.iter().map(|l| l.0).collect();
+    let convs: Vec<&str> = lanes.iter().map(|l| l.1).collect();
+    let views: Vec<Option<&str>> = lanes.iter().map(|l| l.2).collect();
+    // In key order, so concurrent loads lock them alike.
+    sqlx::query(
+        "INSERT INTO lanes (target, lane_key, conversation, view_user, available_at)
+         SELECT $1, k, c, v, now()
+         FROM unnest($2::text[], $3::text[], $4::text[]) AS u(k, c, v)
+         ORDER BY k
+         ON CONFLICT (target, lane_key) DO NOTHING",
+    )
+    .bind(target)
+    .bind(&keys)
+    .bind(&convs)
+    .bind(&views)
+    .execute(&mut *tx)
+    .await?;
+    // Ids by key through the unique index: a join of the staged rows with
+    // `lanes` could hash every lane of the target.
+    let rows = sqlx::query("SELECT id, lane_key FROM lanes WHERE target = $1 AND lane_key = ANY($2)")
+        .bind(target)
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await?;
+    let ids = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
+    Ok((keys, ids))
 }
 
 /// Moves the staged rows into `jobs`, then refuses (removes again) every
