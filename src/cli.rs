@@ -118,6 +118,15 @@ pub enum Command {
         #[arg(long)]
         code: Option<i64>,
     },
+    /// Remove a finished batch's jobs and reclaim their space; refuses
+    /// while anything in the batch is pending or in flight.
+    Purge {
+        #[arg(long)]
+        batch: String,
+        /// Show what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Mark one job skipped: it will not be sent.
     Skip {
         #[arg(long)]
@@ -358,6 +367,56 @@ fn chrono_now() -> String {
     format!("{:02}:{:02}:{:02} UTC", (s / 3600) % 24, (s / 60) % 60, s % 60)
 }
 
+/// `chatferry purge`: checks from the counters, then deletes step by step
+/// with the progress on stderr, then vacuums.
+async fn purge(store: &Store, batch: &str, dry_run: bool) -> Result<ExitCode, Failure> {
+    let c = store.purge_check(batch).await.map_err(db_err)?;
+    if c.batches == 0 {
+        return Err(Failure::Usage(format!(
+            "no batch named {batch}; see `chatferry status`"
+        )));
+    }
+    if c.pending + c.in_flight > 0 {
+        return Err(Failure::Usage(format!(
+            "batch {batch} is not finished: {} jobs pending and {} in flight; \
+             let `chatferry run` finish it (or `chatferry skip` what must not be sent), then purge",
+            c.pending, c.in_flight
+        )));
+    }
+    let kept = if c.blocking > 0 {
+        format!(
+            "; {} failed jobs that block their lane are kept (retry or skip them, then purge again)",
+            c.blocking
+        )
+    } else {
+        String::new()
+    };
+    if dry_run {
+        println!(
+            "dry run: purge would remove {} finished jobs of batch {batch}{kept}",
+            c.finished - c.blocking
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let started = std::time::Instant::now();
+    let mut removed = 0u64;
+    loop {
+        let n = store.purge_step(batch).await.map_err(db_err)?;
+        if n == 0 {
+            break;
+        }
+        removed += n;
+        eprint!("\rpurge: {removed} jobs removed");
+    }
+    eprintln!();
+    store.vacuum_jobs().await.map_err(db_err)?;
+    println!(
+        "batch {batch}: {removed} jobs removed in {:.1} s{kept}; a reload of its input would send those messages again",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn db_err(e: sqlx::Error) -> Failure {
     Failure::Runtime(anyhow::Error::new(e).context("database error; did you run `chatferry migrate`?"))
 }
@@ -593,6 +652,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             let n = store.retry_failed(&batch, code).await.map_err(db_err)?;
             println!("{n} failed jobs of batch {batch} are pending again");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Purge { batch, dry_run } => {
+            let store = open_store(&config).await?;
+            purge(&store, &batch, dry_run).await
         }
         Command::Skip { job } => {
             let store = open_store(&config).await?;

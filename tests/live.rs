@@ -625,7 +625,7 @@ async fn bench_live_delivery() {
             }
             let (p50, p99, hist, live) = live_point(per_sec, 10, backfill).await;
             println!(
-                "| g  | live {per_sec}/s (posted {live:.1}/s), Tencent limit 200/s, {} | latency p50 {:.3} s, p99 {:.3} s; backfill {:.1} calls/s = {:.2} of the limit |",
+                "| i  | live {per_sec}/s (posted {live:.1}/s), Tencent limit 200/s, {} | latency p50 {:.3} s, p99 {:.3} s; backfill {:.1} calls/s = {:.2} of the limit |",
                 if backfill { "backfill of 40,000 running" } else { "no backfill" },
                 p50,
                 p99,

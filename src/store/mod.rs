@@ -19,6 +19,9 @@ use crate::config::DatabaseConfig;
 
 pub mod checkpoint;
 pub mod dashboard;
+mod load;
+mod purge;
+pub use purge::PurgeCheck;
 
 /// The migrations in `migrations/`, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -235,92 +238,6 @@ pub struct LiveStats {
     pub oldest_undelivered_secs: Option<f64>,
 }
 
-/// Inserts a chunk's job rows, then refuses (removes again) every message
-/// of the chunk whose id is already stored in its lane with another
-/// content hash. A row is ours when its `input_seq` is: every load takes
-/// its own range. Concurrent chunks see each other through the unique
-/// index: the later insert waits for the earlier commit, then compares.
-async fn insert_job_rows(
-    tx: &mut sqlx::PgConnection,
-    batch_id: i64,
-    lane_ids: &[i64],
-    jobs: &[NewJob],
-) -> Result<Inserted, sqlx::Error> {
-    let source_ids: Vec<&str> = jobs.iter().map(|j| j.source_id.as_str()).collect();
-    let sent: Vec<i64> = jobs.iter().map(|j| j.sent_at_ms).collect();
-    let seqs: Vec<i64> = jobs.iter().map(|j| j.input_seq).collect();
-    let bodies: Vec<&str> = jobs.iter().map(|j| j.body.as_str()).collect();
-    let hashes: Vec<&[u8]> = jobs.iter().map(|j| j.content_hash.as_slice()).collect();
-    let origins: Vec<&str> = jobs.iter().map(|j| j.origin.as_str()).collect();
-    let new_rows: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO jobs (lane_id, batch_id, source_id, sent_at_ms, input_seq, body, content_hash, origin)
-         SELECT l, $1, s, t, q, b, h, o
-         FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::bytea[], $8::text[])
-              WITH ORDINALITY AS u(l, s, t, q, b, h, o, n)
-         ORDER BY n
-         ON CONFLICT (lane_id, source_id) DO NOTHING
-         RETURNING input_seq",
-    )
-    .bind(batch_id)
-    .bind(lane_ids)
-    .bind(&source_ids)
-    .bind(&sent)
-    .bind(&seqs)
-    .bind(&bodies)
-    .bind(&hashes)
-    .bind(&origins)
-    .fetch_all(&mut *tx)
-    .await?;
-    let inserted = new_rows.len() as u64;
-    let mut new_seqs: std::collections::HashSet<i64> = new_rows.into_iter().collect();
-    if inserted == jobs.len() as u64 {
-        // Every row is new, so none can collide (the usual first load).
-        return Ok(Inserted {
-            new: inserted,
-            new_seqs,
-            conflicts: Vec::new(),
-            lanes: Vec::new(),
-        });
-    }
-    let conflicts: Vec<Conflict> = sqlx::query_as(
-        "SELECT DISTINCT ON (u.q) u.q AS input_seq, j.origin AS first
-         FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bytea[]) AS u(l, s, q, h)
-         JOIN jobs j ON j.lane_id = u.l AND j.source_id = u.s
-         WHERE j.input_seq <> u.q AND j.content_hash <> u.h
-         ORDER BY u.q",
-    )
-    .bind(lane_ids)
-    .bind(&source_ids)
-    .bind(&seqs)
-    .bind(&hashes)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut removed = 0;
-    if !conflicts.is_empty() {
-        let refused: Vec<i64> = conflicts.iter().map(|c| c.input_seq).collect();
-        removed = sqlx::query(
-            "DELETE FROM jobs j USING unnest($1::bigint[], $2::text[], $3::bigint[]) AS u(l, s, q)
-             WHERE j.lane_id = u.l AND j.source_id = u.s AND j.input_seq = u.q AND u.q = ANY($4)",
-        )
-        .bind(lane_ids)
-        .bind(&source_ids)
-        .bind(&seqs)
-        .bind(&refused)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    }
-    for c in &conflicts {
-        new_seqs.remove(&c.input_seq);
-    }
-    Ok(Inserted {
-        new: inserted - removed,
-        new_seqs,
-        conflicts,
-        lanes: Vec::new(),
-    })
-}
-
 /// True when a database error is worth waiting out (connection lost, server
 /// restarting, pool exhausted) rather than a bug or a bad statement.
 pub fn is_transient(e: &sqlx::Error) -> bool {
@@ -389,7 +306,10 @@ impl Store {
         }
         let opts = PgConnectOptions::from_str(url.expose_secret())
             .map_err(|_| anyhow::anyhow!("database.url is not a valid postgres:// URL"))?
-            .options([("search_path", schema.as_str())])
+            // JIT compiles for a second or more whenever the planner's
+            // estimate is large (a view over a fresh, unanalyzed table),
+            // and no statement here runs long enough to win it back.
+            .options([("search_path", schema.as_str()), ("jit", "off")])
             .application_name("chatferry");
         let pool = PgPoolOptions::new()
             .max_connections(cfg.max_connections)
@@ -493,97 +413,6 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         Ok(n << 32)
-    }
-
-    /// Inserts one chunk of jobs in one transaction; returns how many were
-    /// new and which messages were refused as reused ids.
-    ///
-    /// Waking the chunk's idle lanes happens after the commit, on purpose:
-    /// a worker releasing a lane locks it and then reads its head in a new
-    /// statement. If that read missed our jobs, the release sets the lane
-    /// idle (NULL) and our wake-up, which runs after our commit, either
-    /// waits for that release's lock or sees its NULL, and wakes the lane.
-    /// Had we woken the lane inside the transaction, a release between our
-    /// wake-up and our commit would put it to sleep with work in it. A
-    /// loader killed between commit and wake-up leaves lanes stranded;
-    /// [`Store::wake_stranded_lanes`] finds them.
-    pub async fn insert_jobs(
-        &self,
-        target: &str,
-        batch_id: i64,
-        jobs: &[NewJob],
-    ) -> Result<Inserted, sqlx::Error> {
-        if jobs.is_empty() {
-            return Ok(Inserted::default());
-        }
-        let mut lanes: Vec<(&str, &str, Option<&str>)> = jobs
-            .iter()
-            .map(|j| {
-                (
-                    j.lane_key.as_str(),
-                    j.conversation.as_str(),
-                    j.view_user.as_deref(),
-                )
-            })
-            .collect();
-        lanes.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        lanes.dedup_by(|a, b| a.0 == b.0);
-        let keys: Vec<&str> = lanes.iter().map(|l| l.0).collect();
-        let convs: Vec<&str> = lanes.iter().map(|l| l.1).collect();
-        let views: Vec<Option<&str>> = lanes.iter().map(|l| l.2).collect();
-
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO lanes (target, lane_key, conversation, view_user, available_at)
-             SELECT $1, k, c, v, now()
-             FROM unnest($2::text[], $3::text[], $4::text[]) AS u(k, c, v)
-             ORDER BY k
-             ON CONFLICT (target, lane_key) DO NOTHING",
-        )
-        .bind(target)
-        .bind(&keys)
-        .bind(&convs)
-        .bind(&views)
-        .execute(&mut *tx)
-        .await?;
-        let rows = sqlx::query("SELECT id, lane_key FROM lanes WHERE target = $1 AND lane_key = ANY($2)")
-            .bind(target)
-            .bind(&keys)
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut ids = std::collections::HashMap::with_capacity(rows.len());
-        for r in rows {
-            ids.insert(r.get::<String, _>(1), r.get::<i64, _>(0));
-        }
-        let lane_ids: Vec<i64> = jobs.iter().map(|j| ids[&j.lane_key]).collect();
-        let inserted = insert_job_rows(&mut tx, batch_id, &lane_ids, jobs).await?;
-        tx.commit().await?;
-
-        let mut distinct: Vec<i64> = ids.into_values().collect();
-        distinct.sort_unstable();
-        // The same wake-up also raises the lanes to the batch's priority
-        // (a live batch: LIVE_PRIORITY), and only touches lanes that need
-        // either, so a plain load writes no more than before.
-        sqlx::query(
-            "UPDATE lanes l SET priority = greatest(l.priority, p.prio),
-                    available_at = CASE WHEN l.available_at IS NULL AND l.blocked_job IS NULL
-                                             AND l.paused_batch IS NULL
-                                        THEN now() ELSE l.available_at END
-             FROM (SELECT CASE WHEN mode = 'live' THEN $3 ELSE priority END AS prio
-                   FROM batches WHERE id = $2) p
-             WHERE l.id = ANY($1)
-               AND ((l.available_at IS NULL AND l.blocked_job IS NULL AND l.paused_batch IS NULL)
-                    OR l.priority < p.prio)",
-        )
-        .bind(&distinct)
-        .bind(batch_id)
-        .bind(LIVE_PRIORITY)
-        .execute(&self.pool)
-        .await?;
-        Ok(Inserted {
-            lanes: distinct,
-            ..inserted
-        })
     }
 
     /// Wakes idle lanes that hold open jobs yet wait on nothing: no lease,
@@ -1246,9 +1075,16 @@ impl Store {
 
     /// Jobs per status over all batches (the backlog gauge).
     pub async fn backlog(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        sqlx::query_as("SELECT status::text, count(*) FROM jobs GROUP BY status")
-            .fetch_all(&self.pool)
-            .await
+        // From the counters (migration 0007): constant time at any size.
+        // Every status, zeros too, so a gauge falls to 0 when its last
+        // job leaves instead of keeping its last value.
+        sqlx::query_as(
+            "SELECT s::text, coalesce(sum(c.n), 0)::bigint
+             FROM unnest(enum_range(NULL::job_status)) AS s LEFT JOIN job_counts c ON c.status = s
+             GROUP BY s ORDER BY s",
+        )
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Progress per batch, optionally of one batch name.
