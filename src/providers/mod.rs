@@ -154,6 +154,13 @@ pub trait Provider: Send + Sync + 'static {
         false
     }
 
+    /// Whether a lane may have several calls in flight at once: true only
+    /// for a provider that orders a conversation by the messages' own
+    /// fields, not by arrival, and deduplicates resends.
+    fn arrival_order_free(&self) -> bool {
+        false
+    }
+
     /// Takes what `chatferry probe` measured for this target (see
     /// [`crate::probe`]); the default ignores it.
     fn apply_findings(&self, _findings: &crate::probe::Findings) {}

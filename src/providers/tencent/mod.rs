@@ -328,6 +328,14 @@ fn account_item(u: &UserProfile) -> Value {
 
 #[async_trait]
 impl Provider for TencentClient {
+    // Tencent: 导入单聊消息 (cloud.tencent.com/document/api/269/2568):
+    // one-to-one history is ordered by MsgTimeStamp, then MsgSeq within a
+    // second, and imports are deduplicated on (MsgSeq, MsgRandom,
+    // MsgTimeStamp), so arrival order does not decide what users see.
+    fn arrival_order_free(&self) -> bool {
+        true
+    }
+
     async fn send(&self, job: &SendJob<'_>) -> Outcome {
         let parsed = serde_json::from_str::<Value>(job.body).ok();
         let sent_seq = parsed.as_ref().and_then(|v| int_field(v, "MsgSeq"));
