@@ -278,11 +278,11 @@ mod tests {
         for limit in [20.0, 50.0, 200.0, 500.0] {
             for live in 2..=5u32 {
                 let each = share(limit, live, 1.0, HEADROOM);
-                // Worst case per window: floor(rate) + 1 calls a replica.
-                let worst = f64::from(live) * (each.floor() + 1.0);
+                // Worst case per window: floor(rate) + 1 calls a replica,
+                // even when wake-ups run up to 4 ms a second late.
+                let calls = (each * 1.004).floor() + 1.0;
+                let worst = f64::from(live) * calls;
                 assert!(worst <= limit * HEADROOM, "{limit} {live}: {worst}");
-                // A late wake-up (a few ms) cannot fit one more in a second.
-                assert!(each.floor() / each > 1.004, "{limit} {live}");
             }
         }
         assert!((share(500.0, 1, 1.0, HEADROOM) - 490.0).abs() < 1e-9);

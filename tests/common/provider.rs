@@ -376,7 +376,10 @@ impl Corpus {
     /// few hours.
     pub fn generate(shape: &Shape) -> Corpus {
         let mut rng = StdRng::seed_from_u64(shape.seed);
-        let base = now_ms() - 4 * 3_600_000;
+        // Messages are ~24 s apart on average: a long conversation starts
+        // early enough that its last message is not in the future.
+        let longest = shape.messages.div_ceil(shape.conversations.max(1)) as i64;
+        let base = now_ms() - 4 * 3_600_000 - (longest * 30_000 - 3 * 3_600_000).max(0);
         let kinds = match shape.kind {
             Kind::Zim => ZIM_KINDS,
             Kind::Tencent => TIM_KINDS,
