@@ -122,7 +122,8 @@ pub struct WorkerConfig {
     pub sweep_secs: u64,
     /// Calls in flight at once within one lane, for providers whose
     /// display order does not depend on arrival order (Tencent). ZIM lanes
-    /// always send one at a time. 1 turns the window off.
+    /// always send one at a time, and so does every lane under
+    /// `on_permanent_error = "block"`. 1 turns the window off.
     pub lane_window: usize,
 }
 

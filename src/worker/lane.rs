@@ -111,7 +111,10 @@ struct Marked {
 
 async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_until: &AtomicI64) -> Stop {
     let target = &w.targets[&lane.target];
-    if target.provider.arrival_order_free() && w.cfg.lane_window > 1 {
+    // Under "block" a refused message must stop its lane before anything
+    // later leaves, which a window cannot promise.
+    let skip = matches!(w.cfg.on_permanent_error, crate::config::OnPermanentError::Skip);
+    if target.provider.arrival_order_free() && w.cfg.lane_window > 1 && skip {
         windowed(w, lane, cancel, valid_until, w.cfg.lane_window).await
     } else {
         one_at_a_time(w, lane, cancel, valid_until).await
