@@ -57,7 +57,11 @@ const FLOOR: f64 = 0.2;
 
 /// Headroom for answer times whose standard deviation is `sd_secs`.
 pub fn headroom_for(sd_secs: f64) -> f64 {
-    let sd = if sd_secs.is_finite() { sd_secs.max(0.0) } else { 0.0 };
+    let sd = if sd_secs.is_finite() {
+        sd_secs.max(0.0)
+    } else {
+        0.0
+    };
     (1.0 / (1.0 + TIMER_SLACK + Z * sd)).max(MIN_HEADROOM)
 }
 

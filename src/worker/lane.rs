@@ -4,10 +4,13 @@
 //! a Tencent lane may have a window of them (`worker.lane_window`), since
 //! Tencent orders a conversation by the messages' own fields.
 
+use std::collections::HashSet;
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::{lane_now_ms, retry_delay, Worker};
@@ -133,7 +136,13 @@ enum Gate {
 
 /// The checks every job passes before its mark: stop signals, a paused
 /// batch, a retry time, and an in-doubt head's reconcile.
-async fn gate(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, job: &OpenJob, valid_until: &AtomicI64) -> Gate {
+async fn gate(
+    w: &Worker,
+    lane: &ClaimedLane,
+    cancel: &CancellationToken,
+    job: &OpenJob,
+    valid_until: &AtomicI64,
+) -> Gate {
     if cancel.is_cancelled() || w.is_halted(&lane.target) {
         return Gate::Stop(Stop::Release);
     }
@@ -260,7 +269,12 @@ async fn slot(w: &Worker, lane: &ClaimedLane, m: &Marked, valid_until: &AtomicI6
 /// accepted job's checkpoint is committed together with the next job's
 /// in-flight mark when the next job may go at once, so a lane waits for
 /// one commit per message instead of two.
-async fn one_at_a_time(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_until: &AtomicI64) -> Stop {
+async fn one_at_a_time(
+    w: &Worker,
+    lane: &ClaimedLane,
+    cancel: &CancellationToken,
+    valid_until: &AtomicI64,
+) -> Stop {
     let lease = &lane.lease;
     // The next job, marked with its predecessor's checkpoint.
     let mut premarked: Option<Marked> = None;
@@ -303,7 +317,9 @@ async fn one_at_a_time(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToke
             }
             match call(w, lane, &m, valid_until).await {
                 Call::Accepted { job, ids } => {
-                    let next = jobs.peek().filter(|n| may_premark(w, lane, cancel, n, valid_until));
+                    let next = jobs
+                        .peek()
+                        .filter(|n| may_premark(w, lane, cancel, n, valid_until));
                     let next_marked = match next {
                         Some(n) => done_then_mark(w, lane, job, &ids, n.clone(), valid_until).await,
                         None => done(w, lease, job, &ids, valid_until).await.map(|()| None),
@@ -326,7 +342,13 @@ async fn one_at_a_time(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToke
 /// Whether the next job may be marked right now, with its predecessor's
 /// checkpoint: nothing to wait for, nothing to reconcile, and its rate
 /// slot free at once (a lane never holds a checkpoint back for the rate).
-fn may_premark(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, n: &OpenJob, valid_until: &AtomicI64) -> bool {
+fn may_premark(
+    w: &Worker,
+    lane: &ClaimedLane,
+    cancel: &CancellationToken,
+    n: &OpenJob,
+    valid_until: &AtomicI64,
+) -> bool {
     !cancel.is_cancelled()
         && !w.is_halted(&lane.target)
         && !n.paused
@@ -338,8 +360,18 @@ fn may_premark(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, n: &O
 }
 
 /// Checkpoints an accepted job alone.
-async fn done(w: &Worker, lease: &Lease, job: i64, ids: &ProviderIds, valid_until: &AtomicI64) -> Result<(), Stop> {
-    match with_db(valid_until, "checkpoint", || w.checkpoints.record_done(lease, job, ids)).await {
+async fn done(
+    w: &Worker,
+    lease: &Lease,
+    job: i64,
+    ids: &ProviderIds,
+    valid_until: &AtomicI64,
+) -> Result<(), Stop> {
+    match with_db(valid_until, "checkpoint", || {
+        w.checkpoints.record_done(lease, job, ids)
+    })
+    .await
+    {
         Some(true) => Ok(()),
         _ => Err(Stop::Lost),
     }
@@ -395,10 +427,9 @@ async fn windowed(
     valid_until: &AtomicI64,
     window: usize,
 ) -> Stop {
-    use futures::stream::{FuturesUnordered, StreamExt};
     let lease = &lane.lease;
     // Jobs sent in this run that are in flight or done: a re-read skips them.
-    let mut launched = std::collections::HashSet::new();
+    let mut launched = HashSet::new();
     let mut flight = FuturesUnordered::new();
     let limit = w.cfg.prefetch.max(4 * window as i64);
     let stop = 'lane: loop {
@@ -414,33 +445,26 @@ async fn windowed(
         };
         let full = jobs.len() as i64 >= limit;
         let last = jobs.len().saturating_sub(1);
-        let fresh: Vec<(usize, OpenJob)> =
-            jobs.into_iter().enumerate().filter(|(_, j)| !launched.contains(&j.id)).collect();
-        if fresh.is_empty() {
-            if flight.is_empty() {
-                break Stop::Release;
-            }
+        let fresh: Vec<(usize, OpenJob)> = jobs
+            .into_iter()
+            .enumerate()
+            .filter(|(_, j)| !launched.contains(&j.id))
+            .collect();
+        if fresh.is_empty() && flight.is_empty() {
+            break Stop::Release;
         }
         for (i, job) in fresh {
             // The last of a full read may not be the lane's last: read on.
             if full && i == last {
                 break;
             }
-            let newest = !full && i == last;
             // A head in doubt, and the newest message, wait for the window.
-            if job.needs_reconcile() || newest || flight.len() >= window {
-                let need = if job.needs_reconcile() || newest { 0 } else { window - 1 };
-                while flight.len() > need {
-                    match flight.next().await {
-                        Some(Call::Next) | None => {}
-                        Some(Call::Again(id)) => {
-                            launched.remove(&id);
-                            continue 'lane;
-                        }
-                        Some(Call::Stop(stop)) => break 'lane stop,
-                        Some(Call::Accepted { .. }) => unreachable!("windowed calls checkpoint themselves"),
-                    }
-                }
+            let alone = job.needs_reconcile() || i == last;
+            let room = if alone { 0 } else { window - 1 };
+            match wait_for_room(&mut flight, room, &mut launched).await {
+                Room::Yes => {}
+                Room::Reread => continue 'lane,
+                Room::Stop(stop) => break 'lane stop,
             }
             match gate(w, lane, cancel, &job, valid_until).await {
                 Gate::Go => {}
@@ -455,37 +479,63 @@ async fn windowed(
                 break 'lane stop;
             }
             launched.insert(m.job.id);
-            flight.push(async move {
-                match call(w, lane, &m, valid_until).await {
-                    Call::Accepted { job, ids } => match done(w, lease, job, &ids, valid_until).await {
-                        Ok(()) => {
-                            w.record_cycle(m.cycle_start.elapsed().saturating_sub(m.paced));
-                            Call::Next
-                        }
-                        Err(stop) => Call::Stop(stop),
-                    },
-                    other => other,
-                }
-            });
+            flight.push(call_and_checkpoint(w, lane, m, valid_until));
         }
         // Nothing more to send from this read: let one call finish first.
-        if let Some(c) = flight.next().await {
-            match c {
-                Call::Again(id) => {
-                    launched.remove(&id);
-                }
-                Call::Stop(stop) => break 'lane stop,
-                _ => {}
-            }
+        let room = flight.len().saturating_sub(1);
+        if let Room::Stop(stop) = wait_for_room(&mut flight, room, &mut launched).await {
+            break 'lane stop;
         }
     };
     drain(flight, stop).await
 }
 
+/// What waiting for the window decided.
+enum Room {
+    /// At most the asked number of calls are in flight.
+    Yes,
+    /// A call was rate-limited: its job is open again, read the lane anew.
+    Reread,
+    /// A call stopped the lane.
+    Stop(Stop),
+}
+
+/// Waits until at most `room` calls are in flight.
+async fn wait_for_room<F: Future<Output = Call>>(
+    flight: &mut FuturesUnordered<F>,
+    room: usize,
+    launched: &mut HashSet<i64>,
+) -> Room {
+    while flight.len() > room {
+        match flight.next().await {
+            Some(Call::Next) | Some(Call::Accepted { .. }) | None => {}
+            Some(Call::Again(id)) => {
+                launched.remove(&id);
+                return Room::Reread;
+            }
+            Some(Call::Stop(stop)) => return Room::Stop(stop),
+        }
+    }
+    Room::Yes
+}
+
+/// One windowed call: sent, and its outcome checkpointed, acceptance too.
+async fn call_and_checkpoint(w: &Worker, lane: &ClaimedLane, m: Marked, valid_until: &AtomicI64) -> Call {
+    match call(w, lane, &m, valid_until).await {
+        Call::Accepted { job, ids } => match done(w, &lane.lease, job, &ids, valid_until).await {
+            Ok(()) => {
+                w.record_cycle(m.cycle_start.elapsed().saturating_sub(m.paced));
+                Call::Next
+            }
+            Err(stop) => Call::Stop(stop),
+        },
+        other => other,
+    }
+}
+
 /// Lets the calls still in flight finish (each records its own outcome);
 /// a lost lease among them wins over a plain stop.
-async fn drain<F: std::future::Future<Output = Call>>(mut flight: futures::stream::FuturesUnordered<F>, stop: Stop) -> Stop {
-    use futures::stream::StreamExt;
+async fn drain<F: Future<Output = Call>>(mut flight: FuturesUnordered<F>, stop: Stop) -> Stop {
     let mut stop = stop;
     while let Some(c) = flight.next().await {
         if let Call::Stop(Stop::Lost) = c {
@@ -548,7 +598,18 @@ async fn call(w: &Worker, lane: &ClaimedLane, m: &Marked, valid_until: &AtomicI6
             if throttled {
                 // Resent at once, paced again; the nudge slowed the pace.
                 tracing::debug!(job = job.id, ?code, reason, "rate-limit answer; resending");
-                return match retry(w, lease, valid_until, job.id, code, &reason, Duration::ZERO, false).await {
+                return match retry(
+                    w,
+                    lease,
+                    valid_until,
+                    job.id,
+                    code,
+                    &reason,
+                    Duration::ZERO,
+                    false,
+                )
+                .await
+                {
                     Stop::Release => Call::Again(job.id),
                     stop => Call::Stop(stop),
                 };
@@ -582,7 +643,17 @@ async fn call(w: &Worker, lane: &ClaimedLane, m: &Marked, valid_until: &AtomicI6
         Outcome::Halt { code, reason } => {
             // Refused before anything was applied: the job goes back
             // to pending, untouched, for when the target is fixed.
-            let r = retry(w, lease, valid_until, job.id, code, &reason, Duration::ZERO, false).await;
+            let r = retry(
+                w,
+                lease,
+                valid_until,
+                job.id,
+                code,
+                &reason,
+                Duration::ZERO,
+                false,
+            )
+            .await;
             w.halt(&lane.target, &reason);
             Call::Stop(r)
         }

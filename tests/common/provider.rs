@@ -279,7 +279,10 @@ impl Env {
                     .filter(|c| c["last_is_newest"] != true)
                     .map(|c| format!("{}/{}", c["a"], c["b"]))
                     .collect();
-                assert!(stale.is_empty(), "last import is not the newest message: {stale:?}");
+                assert!(
+                    stale.is_empty(),
+                    "last import is not the newest message: {stale:?}"
+                );
             }
         }
         let total: usize = want.values().map(Vec::len).sum();
