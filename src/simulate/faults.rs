@@ -591,6 +591,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn normal_latency_has_its_mean_and_spread_and_is_split_in_and_out() {
+        let mut cfg = FaultConfig::default();
+        cfg.apply_flag("zim.latency_ms=50").unwrap();
+        cfg.apply_flag("zim.latency_sd_ms=12.5").unwrap();
+        let f = Faults::new(cfg, 0).unwrap();
+        let totals: Vec<f64> = (0..20_000)
+            .map(|_| {
+                let p = f.plan(Side::Zim, "ImportPeerMsg", 0).unwrap();
+                assert_eq!(p.latency, p.latency_after);
+                (p.latency + p.latency_after).as_secs_f64() * 1e3
+            })
+            .collect();
+        let mean = totals.iter().sum::<f64>() / totals.len() as f64;
+        let sd = (totals.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / totals.len() as f64).sqrt();
+        assert!((mean - 50.0).abs() < 0.5, "{mean}");
+        assert!((sd - 12.5).abs() < 0.5, "{sd}");
+        let mut bad = FaultConfig::default();
+        let e = bad.apply_flag("tencent.latency_sd_ms=-1").unwrap_err();
+        assert!(format!("{e:#}").contains("tencent.latency_sd_ms"), "{e:#}");
+    }
+
+    #[test]
     fn default_is_inactive_and_plans_nothing() {
         let f = Faults::new(FaultConfig::default(), 0).unwrap();
         assert!(f.plan(Side::Zim, "ImportPeerMsg", 0).is_none());
