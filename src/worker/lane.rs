@@ -5,12 +5,11 @@
 //! Tencent orders a conversation by the messages' own fields.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{lane_now_ms, retry_delay, Worker};
@@ -112,7 +111,12 @@ struct Marked {
     paced: Duration,
 }
 
-async fn work(w: &Worker, lane: &ClaimedLane, cancel: &CancellationToken, valid_until: &AtomicI64) -> Stop {
+async fn work(
+    w: &Arc<Worker>,
+    lane: &ClaimedLane,
+    cancel: &CancellationToken,
+    valid_until: &Arc<AtomicI64>,
+) -> Stop {
     let target = &w.targets[&lane.target];
     // Under "block" a refused message must stop its lane before anything
     // later leaves, which a window cannot promise.
@@ -421,16 +425,19 @@ async fn done_then_mark(
 /// is done. Checkpoints stay per job and exact; the first call that does
 /// not succeed stops new sends, the window drains, and the lane stops.
 async fn windowed(
-    w: &Worker,
+    w: &Arc<Worker>,
     lane: &ClaimedLane,
     cancel: &CancellationToken,
-    valid_until: &AtomicI64,
+    valid_until: &Arc<AtomicI64>,
     window: usize,
 ) -> Stop {
     let lease = &lane.lease;
     // Jobs sent in this run that are in flight or done: a re-read skips them.
     let mut launched = HashSet::new();
-    let mut flight = FuturesUnordered::new();
+    // Calls run as tasks of their own, so each leaves in its slot while the
+    // lane marks the next; dropping the set (the lane cut short) aborts them.
+    let mut flight = JoinSet::new();
+    let shared = Arc::new(lane.clone());
     let limit = w.cfg.prefetch.max(4 * window as i64);
     let stop = 'lane: loop {
         if cancel.is_cancelled() || w.is_halted(&lane.target) {
@@ -479,7 +486,8 @@ async fn windowed(
                 break 'lane stop;
             }
             launched.insert(m.job.id);
-            flight.push(call_and_checkpoint(w, lane, m, valid_until));
+            let (w, lane, valid_until) = (w.clone(), shared.clone(), valid_until.clone());
+            flight.spawn(async move { call_and_checkpoint(&w, &lane, m, &valid_until).await });
         }
         // Nothing more to send from this read: let one call finish first.
         let room = flight.len().saturating_sub(1);
@@ -501,13 +509,9 @@ enum Room {
 }
 
 /// Waits until at most `room` calls are in flight.
-async fn wait_for_room<F: Future<Output = Call>>(
-    flight: &mut FuturesUnordered<F>,
-    room: usize,
-    launched: &mut HashSet<i64>,
-) -> Room {
+async fn wait_for_room(flight: &mut JoinSet<Call>, room: usize, launched: &mut HashSet<i64>) -> Room {
     while flight.len() > room {
-        match flight.next().await {
+        match flight.join_next().await.map(joined) {
             Some(Call::Next) | Some(Call::Accepted { .. }) | None => {}
             Some(Call::Again(id)) => {
                 launched.remove(&id);
@@ -517,6 +521,15 @@ async fn wait_for_room<F: Future<Output = Call>>(
         }
     }
     Room::Yes
+}
+
+/// A call task that panicked (a bug) loses the lane: its job stays in
+/// flight and the next holder settles it.
+fn joined(r: Result<Call, tokio::task::JoinError>) -> Call {
+    r.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a call task failed");
+        Call::Stop(Stop::Lost)
+    })
 }
 
 /// One windowed call: sent, and its outcome checkpointed, acceptance too.
@@ -535,9 +548,9 @@ async fn call_and_checkpoint(w: &Worker, lane: &ClaimedLane, m: Marked, valid_un
 
 /// Lets the calls still in flight finish (each records its own outcome);
 /// a lost lease among them wins over a plain stop.
-async fn drain<F: Future<Output = Call>>(mut flight: FuturesUnordered<F>, stop: Stop) -> Stop {
+async fn drain(mut flight: JoinSet<Call>, stop: Stop) -> Stop {
     let mut stop = stop;
-    while let Some(c) = flight.next().await {
+    while let Some(c) = flight.join_next().await.map(joined) {
         if let Call::Stop(Stop::Lost) = c {
             stop = Stop::Lost;
         }

@@ -50,12 +50,14 @@ fn now_ms() -> i64 {
 pub(crate) const FINISHING: i64 = i64::MIN;
 
 /// How fast a throttled target's shared factor recovers, per second: a
-/// nudge comes back within about six seconds, so if the learnt headroom is
-/// short for good the rate settles where answers are rare (one in six
-/// seconds), not at half.
-pub const RECOVER_PER_SEC: f64 = 0.005;
-/// What a rate-limit answer multiplies the shared factor by.
-pub const NUDGE: f64 = 0.97;
+/// nudge comes back within about five seconds. If the learnt headroom is
+/// short for good, the rate settles where answers are rare (about one in
+/// five seconds), not at half.
+pub const RECOVER_PER_SEC: f64 = 0.002;
+/// What a rate-limit answer multiplies the shared factor by: 1 %, small
+/// enough that a replica's whole-calls share (see `ratelimit`) mostly
+/// stays where it was.
+pub const NUDGE: f64 = 0.99;
 /// How often the rate split and backlog metrics are refreshed.
 const RATE_EVERY: Duration = Duration::from_secs(2);
 
