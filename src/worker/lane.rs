@@ -434,8 +434,8 @@ async fn windowed(
     let lease = &lane.lease;
     // Jobs sent in this run that are in flight or done: a re-read skips them.
     let mut launched = HashSet::new();
-    // Calls run as tasks of their own, so each leaves in its slot while the
-    // lane marks the next; dropping the set (the lane cut short) aborts them.
+    // Calls run as tasks of their own, each paced, marked and sent while
+    // the others are; dropping the set (the lane cut short) aborts them.
     let mut flight = JoinSet::new();
     let shared = Arc::new(lane.clone());
     let limit = w.cfg.prefetch.max(4 * window as i64);
@@ -478,16 +478,10 @@ async fn windowed(
                 Gate::Skip => continue,
                 Gate::Stop(stop) => break 'lane stop,
             }
-            let m = match pace_and_mark(w, lane, cancel, job, valid_until).await {
-                Ok(m) => m,
-                Err(stop) => break 'lane stop,
-            };
-            if let Some(stop) = slot(w, lane, &m, valid_until).await {
-                break 'lane stop;
-            }
-            launched.insert(m.job.id);
-            let (w, lane, valid_until) = (w.clone(), shared.clone(), valid_until.clone());
-            flight.spawn(async move { call_and_checkpoint(&w, &lane, m, &valid_until).await });
+            launched.insert(job.id);
+            let (w, lane, valid_until, cancel) =
+                (w.clone(), shared.clone(), valid_until.clone(), cancel.clone());
+            flight.spawn(async move { windowed_call(&w, &lane, &cancel, job, &valid_until).await });
         }
         // Nothing more to send from this read: let one call finish first.
         let room = flight.len().saturating_sub(1);
@@ -532,8 +526,23 @@ fn joined(r: Result<Call, tokio::task::JoinError>) -> Call {
     })
 }
 
-/// One windowed call: sent, and its outcome checkpointed, acceptance too.
-async fn call_and_checkpoint(w: &Worker, lane: &ClaimedLane, m: Marked, valid_until: &AtomicI64) -> Call {
+/// One windowed call, whole: paced, marked, sent in its slot, and its
+/// outcome checkpointed, acceptance too. The marks of a window's calls
+/// overlap, so a hot lane is not held to one commit round trip per call.
+async fn windowed_call(
+    w: &Worker,
+    lane: &ClaimedLane,
+    cancel: &CancellationToken,
+    job: OpenJob,
+    valid_until: &AtomicI64,
+) -> Call {
+    let m = match pace_and_mark(w, lane, cancel, job, valid_until).await {
+        Ok(m) => m,
+        Err(stop) => return Call::Stop(stop),
+    };
+    if let Some(stop) = slot(w, lane, &m, valid_until).await {
+        return Call::Stop(stop);
+    }
     match call(w, lane, &m, valid_until).await {
         Call::Accepted { job, ids } => match done(w, &lane.lease, job, &ids, valid_until).await {
             Ok(()) => {
