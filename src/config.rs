@@ -141,7 +141,7 @@ impl Default for WorkerConfig {
             poll_interval_ms: 500,
             shutdown_grace_secs: 20,
             prefetch: 32,
-            lane_window: 16,
+            lane_window: 64,
             reconcile_settle_secs: 60,
             max_reconcile_attempts: 20,
             reconcile_skew_secs: 120,
