@@ -438,7 +438,7 @@ async fn windowed(
     // the others are; dropping the set (the lane cut short) aborts them.
     let mut flight = JoinSet::new();
     let shared = Arc::new(lane.clone());
-    let limit = w.cfg.prefetch.max(4 * window as i64);
+    let limit = w.cfg.prefetch.max(8 * window as i64);
     let stop = 'lane: loop {
         if cancel.is_cancelled() || w.is_halted(&lane.target) {
             break Stop::Release;
@@ -452,6 +452,11 @@ async fn windowed(
         };
         let full = jobs.len() as i64 >= limit;
         let last = jobs.len().saturating_sub(1);
+        // Calls in flight grow with the lane's backlog: every call waits
+        // for the shared rate alike, so the lanes that will take longest
+        // get the most of it, and a hot conversation does not finish
+        // alone long after the rest (a short lane sends one at a time).
+        let width = (jobs.len() / 8).clamp(1, window);
         let fresh: Vec<(usize, OpenJob)> = jobs
             .into_iter()
             .enumerate()
@@ -467,7 +472,7 @@ async fn windowed(
             }
             // A head in doubt, and the newest message, wait for the window.
             let alone = job.needs_reconcile() || i == last;
-            let room = if alone { 0 } else { window - 1 };
+            let room = if alone { 0 } else { width - 1 };
             match wait_for_room(&mut flight, room, &mut launched).await {
                 Room::Yes => {}
                 Room::Reread => continue 'lane,
