@@ -581,18 +581,7 @@ async fn call(w: &Worker, lane: &ClaimedLane, m: &Marked, valid_until: &AtomicI6
     let started = std::time::Instant::now();
     let outcome = target.provider.send(&send_job(lane, job, attempt)).await;
     let took = started.elapsed();
-    let (code, label) = match &outcome {
-        Outcome::Accepted(_) => (Some(0), "accepted"),
-        Outcome::RetryLater {
-            code,
-            throttled: true,
-            ..
-        } => (*code, "throttled"),
-        Outcome::RetryLater { code, .. } => (*code, "retry_later"),
-        Outcome::Permanent { code, .. } => (*code, "permanent"),
-        Outcome::Unknown { code, .. } => (*code, "unknown"),
-        Outcome::Halt { code, .. } => (*code, "halt"),
-    };
+    let (code, label) = label(&outcome);
     om::call(&lane.target, "send", code, label, took);
     if label == "throttled" {
         w.throttled(&lane.target).await;
@@ -618,32 +607,18 @@ async fn call(w: &Worker, lane: &ClaimedLane, m: &Marked, valid_until: &AtomicI6
             delay,
             throttled,
         } => {
-            if w.cfg.max_attempts > 0 && attempt as u32 >= w.cfg.max_attempts {
-                let why = format!("gave up after {attempt} attempts: {reason}");
-                return after_fail(fail(w, lease, valid_until, job.id, code, &why).await);
-            }
-            if throttled {
-                // Resent at once, paced again; the nudge slowed the pace.
-                tracing::debug!(job = job.id, ?code, reason, "rate-limit answer; resending");
-                return match retry(
-                    w,
-                    lease,
-                    valid_until,
-                    job.id,
-                    code,
-                    &reason,
-                    Duration::ZERO,
-                    false,
-                )
-                .await
-                {
-                    Stop::Release => Call::Again(job.id),
-                    stop => Call::Stop(stop),
-                };
-            }
-            let delay = delay.unwrap_or_else(|| retry_delay(&w.cfg, attempt));
-            tracing::debug!(job = job.id, ?code, reason, ?delay, "retry later");
-            Call::Stop(retry(w, lease, valid_until, job.id, code, &reason, delay, false).await)
+            retry_later(
+                w,
+                lease,
+                job,
+                attempt,
+                code,
+                &reason,
+                delay,
+                throttled,
+                valid_until,
+            )
+            .await
         }
         Outcome::Permanent { code, reason } => {
             tracing::info!(
@@ -685,6 +660,52 @@ async fn call(w: &Worker, lane: &ClaimedLane, m: &Marked, valid_until: &AtomicI6
             Call::Stop(r)
         }
     }
+}
+
+/// The metrics' code and label of an outcome.
+fn label(outcome: &Outcome) -> (Option<i64>, &'static str) {
+    match outcome {
+        Outcome::Accepted(_) => (Some(0), "accepted"),
+        Outcome::RetryLater {
+            code,
+            throttled: true,
+            ..
+        } => (*code, "throttled"),
+        Outcome::RetryLater { code, .. } => (*code, "retry_later"),
+        Outcome::Permanent { code, .. } => (*code, "permanent"),
+        Outcome::Unknown { code, .. } => (*code, "unknown"),
+        Outcome::Halt { code, .. } => (*code, "halt"),
+    }
+}
+
+/// A "try again later" answer: a rate-limit answer is resent at once
+/// (paced again; the nudge slowed the pace), anything else waits.
+#[allow(clippy::too_many_arguments)]
+async fn retry_later(
+    w: &Worker,
+    lease: &Lease,
+    job: &OpenJob,
+    attempt: i32,
+    code: Option<i64>,
+    reason: &str,
+    delay: Option<Duration>,
+    throttled: bool,
+    valid_until: &AtomicI64,
+) -> Call {
+    if w.cfg.max_attempts > 0 && attempt as u32 >= w.cfg.max_attempts {
+        let why = format!("gave up after {attempt} attempts: {reason}");
+        return after_fail(fail(w, lease, valid_until, job.id, code, &why).await);
+    }
+    if throttled {
+        tracing::debug!(job = job.id, ?code, reason, "rate-limit answer; resending");
+        return match retry(w, lease, valid_until, job.id, code, reason, Duration::ZERO, false).await {
+            Stop::Release => Call::Again(job.id),
+            stop => Call::Stop(stop),
+        };
+    }
+    let delay = delay.unwrap_or_else(|| retry_delay(&w.cfg, attempt));
+    tracing::debug!(job = job.id, ?code, reason, ?delay, "retry later");
+    Call::Stop(retry(w, lease, valid_until, job.id, code, reason, delay, false).await)
 }
 
 /// A failed job under "skip" lets the lane go on.
