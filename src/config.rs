@@ -122,6 +122,11 @@ pub struct WorkerConfig {
     /// How often the worker looks for lanes with work that nothing will
     /// wake (and wakes them, with a warning).
     pub sweep_secs: u64,
+    /// Calls in flight at once within one lane, for providers whose
+    /// display order does not depend on arrival order (Tencent). ZIM lanes
+    /// always send one at a time, and so does every lane under
+    /// `on_permanent_error = "block"`. 1 turns the window off.
+    pub lane_window: usize,
 }
 
 impl Default for WorkerConfig {
@@ -138,6 +143,7 @@ impl Default for WorkerConfig {
             poll_interval_ms: 500,
             shutdown_grace_secs: 20,
             prefetch: 32,
+            lane_window: 64,
             reconcile_settle_secs: 60,
             max_reconcile_attempts: 20,
             reconcile_skew_secs: 120,
@@ -543,6 +549,9 @@ impl Config {
         }
         if self.worker.sweep_secs < 1 {
             return Err(err("worker.sweep_secs must be at least 1"));
+        }
+        if !(1..=256).contains(&self.worker.lane_window) {
+            return Err(err("worker.lane_window must be between 1 and 256"));
         }
         if self.worker.prefetch < 1 {
             return Err(err("worker.prefetch must be at least 1"));

@@ -7,13 +7,26 @@
 //! leaves: the durable mark between the two takes a variable time (group
 //! commit releases several lanes at once), and without the second stage
 //! those sends would bunch into one window. A rate change only alters the
-//! spacer's period, so no spacing state is lost. Several replicas
-//! share one app's limit: each takes
-//! `(limit × HEADROOM × factor − (live − 1)) / live`, where `live` is the
-//! number of live workers and `factor` the shared AIMD factor (halved on a
-//! rate-limit answer, recovering over seconds). The `− (live − 1)` term
-//! covers the one extra call each replica's bucket can place in a window,
-//! so the sum never exceeds the limit in any window.
+//! spacer's period, so no spacing state is lost.
+//!
+//! The limit is known, so the only reason to stay under it is jitter: the
+//! time from our send to the provider's count varies, and with calls
+//! spaced exactly at the limit some one-second span would catch one call
+//! too many. The headroom is learnt from the spread of the provider's
+//! answer times (`observe`): a send's way in is part of its answer time,
+//! so the answer times' standard deviation `σ` bounds how far two arrivals
+//! can move against each other (`σ` if the way in and the way back vary
+//! alike and independently), and we keep `Z × σ` of every second free.
+//! A rate-limit answer shows the headroom was short this time: the shared
+//! factor is nudged down a little (see `Store::throttle`), never halved.
+//!
+//! Several replicas share one app's limit. Alone, a process takes
+//! `limit × headroom × factor`. With `live` replicas each takes
+//! `x = limit × headroom × factor / live` rounded down to a whole number
+//! of calls a second, less a timer slack: a spacer at a rate `r` puts at
+//! most `floor(r) + 1` calls in any one-second span, so `live` of them put
+//! at most `live × floor(x)` ≤ `limit × headroom` there whatever their
+//! phases.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,11 +35,61 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-/// Share of the documented limit we aim for: arrival jitter on the way to
-/// the provider must not push a window over.
+/// Share of the documented limit used before any answer time is known.
 pub const HEADROOM: f64 = 0.98;
+/// Standard deviations of answer-time spread kept free in every second.
+const Z: f64 = 2.0;
+/// Fixed part of the headroom, s: timer and scheduling lateness.
+const TIMER_SLACK: f64 = 0.002;
+/// The learnt headroom never goes below this share of the limit.
+const MIN_HEADROOM: f64 = 0.8;
+/// Answers observed before the learnt headroom replaces `HEADROOM`, and
+/// between two updates of it.
+const OBSERVE_EVERY: u64 = 32;
+/// Weight of one answer in the moving mean and variance.
+const EWMA: f64 = 1.0 / 256.0;
+/// With several replicas, `floor(x) + 1` calls of one replica span this
+/// much more than a second, so a spacer's late wake-up cannot squeeze
+/// them into one.
+const PHASE_SLACK: f64 = 0.005;
 /// Lowest rate a bucket is ever set to.
 const FLOOR: f64 = 0.2;
+
+/// Headroom for answer times whose standard deviation is `sd_secs`.
+pub fn headroom_for(sd_secs: f64) -> f64 {
+    let sd = if sd_secs.is_finite() {
+        sd_secs.max(0.0)
+    } else {
+        0.0
+    };
+    (1.0 / (1.0 + TIMER_SLACK + Z * sd)).max(MIN_HEADROOM)
+}
+
+/// Moving mean and variance of answer times, s.
+#[derive(Default)]
+struct Spread {
+    n: u64,
+    mean: f64,
+    var: f64,
+}
+
+impl Spread {
+    /// Adds one answer time; returns the new standard deviation every
+    /// `OBSERVE_EVERY` answers.
+    fn add(&mut self, secs: f64) -> Option<f64> {
+        self.n += 1;
+        if self.n == 1 {
+            self.mean = secs;
+            return None;
+        }
+        // Plain averages at first, then an exponential moving one.
+        let w = (1.0 / self.n as f64).max(EWMA);
+        let d = secs - self.mean;
+        self.mean += w * d;
+        self.var = (1.0 - w) * (self.var + w * d * d);
+        (self.n % OBSERVE_EVERY == 0).then(|| self.var.sqrt())
+    }
+}
 
 /// A GCRA limiter at `rate_per_sec`, one call at a time.
 pub fn limiter(rate_per_sec: f64) -> DefaultDirectRateLimiter {
@@ -46,6 +109,7 @@ struct State {
     base: f64,
     live: u32,
     factor: f64,
+    headroom: f64,
     effective: f64,
 }
 
@@ -95,6 +159,7 @@ pub struct Bucket {
     state: Mutex<State>,
     inner: RwLock<Arc<DefaultDirectRateLimiter>>,
     gate: Spacer,
+    spread: Mutex<Spread>,
     /// Live calls waiting in `pace_as` (the cut-over goes first).
     live_waiting: std::sync::atomic::AtomicUsize,
     /// Signalled when the last waiting live call got its slot.
@@ -116,16 +181,18 @@ impl Drop for LiveWaiter<'_> {
 impl Bucket {
     /// A bucket for one process alone at the documented limit.
     pub fn new(limit_per_sec: f64) -> Bucket {
-        let effective = share(limit_per_sec, 1, 1.0);
+        let effective = share(limit_per_sec, 1, 1.0, HEADROOM);
         Bucket {
             state: Mutex::new(State {
                 base: limit_per_sec,
                 live: 1,
                 factor: 1.0,
+                headroom: HEADROOM,
                 effective,
             }),
             inner: RwLock::new(Arc::new(limiter(effective))),
             gate: Spacer::new(effective),
+            spread: Mutex::new(Spread::default()),
             live_waiting: std::sync::atomic::AtomicUsize::new(0),
             live_clear: tokio::sync::Notify::new(),
         }
@@ -170,9 +237,33 @@ impl Bucket {
         l.until_ready().await;
     }
 
+    /// Takes a pace slot if one is free right now, without waiting.
+    pub fn try_pace(&self) -> bool {
+        let l = self.inner.read().unwrap_or_else(|p| p.into_inner()).clone();
+        l.check().is_ok()
+    }
+
     /// Waits for this call's slot; pass it right before the request leaves.
     pub async fn until_ready(&self) {
         self.gate.wait().await;
+    }
+
+    /// Takes one answer time of a call this bucket paced; the spread of
+    /// these sets the headroom (see the module doc).
+    pub fn observe(&self, took: Duration) {
+        let sd = self
+            .spread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(took.as_secs_f64());
+        if let Some(sd) = sd {
+            self.update(|s| s.headroom = headroom_for(sd));
+        }
+    }
+
+    /// The share of the limit kept for jitter now.
+    pub fn headroom(&self) -> f64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).headroom
     }
 
     /// The rate this process uses now.
@@ -196,7 +287,7 @@ impl Bucket {
     fn update(&self, f: impl FnOnce(&mut State)) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut s);
-        let next = share(s.base, s.live, s.factor);
+        let next = share(s.base, s.live, s.factor, s.headroom);
         // Rebuilding resets the bucket's phase; skip changes under 1%.
         if (next - s.effective).abs() > s.effective * 0.01 {
             s.effective = next;
@@ -207,9 +298,14 @@ impl Bucket {
 }
 
 /// One process's share of `limit` (see the module doc).
-pub fn share(limit: f64, live: u32, factor: f64) -> f64 {
-    let live = f64::from(live.max(1));
-    ((limit * HEADROOM * factor - (live - 1.0)) / live).max(FLOOR)
+pub fn share(limit: f64, live: u32, factor: f64, headroom: f64) -> f64 {
+    let x = limit * headroom * factor / f64::from(live.max(1));
+    let each = if live <= 1 {
+        x
+    } else {
+        x.floor() / (1.0 + PHASE_SLACK)
+    };
+    each.max(FLOOR)
 }
 
 /// A bucket for the simulator-free single-process case and tests.
@@ -235,17 +331,37 @@ mod tests {
     #[test]
     fn shares_never_add_up_past_the_limit() {
         for limit in [20.0, 50.0, 200.0, 500.0] {
-            for live in 1..=5u32 {
-                let each = share(limit, live, 1.0);
-                // Worst case per window: each replica's rate plus one.
-                assert!(
-                    each * f64::from(live) + f64::from(live - 1) <= limit,
-                    "{limit} {live}"
-                );
+            for live in 2..=5u32 {
+                let each = share(limit, live, 1.0, HEADROOM);
+                // Worst case per window: floor(rate) + 1 calls a replica,
+                // even when wake-ups run up to 4 ms a second late.
+                let calls = (each * 1.004).floor() + 1.0;
+                let worst = f64::from(live) * calls;
+                assert!(worst <= limit * HEADROOM, "{limit} {live}: {worst}");
             }
         }
-        assert!((share(500.0, 1, 1.0) - 490.0).abs() < 1e-9);
-        assert!(share(20.0, 3, 0.5) >= FLOOR);
+        assert!((share(500.0, 1, 1.0, HEADROOM) - 490.0).abs() < 1e-9);
+        assert!(share(20.0, 3, 0.5, HEADROOM) >= FLOOR);
+        // 50/s over 3 replicas: 16 calls each in a worst-case second.
+        assert!(share(50.0, 3, 1.0, HEADROOM) * 3.0 > 0.95 * 50.0);
+    }
+
+    #[test]
+    fn headroom_follows_the_answer_time_spread() {
+        assert!((headroom_for(0.0) - 1.0 / 1.002).abs() < 1e-9);
+        // 12.5 ms of spread: 2.5 % of each second kept free.
+        let h = headroom_for(0.0125);
+        assert!(h > 0.97 && h < 0.975, "{h}");
+        assert_eq!(headroom_for(10.0), MIN_HEADROOM);
+        let b = Bucket::new(100.0);
+        assert_eq!(b.headroom(), HEADROOM);
+        // Answers alternating 40 and 60 ms: a spread of 10 ms.
+        for i in 0..2000 {
+            b.observe(Duration::from_millis(if i % 2 == 0 { 40 } else { 60 }));
+        }
+        let want = headroom_for(0.010);
+        assert!((b.headroom() - want).abs() < 0.002, "{} {want}", b.headroom());
+        assert!((b.effective() - 100.0 * b.headroom()).abs() < 1.0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -311,10 +427,10 @@ mod tests {
         let b = Bucket::new(100.0);
         assert!((b.effective() - 98.0).abs() < 1e-9);
         b.set_share(2, 1.0);
-        assert!((b.effective() - 48.5).abs() < 1e-9);
+        assert!((b.effective() - 49.0 / (1.0 + PHASE_SLACK)).abs() < 1e-9);
         b.set_share(2, 0.5);
-        assert!((b.effective() - 24.0).abs() < 1e-9);
+        assert!((b.effective() - 24.0 / (1.0 + PHASE_SLACK)).abs() < 1e-9);
         b.set_limit(200.0);
-        assert!((b.effective() - 48.5).abs() < 1e-9);
+        assert!((b.effective() - 49.0 / (1.0 + PHASE_SLACK)).abs() < 1e-9);
     }
 }

@@ -239,6 +239,38 @@ async fn retry_later_waits_in_place_and_keeps_order() {
     assert!(retried > 0, "retried jobs keep their last code");
 }
 
+/// A rate-limit answer means a slight overshoot of a known limit: the call
+/// is resent (in order) and the shared pace is nudged down by 1 %, not
+/// halved as before.
+#[tokio::test]
+async fn a_rate_limit_answer_is_resent_and_nudges_the_pace() {
+    // The first call of every message is refused as over the limit.
+    let rec = Recorder::start(|_, nth| {
+        if nth == 1 {
+            Reply::Code(tc::RATE_LIMITED_60007)
+        } else {
+            Reply::Ok
+        }
+    })
+    .await;
+    let db = TestDb::new().await;
+    let cfg = config(&db, &format!("{FAST_WORKER}{}", tencent_target("tim", rec.addr)));
+    let (lines, expected) = corpus(3, now_ms() - 3_600_000);
+    load(&db, &cfg, "tim", "b", &[jsonl(&lines).path()], None).await;
+    run_until_idle(&db, &cfg).await;
+    assert_order(&rec, &expected);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'done' AND attempts = 2")
+            .await,
+        db.scalar("SELECT count(*) FROM chatferry.jobs").await
+    );
+    let factor: f64 = sqlx::query_scalar("SELECT factor FROM chatferry.target_rates WHERE target = 'tim'")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    assert!(factor > 0.9, "the pace was cut to {factor} of the limit");
+}
+
 async fn permanent_run(mode: &str) -> (TestDb, Recorder) {
     // Message 1 of every conversation is refused for good (90001).
     let rec = Recorder::start(|v, _| {

@@ -96,6 +96,48 @@ async fn ten_thousand_messages_through_faults_arrive_once_and_in_order() {
     env.assert_verify_clean("main").await;
 }
 
+/// One conversation of 2,000 messages, sent with several calls in flight
+/// (`worker.lane_window`, on by default for Tencent), through transient
+/// errors, calls applied then dropped, and jittered latency: every message
+/// is stored exactly once and reads back in source order; the last import
+/// is the newest message, so the conversation's latest message is right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_conversation_sent_with_a_window_arrives_once_and_in_order() {
+    let mut f = faults(Kind::Tencent, 5, 0.03, 0.01);
+    f.tencent.latency_ms = 6;
+    f.tencent.latency_sd_ms = 3.0;
+    let env = Env::start(Setup {
+        kind: Kind::Tencent,
+        faults: f,
+        auto_register: true,
+        ensure: false,
+    })
+    .await;
+    let corpus = Corpus::generate(&Shape {
+        kind: Kind::Tencent,
+        conversations: 1,
+        messages: 2_000,
+        seed: 9,
+        one_sided: 0.0,
+        non_text: 0.1,
+    });
+    assert_eq!(corpus.conversations(), 1);
+    let s = env.load(&corpus, "hot").await;
+    assert_eq!(s.jobs_new, 2_000);
+
+    env.run_until_idle().await;
+
+    assert_eq!(env.not_done().await, vec![], "every job is done");
+    env.assert_holds_exactly(&corpus);
+    let st = env.stats();
+    assert!(st["faults"]["transient"].as_u64() > Some(20), "{st}");
+    assert!(st["faults"]["apply_then_drop"].as_u64() > Some(5), "{st}");
+    // Calls overlapped: some arrived after a newer message of the same
+    // conversation (one call at a time never does that).
+    assert!(st["order_inversions"].as_u64() > Some(0), "{st}");
+    env.assert_verify_clean("hot").await;
+}
+
 /// The real binary, killed with SIGKILL a third of the way through and
 /// restarted with `run --exit-when-idle`: the calls in doubt at the kill
 /// are resent (the dedup triple makes that harmless), nothing is lost and

@@ -182,7 +182,8 @@ pub fn run(o: PlanOptions<'_>) -> anyhow::Result<PlanReport> {
 fn report(o: &PlanOptions<'_>, s: &LoadSummary, t: Tally) -> PlanReport {
     let replicas = o.replicas.max(1);
     let rate = o.target.rate_per_sec();
-    let effective = crate::ratelimit::share(rate, replicas, 1.0) * f64::from(replicas);
+    let effective =
+        crate::ratelimit::share(rate, replicas, 1.0, crate::ratelimit::HEADROOM) * f64::from(replicas);
     let register_rate = match o.target {
         TargetConfig::Zim(z) => z.register_rate_per_sec,
         TargetConfig::Tencent(t) => t.account_rate_per_sec,

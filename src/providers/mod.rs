@@ -166,9 +166,11 @@ pub trait Provider: Send + Sync + 'static {
         false
     }
 
-    /// Whether the provider places each message by its own time, in
-    /// whatever order the calls arrive: then a lane's live messages may
-    /// pass its history (issue 16). False keeps the lane's send-time order.
+    /// Whether the provider places each message by its own fields (time,
+    /// then sequence) whatever order the calls arrive in, and deduplicates
+    /// resends: then a lane's live messages may pass its history (issue
+    /// 16) and a lane may keep several calls in flight (issue 14). False
+    /// keeps the lane's send-time order, one call at a time.
     fn orders_by_time(&self) -> bool {
         false
     }

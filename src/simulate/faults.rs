@@ -8,7 +8,14 @@
 //!    (`outage_mode = "http503"`) or a TCP reset (`"reset"`). Outages cover
 //!    the whole provider, whatever `apis` says.
 //! 2. **Latency**: `latency_ms` plus a uniform jitter in
-//!    `[0, latency_jitter_ms)` is slept before the call is handled.
+//!    `[0, latency_jitter_ms)` is slept before the call is handled. With
+//!    `latency_sd_ms` the latency is instead normally distributed, mean
+//!    `latency_ms` and standard deviation `latency_sd_ms` (cut at 0), and
+//!    split as a network splits it: half on the way in (before the call
+//!    arrives and is counted against the rate limit) and half on the way
+//!    back (after it is handled). A client sees only the whole answer
+//!    time, so it cannot know the split; the way-in half is what makes
+//!    arrivals jitter against a sliding rate window.
 //! 3. **One mode** is drawn from a single uniform number, the rates taking
 //!    consecutive slices of `[0, 1)` in this order (so each rate is exact and
 //!    their sum must be at most 1):
@@ -94,6 +101,8 @@ pub enum OutageMode {
 pub struct ProviderFaults {
     pub latency_ms: u64,
     pub latency_jitter_ms: u64,
+    /// Normal jitter's standard deviation (see the module doc, 2).
+    pub latency_sd_ms: f64,
     pub transient_rate: f64,
     pub transient_codes: Vec<i64>,
     pub http_5xx_rate: f64,
@@ -133,6 +142,7 @@ impl Default for ProviderFaults {
         Self {
             latency_ms: 0,
             latency_jitter_ms: 0,
+            latency_sd_ms: 0.0,
             transient_rate: 0.0,
             transient_codes: Vec::new(),
             http_5xx_rate: 0.0,
@@ -160,6 +170,7 @@ impl ProviderFaults {
     fn is_active(&self) -> bool {
         self.latency_ms > 0
             || self.latency_jitter_ms > 0
+            || self.latency_sd_ms > 0.0
             || self.mode_rate_sum() > 0.0
             || !self.outages.is_empty()
             || self.down
@@ -195,6 +206,12 @@ impl ProviderFaults {
             bail!(
                 "faults: the {side} rates (reset, http_5xx, transient, apply_then_drop, slow, late, \
                  apply_then_error) add up to more than 1"
+            );
+        }
+        if !(self.latency_sd_ms.is_finite() && self.latency_sd_ms >= 0.0) {
+            bail!(
+                "faults: {side}.latency_sd_ms is {}; a standard deviation is a finite number >= 0",
+                self.latency_sd_ms
             );
         }
         if let Some(s) = self.http_5xx_statuses.iter().find(|s| !(500..=599).contains(*s)) {
@@ -379,7 +396,10 @@ pub(crate) enum Action {
 /// The faults drawn for one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Plan {
+    /// Slept before the call is handled (and counted).
     pub latency: Duration,
+    /// Slept after the call is handled, before the answer leaves.
+    pub latency_after: Duration,
     pub action: Option<Action>,
     /// A live user's message arrives in the view after this call (ZIM).
     pub live: bool,
@@ -466,6 +486,7 @@ impl Faults {
         if pf.down || pf.outages.iter().any(|[a, b]| offset_s >= *a && offset_s < *b) {
             return Some(Plan {
                 latency: Duration::ZERO,
+                latency_after: Duration::ZERO,
                 action: Some(Action::Outage(pf.outage_mode)),
                 live: false,
             });
@@ -474,12 +495,7 @@ impl Faults {
             return None;
         }
         let rng = &mut rngs[side as usize];
-        let jitter = if pf.latency_jitter_ms > 0 {
-            rng.gen_range(0..pf.latency_jitter_ms)
-        } else {
-            0
-        };
-        let latency = Duration::from_millis(pf.latency_ms + jitter);
+        let (latency, latency_after) = draw_latency(pf, rng);
         let u: f64 = rng.gen();
         let mut edge = 0.0;
         let slot = [
@@ -534,6 +550,7 @@ impl Faults {
         let live = pf.live_rate > 0.0 && rng.gen::<f64>() < pf.live_rate;
         Some(Plan {
             latency,
+            latency_after,
             action,
             live,
         })
@@ -549,9 +566,51 @@ impl Faults {
     }
 }
 
+/// One call's latency: (before handling, after handling). See the module
+/// doc, 2.
+fn draw_latency(pf: &ProviderFaults, rng: &mut StdRng) -> (Duration, Duration) {
+    if pf.latency_sd_ms > 0.0 {
+        // Box-Muller: one standard normal from two uniforms.
+        let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
+        let u2: f64 = rng.gen();
+        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        let total = (pf.latency_ms as f64 + pf.latency_sd_ms * z).max(0.0) / 1e3;
+        let half = Duration::from_secs_f64(total / 2.0);
+        return (half, half);
+    }
+    let jitter = if pf.latency_jitter_ms > 0 {
+        rng.gen_range(0..pf.latency_jitter_ms)
+    } else {
+        0
+    };
+    (Duration::from_millis(pf.latency_ms + jitter), Duration::ZERO)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normal_latency_has_its_mean_and_spread_and_is_split_in_and_out() {
+        let mut cfg = FaultConfig::default();
+        cfg.apply_flag("zim.latency_ms=50").unwrap();
+        cfg.apply_flag("zim.latency_sd_ms=12.5").unwrap();
+        let f = Faults::new(cfg, 0).unwrap();
+        let totals: Vec<f64> = (0..20_000)
+            .map(|_| {
+                let p = f.plan(Side::Zim, "ImportPeerMsg", 0).unwrap();
+                assert_eq!(p.latency, p.latency_after);
+                (p.latency + p.latency_after).as_secs_f64() * 1e3
+            })
+            .collect();
+        let mean = totals.iter().sum::<f64>() / totals.len() as f64;
+        let sd = (totals.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / totals.len() as f64).sqrt();
+        assert!((mean - 50.0).abs() < 0.5, "{mean}");
+        assert!((sd - 12.5).abs() < 0.5, "{sd}");
+        let mut bad = FaultConfig::default();
+        let e = bad.apply_flag("tencent.latency_sd_ms=-1").unwrap_err();
+        assert!(format!("{e:#}").contains("tencent.latency_sd_ms"), "{e:#}");
+    }
 
     #[test]
     fn default_is_inactive_and_plans_nothing() {

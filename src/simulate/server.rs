@@ -212,6 +212,7 @@ async fn handle(
 
     let mut after: Option<Action> = None;
     let mut plan_live = false;
+    let mut latency_after = std::time::Duration::ZERO;
     if let Some(plan) = shared.faults.plan(side, api.name(), shared.clock.mono_ns()) {
         if let Some(Action::Outage(mode)) = plan.action {
             stats.fault(F_OUTAGE);
@@ -232,6 +233,7 @@ async fn handle(
         }
         after = plan.action;
         plan_live = plan.live;
+        latency_after = plan.latency_after;
     }
 
     let body = match Limited::new(body, MAX_BODY).collect().await {
@@ -295,6 +297,12 @@ async fn handle(
         }
         _ => apply(&shared, api, &q, &body, live),
     };
+    if !latency_after.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(latency_after) => {}
+            _ = shared.cancel.cancelled() => return Err(Dropped),
+        }
+    }
 
     match after {
         Some(Action::ApplyThenDrop) => {

@@ -124,6 +124,20 @@ struct Conv {
     inversions: u64,
 }
 
+impl Conv {
+    /// Whether the message imported last is also the newest in display
+    /// order. 导入单聊消息 says the API "updates the conversation" (该接口会
+    /// 更新会话) without saying from which message; displayed history is
+    /// ordered by time and MsgSeq whatever the arrival order. So arrival
+    /// order is harmless for the history, and the one thing it can spoil
+    /// is the conversation's latest message, if Tencent takes it from the
+    /// last import: this is what a client must keep right.
+    fn last_is_newest(&self) -> bool {
+        let newest = self.order.values().next_back();
+        newest.map_or(true, |&i| i + 1 == self.msgs.len())
+    }
+}
+
 #[derive(Debug)]
 struct TimState {
     accounts: HashSet<String>,
@@ -272,6 +286,7 @@ impl TimApp {
                     "b": k.1,
                     "count": c.msgs.len(),
                     "order_inversions": c.inversions,
+                    "last_is_newest": c.last_is_newest(),
                 });
                 if full {
                     o["messages"] = c.order.values().map(|&i| c.msgs[i].json()).collect();

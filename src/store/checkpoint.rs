@@ -4,6 +4,9 @@
 //!
 //! A lane still waits for its own write to be durable: the in-flight mark
 //! is committed before the lane's request leaves, as without grouping.
+//! A single lane gains nothing from other lanes' company, so it may also
+//! hand in its accepted job's checkpoint and its next job's in-flight mark
+//! as one write (`done_then_mark`): one commit per message.
 
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -26,6 +29,15 @@ enum Write {
         job: i64,
         ids: ProviderIds,
         reply: oneshot::Sender<Result<bool, sqlx::Error>>,
+    },
+    /// A Done and the next job's InFlight, always in the same transaction.
+    DoneThenMark {
+        lease: Lease,
+        job: i64,
+        ids: ProviderIds,
+        next: i64,
+        min_lease_ms: i64,
+        reply: oneshot::Sender<Result<(bool, Option<i32>), sqlx::Error>>,
     },
 }
 
@@ -100,6 +112,34 @@ impl Checkpoints {
     }
 }
 
+impl Checkpoints {
+    /// Checkpoints `job` done and marks `next` in flight in one commit;
+    /// returns whether the checkpoint was taken and the mark's attempt (as
+    /// [`Checkpoints::record_done`] and [`Checkpoints::mark_in_flight`]).
+    pub async fn done_then_mark(
+        &self,
+        lease: &Lease,
+        job: i64,
+        ids: &ProviderIds,
+        next: i64,
+        min_lease: std::time::Duration,
+    ) -> Result<(bool, Option<i32>), sqlx::Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Write::DoneThenMark {
+                lease: lease.clone(),
+                job,
+                ids: ids.clone(),
+                next,
+                min_lease_ms: min_lease.as_millis() as i64,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
 async fn writer(store: Store, mut rx: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
@@ -139,6 +179,13 @@ fn answer(result: &Result<Applied, sqlx::Error>, w: Write) {
         }
         (Ok((_, done_ids)), Write::Done { job, reply, .. }) => {
             let _ = reply.send(Ok(done_ids.contains(&job)));
+        }
+        (Ok((marked, done_ids)), Write::DoneThenMark { job, next, reply, .. }) => {
+            let mark = marked.iter().find(|(id, _)| *id == next).map(|x| x.1);
+            let _ = reply.send(Ok((done_ids.contains(&job), mark)));
+        }
+        (Err(e), Write::DoneThenMark { reply, .. }) => {
+            let _ = reply.send(Err(share(e)));
         }
         (Err(e), Write::InFlight { reply, .. }) => {
             let _ = reply.send(Err(share(e)));
@@ -186,6 +233,27 @@ impl Store {
                     d.4.push(ids.msg_id.clone());
                     d.5.push(ids.msg_seq);
                     d.6.push(ids.request_id.clone());
+                }
+                Write::DoneThenMark {
+                    lease,
+                    job,
+                    ids,
+                    next,
+                    min_lease_ms,
+                    ..
+                } => {
+                    d.0.push(*job);
+                    d.1.push(lease.lane_id);
+                    d.2.push(lease.owner);
+                    d.3.push(lease.token);
+                    d.4.push(ids.msg_id.clone());
+                    d.5.push(ids.msg_seq);
+                    d.6.push(ids.request_id.clone());
+                    m.0.push(*next);
+                    m.1.push(lease.lane_id);
+                    m.2.push(lease.owner);
+                    m.3.push(lease.token);
+                    m.4.push(*min_lease_ms);
                 }
             }
         }

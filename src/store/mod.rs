@@ -531,19 +531,22 @@ impl Store {
         .await
     }
 
-    /// Halves a target's shared factor after a rate-limit answer (at most
-    /// once a second, however many replicas saw it); returns the new factor.
-    pub async fn throttle(&self, target: &str, recover_per_sec: f64) -> Result<f64, sqlx::Error> {
+    /// Nudges a target's shared factor down by `nudge` (e.g. 0.97) after a
+    /// rate-limit answer (at most once a second, however many replicas saw
+    /// it); returns the new factor. The limit is known, so an answer means
+    /// a slight overshoot, not a lower capacity: the factor is never halved.
+    pub async fn throttle(&self, target: &str, recover_per_sec: f64, nudge: f64) -> Result<f64, sqlx::Error> {
         sqlx::query(
-            "INSERT INTO target_rates (target, factor, throttled_at) VALUES ($1, 0.5, now())
+            "INSERT INTO target_rates (target, factor, throttled_at) VALUES ($1, $3, now())
              ON CONFLICT (target) DO UPDATE
                 SET factor = greatest(0.05, least(1.0, target_rates.factor
-                              + $2 * extract(epoch FROM (now() - target_rates.throttled_at))) * 0.5),
+                              + $2 * extract(epoch FROM (now() - target_rates.throttled_at))) * $3),
                     throttled_at = now()
                 WHERE target_rates.throttled_at < now() - interval '1 second'",
         )
         .bind(target)
         .bind(recover_per_sec)
+        .bind(nudge)
         .execute(&self.pool)
         .await?;
         sqlx::query_scalar("SELECT factor FROM target_rates WHERE target = $1")

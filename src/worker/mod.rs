@@ -49,8 +49,15 @@ fn now_ms() -> i64 {
 /// A lane's lease deadline once the lane is done with it and releasing.
 pub(crate) const FINISHING: i64 = i64::MIN;
 
-/// How fast a throttled target's shared factor recovers, per second.
-pub const RECOVER_PER_SEC: f64 = 0.05;
+/// How fast a throttled target's shared factor recovers, per second: a
+/// nudge comes back within about five seconds. If the learnt headroom is
+/// short for good, the rate settles where answers are rare (about one in
+/// five seconds), not at half.
+pub const RECOVER_PER_SEC: f64 = 0.002;
+/// What a rate-limit answer multiplies the shared factor by: 1 %, small
+/// enough that a replica's whole-calls share (see `ratelimit`) mostly
+/// stays where it was.
+pub const NUDGE: f64 = 0.99;
 /// How often the rate split and backlog metrics are refreshed.
 const RATE_EVERY: Duration = Duration::from_secs(2);
 
@@ -167,10 +174,10 @@ impl Worker {
         }
     }
 
-    /// Called on a rate-limit answer: slows the target down for every
-    /// replica (AIMD), here at once and elsewhere at their next refresh.
+    /// Called on a rate-limit answer: nudges the target down for every
+    /// replica, here at once and elsewhere at their next refresh.
     pub(crate) async fn throttled(&self, target: &str) {
-        match self.store.throttle(target, RECOVER_PER_SEC).await {
+        match self.store.throttle(target, RECOVER_PER_SEC, NUDGE).await {
             Ok(factor) => {
                 if let Some(t) = self.targets.get(target) {
                     t.set_share(self.live.load(Ordering::Acquire), factor);
@@ -281,6 +288,11 @@ impl Worker {
             self.cfg.concurrency,
             self.cfg.max_concurrency.max(self.cfg.concurrency),
         )
+    }
+
+    /// Whether this worker may send right now (see `activate`).
+    pub(crate) fn may_send_now(&self) -> bool {
+        self.send_from.load(Ordering::Acquire) <= now_ms()
     }
 
     /// Waits until this worker may send (see `activate`).

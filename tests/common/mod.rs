@@ -84,10 +84,13 @@ pub fn tencent_target(name: &str, addr: SocketAddr) -> String {
     )
 }
 
-/// Fast worker settings for tests.
+/// Fast worker settings for tests. Lanes send one call at a time (the
+/// runner ZIM uses), so these suites can check arrival order at the
+/// recording provider; `tests/tencent.rs` covers Tencent's window.
 pub const FAST_WORKER: &str =
     "[worker]\nconcurrency = 64\nmax_concurrency = 64\nlease_secs = 3\nrequest_timeout_ms = 1000\n\
-    poll_interval_ms = 20\nretry_min_ms = 10\nretry_max_ms = 50\nshutdown_grace_secs = 5\nreconcile_settle_secs = 2\n";
+    poll_interval_ms = 20\nretry_min_ms = 10\nretry_max_ms = 50\nshutdown_grace_secs = 5\nreconcile_settle_secs = 2\n\
+    lane_window = 1\n";
 
 /// What the recording provider answers to one request.
 #[derive(Clone, Debug)]

@@ -329,10 +329,12 @@ fn account_item(u: &UserProfile) -> Value {
 
 #[async_trait]
 impl Provider for TencentClient {
-    // Tencent: 导入单聊消息 (product/269/2568): "单聊消息历史记录对同一个会话的
-    // 消息先以时间戳排序,同秒内的消息再以 MsgSeq 排序": a conversation's
-    // history is sorted by MsgTimeStamp, then MsgSeq, whatever order the
-    // imports came in, so a live message need not wait for older history.
+    // Tencent: 导入单聊消息 (cloud.tencent.com/document/api/269/2568):
+    // "单聊消息历史记录对同一个会话的消息先以时间戳排序,同秒内的消息再以 MsgSeq 排序":
+    // a conversation is ordered by MsgTimeStamp, then MsgSeq, whatever order
+    // the imports came in, and imports are deduplicated on (MsgSeq,
+    // MsgRandom, MsgTimeStamp). So a live message need not wait for older
+    // history, and a lane may send with a window.
     fn orders_by_time(&self) -> bool {
         true
     }
