@@ -2,7 +2,7 @@
 //! issue 16): the cut-over's live messages, posted by the old system's
 //! "after send" callback.
 //!
-//! A request body goes through the loader's own scan ([`super::Scanner`]):
+//! A request body goes through the loader's own scan (`Scanner`):
 //! the same checks, the same plan, the same content hash and reused-id
 //! detection, so a message is refused or accepted exactly as `load` would
 //! (one way to do each thing). The only differences are the batch (a live
