@@ -17,7 +17,7 @@ use std::sync::Arc;
 use secrecy::SecretString;
 use serde::Serialize;
 
-use super::{content_hash, input, At, Scanner, Sink};
+use super::{input, At, Scanner, Sink};
 use crate::config::{Config, TargetConfig};
 use crate::providers;
 use crate::store::{NewJob, Store};
@@ -188,22 +188,8 @@ impl Sink for IngestSink {
         seq: i64,
         at: &At<'_>,
     ) -> anyhow::Result<()> {
-        let hash = content_hash(m);
-        let origin = format!("{} line {}", at.file, at.no);
         self.lines.insert(self.base + seq, (at.no, m.id.clone()));
-        for j in jobs {
-            self.jobs.push(NewJob {
-                lane_key: j.lane_key,
-                conversation: j.conversation,
-                view_user: j.view_user,
-                source_id: m.id.clone(),
-                sent_at_ms: m.sent_at_ms,
-                input_seq: self.base + seq,
-                body: j.body,
-                content_hash: hash.clone(),
-                origin: origin.clone(),
-            });
-        }
+        self.jobs.extend(super::job_rows(m, jobs, self.base + seq, at));
         Ok(())
     }
 

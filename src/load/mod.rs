@@ -369,6 +369,30 @@ impl LoadSink {
     }
 }
 
+/// The job rows of one accepted line, as `load` and the ingest API store
+/// them: its content hash and origin go with every row.
+pub(crate) fn job_rows(
+    m: &input::InputMessage,
+    jobs: Vec<providers::PlannedJob>,
+    input_seq: i64,
+    at: &At<'_>,
+) -> impl Iterator<Item = NewJob> {
+    let hash = content_hash(m);
+    let origin = format!("{} line {}", at.file, at.no);
+    let (id, sent_at_ms) = (m.id.clone(), m.sent_at_ms);
+    jobs.into_iter().map(move |j| NewJob {
+        lane_key: j.lane_key,
+        conversation: j.conversation,
+        view_user: j.view_user,
+        source_id: id.clone(),
+        sent_at_ms,
+        input_seq,
+        body: j.body,
+        content_hash: hash.clone(),
+        origin: origin.clone(),
+    })
+}
+
 impl Sink for LoadSink {
     fn accept(
         &mut self,
@@ -377,8 +401,6 @@ impl Sink for LoadSink {
         seq: i64,
         at: &At<'_>,
     ) -> anyhow::Result<()> {
-        let hash = content_hash(m);
-        let origin = format!("{} line {}", at.file, at.no);
         self.chunk.lines.insert(
             self.base + seq,
             SourceLine {
@@ -388,19 +410,7 @@ impl Sink for LoadSink {
                 source_id: m.id.clone(),
             },
         );
-        for j in jobs {
-            self.chunk.jobs.push(NewJob {
-                lane_key: j.lane_key,
-                conversation: j.conversation,
-                view_user: j.view_user,
-                source_id: m.id.clone(),
-                sent_at_ms: m.sent_at_ms,
-                input_seq: self.base + seq,
-                body: j.body,
-                content_hash: hash.clone(),
-                origin: origin.clone(),
-            });
-        }
+        self.chunk.jobs.extend(job_rows(m, jobs, self.base + seq, at));
         if self.chunk.jobs.len() >= self.chunk_rows {
             let fresh = self.new_chunk();
             let full = std::mem::replace(&mut self.chunk, fresh);
