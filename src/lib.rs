@@ -10,7 +10,9 @@
 //! - `simulate`: the local stand-in for both providers.
 //! - `verify`: reading a batch back from its provider.
 //! - `ops`: signals, health and metrics.
+//! - `backoff`: the one retry schedule (exponential, full jitter).
 
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod load;

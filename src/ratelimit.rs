@@ -28,9 +28,10 @@
 //! at most `live × floor(x)` ≤ `limit × headroom` there whatever their
 //! phases.
 
+use parking_lot::{Mutex, RwLock};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -137,7 +138,7 @@ impl Spacer {
         for _ in 0..3 {
             let period = Duration::from_nanos(self.period_ns.load(Ordering::Acquire));
             let slot = {
-                let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+                let mut next = self.next.lock();
                 let slot = (*next).max(tokio::time::Instant::now());
                 *next = slot + period;
                 slot
@@ -220,7 +221,7 @@ impl Bucket {
             }
             // Not governor's `until_ready`: a backfill call must look for
             // live waiters again at every slot, not only once.
-            let l = self.inner.read().unwrap_or_else(|p| p.into_inner()).clone();
+            let l = self.inner.read().clone();
             match l.check() {
                 Ok(()) => return,
                 Err(not_until) => {
@@ -233,13 +234,13 @@ impl Bucket {
 
     /// Meters work that comes before the call (marking it in flight).
     pub async fn pace(&self) {
-        let l = self.inner.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let l = self.inner.read().clone();
         l.until_ready().await;
     }
 
     /// Takes a pace slot if one is free right now, without waiting.
     pub fn try_pace(&self) -> bool {
-        let l = self.inner.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let l = self.inner.read().clone();
         l.check().is_ok()
     }
 
@@ -251,11 +252,7 @@ impl Bucket {
     /// Takes one answer time of a call this bucket paced; the spread of
     /// these sets the headroom (see the module doc).
     pub fn observe(&self, took: Duration) {
-        let sd = self
-            .spread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .add(took.as_secs_f64());
+        let sd = self.spread.lock().add(took.as_secs_f64());
         if let Some(sd) = sd {
             self.update(|s| s.headroom = headroom_for(sd));
         }
@@ -263,12 +260,12 @@ impl Bucket {
 
     /// The share of the limit kept for jitter now.
     pub fn headroom(&self) -> f64 {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).headroom
+        self.state.lock().headroom
     }
 
     /// The rate this process uses now.
     pub fn effective(&self) -> f64 {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).effective
+        self.state.lock().effective
     }
 
     /// Changes the documented limit (configuration reload).
@@ -285,14 +282,14 @@ impl Bucket {
     }
 
     fn update(&self, f: impl FnOnce(&mut State)) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.state.lock();
         f(&mut s);
         let next = share(s.base, s.live, s.factor, s.headroom);
         // Rebuilding resets the bucket's phase; skip changes under 1%.
         if (next - s.effective).abs() > s.effective * 0.01 {
             s.effective = next;
             self.gate.period_ns.store(period_ns(next), Ordering::Release);
-            *self.inner.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(limiter(next));
+            *self.inner.write() = Arc::new(limiter(next));
         }
     }
 }

@@ -8,16 +8,17 @@
 //! reused id is caught by the database (it alone sees every load and both
 //! concurrent chunks) and comes back here to be rejected with its line.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use serde::Serialize;
 
 use crate::config::{Config, TargetConfig};
@@ -118,7 +119,7 @@ pub async fn run(store: &Store, config: &Config, opts: LoadOptions) -> anyhow::R
     let mut summary = reader
         .join()
         .map_err(|_| anyhow::anyhow!("the input reader crashed"))??;
-    if let Some(mut out) = rejects.lock().unwrap_or_else(|p| p.into_inner()).out.take() {
+    if let Some(mut out) = rejects.lock().out.take() {
         out.flush()?;
     }
     summary.jobs_new = stored.new_jobs;
@@ -160,7 +161,7 @@ impl Stored {
         rejects: &Mutex<Rejects>,
     ) -> anyhow::Result<()> {
         self.new_jobs += ins.new;
-        let mut rejects = rejects.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rejects = rejects.lock();
         for c in &ins.conflicts {
             let Some(l) = chunk.lines.get(&c.input_seq) else {
                 continue;
@@ -206,11 +207,9 @@ async fn insert_with_retry(
     };
     let inserted = op
         .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(10))
+            crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10))
                 .with_max_times(12)
-                .with_jitter(),
+                .iter(),
         )
         .when(store::is_transient)
         .notify(
@@ -422,7 +421,7 @@ impl Sink for LoadSink {
     }
 
     fn reject(&mut self, file: &str, line: u64, reason: &str, raw: &[u8]) -> anyhow::Result<()> {
-        let mut rejects = self.rejects.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rejects = self.rejects.lock();
         Ok(rejects.record(file, line, reason, raw)?)
     }
 }

@@ -46,6 +46,36 @@ pub enum Outcome {
     Halt { code: Option<i64>, reason: String },
 }
 
+impl Outcome {
+    /// The metric label of this outcome.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Accepted(_) => "accepted",
+            Outcome::RetryLater { throttled: true, .. } => "throttled",
+            Outcome::RetryLater { .. } => "retry_later",
+            Outcome::Permanent { .. } => "permanent",
+            Outcome::Unknown { .. } => "unknown",
+            Outcome::Halt { .. } => "halt",
+        }
+    }
+
+    /// The provider's code: 0 for an acceptance, None where it gave none.
+    pub fn code(&self) -> Option<i64> {
+        match self {
+            Outcome::Accepted(_) => Some(0),
+            Outcome::RetryLater { code, .. }
+            | Outcome::Permanent { code, .. }
+            | Outcome::Unknown { code, .. }
+            | Outcome::Halt { code, .. } => *code,
+        }
+    }
+
+    /// A rate-limit answer.
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, Outcome::RetryLater { throttled: true, .. })
+    }
+}
+
 /// What reconciling an in-doubt job found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reconciled {
@@ -211,7 +241,7 @@ pub trait Provider: Send + Sync + 'static {
 /// simply retried, so concurrent lanes of the same users do not fail.
 #[derive(Debug, Default)]
 pub(crate) struct EnsureUsers {
-    registered_at: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    registered_at: parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl EnsureUsers {
@@ -229,7 +259,7 @@ impl EnsureUsers {
         Fut: std::future::Future<Output = Result<Registered, String>>,
     {
         let (fresh, stale) = {
-            let map = self.registered_at.lock().unwrap_or_else(|p| p.into_inner());
+            let map = self.registered_at.lock();
             let fresh: Vec<String> = users.iter().filter(|u| !map.contains_key(*u)).cloned().collect();
             let stale = users.iter().all(|u| map.get(u).is_some_and(|t| *t <= sent_at));
             (fresh, stale)
@@ -256,7 +286,7 @@ impl EnsureUsers {
         let result = register(fresh.iter().map(UserProfile::bare).collect()).await;
         if let Ok(r) = &result {
             let now = std::time::Instant::now();
-            let mut map = self.registered_at.lock().unwrap_or_else(|p| p.into_inner());
+            let mut map = self.registered_at.lock();
             for u in fresh.iter().filter(|u| !r.failed.iter().any(|(f, _)| f == *u)) {
                 map.insert(u.clone(), now);
             }

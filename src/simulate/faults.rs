@@ -54,9 +54,9 @@
 //! Each provider draws from its own `StdRng` seeded from `seed`, so a run
 //! whose calls arrive in the same order sees the same faults.
 
+use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -449,19 +449,15 @@ impl Faults {
         Ok(f)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     pub(crate) fn config(&self) -> FaultConfig {
-        self.lock().cfg.clone()
+        self.inner.lock().cfg.clone()
     }
 
     /// Replaces the settings; the random streams restart only when the seed
     /// changes.
     pub(crate) fn replace(&self, cfg: FaultConfig) -> anyhow::Result<()> {
         cfg.validate()?;
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         if cfg.seed != inner.cfg.seed {
             inner.rngs = rngs(cfg.seed);
         }
@@ -476,7 +472,7 @@ impl Faults {
         if !self.active[side as usize].load(Ordering::Relaxed) {
             return None;
         }
-        let mut guard = self.lock();
+        let mut guard = self.inner.lock();
         let Inner { cfg, rngs } = &mut *guard;
         let pf = match side {
             Side::Zim => &cfg.zim,
@@ -558,7 +554,7 @@ impl Faults {
 
     /// How the simulated ZIM presents its views now.
     pub(crate) fn view_settings(&self) -> ViewSettings {
-        let inner = self.lock();
+        let inner = self.inner.lock();
         ViewSettings {
             live_per_view: inner.cfg.zim.live_per_view,
             msg_time: inner.cfg.zim.msg_time,

@@ -8,8 +8,8 @@
 //! A fractional rate `r` becomes `N = max(1, floor(r))` calls per `N / r`
 //! seconds (2.5/s: 2 calls in any 0.8 s).
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::Mutex;
 
 /// A sliding-window limiter for one app and API.
 #[derive(Debug)]
@@ -54,7 +54,7 @@ impl RateWindow {
         if self.cap == 0 {
             return true;
         }
-        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ring = self.ring.lock();
         while let Some(&front) = ring.front() {
             if now_ns.saturating_sub(front) >= self.window_ns {
                 ring.pop_front();
@@ -71,7 +71,7 @@ impl RateWindow {
 
     /// Forgets every recorded call.
     pub fn reset(&self) {
-        self.ring.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.ring.lock().clear();
     }
 }
 

@@ -3,9 +3,9 @@
 //! Counters on the hot path are atomics; the maps (codes, lanes) are only
 //! touched when something goes wrong, so a mutex each is enough.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use serde_json::{json, Map, Value};
 
@@ -55,10 +55,6 @@ impl Api {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Counters of one provider.
 #[derive(Debug, Default)]
 pub(crate) struct ProviderStats {
@@ -93,17 +89,17 @@ impl ProviderStats {
 
     pub(crate) fn auth_failure(&self, code: i64) {
         self.auth_failures.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.auth_by_code).entry(code).or_default() += 1;
+        *self.auth_by_code.lock().entry(code).or_default() += 1;
     }
 
     pub(crate) fn validation_failure(&self, code: i64) {
         self.validation_failures.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.validation_by_code).entry(code).or_default() += 1;
+        *self.validation_by_code.lock().entry(code).or_default() += 1;
     }
 
     pub(crate) fn inversion(&self, lane: String) {
         self.order_inversions.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.inversions_by_lane).entry(lane).or_default() += 1;
+        *self.inversions_by_lane.lock().entry(lane).or_default() += 1;
     }
 
     fn reset(&self) {
@@ -122,9 +118,9 @@ impl ProviderStats {
         ] {
             c.store(0, Ordering::Relaxed);
         }
-        lock(&self.auth_by_code).clear();
-        lock(&self.validation_by_code).clear();
-        lock(&self.inversions_by_lane).clear();
+        self.auth_by_code.lock().clear();
+        self.validation_by_code.lock().clear();
+        self.inversions_by_lane.lock().clear();
     }
 
     fn snapshot(&self, side: Option<Side>) -> Snapshot {
@@ -145,9 +141,9 @@ impl ProviderStats {
             validation_failures: self.validation_failures.load(Ordering::Relaxed),
             order_inversions: self.order_inversions.load(Ordering::Relaxed),
             faults: std::array::from_fn(|i| self.faults[i].load(Ordering::Relaxed)),
-            auth_by_code: lock(&self.auth_by_code).clone(),
-            validation_by_code: lock(&self.validation_by_code).clone(),
-            inversions_by_lane: lock(&self.inversions_by_lane).clone(),
+            auth_by_code: self.auth_by_code.lock().clone(),
+            validation_by_code: self.validation_by_code.lock().clone(),
+            inversions_by_lane: self.inversions_by_lane.lock().clone(),
         }
     }
 }

@@ -34,11 +34,11 @@
 //!   name the page's oldest message, `Complete` is 1 when nothing older is
 //!   left. Only the last `roaming_days` (7) days can be read back.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -208,10 +208,6 @@ fn bad(code: i64, msg: impl Into<String>) -> Refusal {
     (code, msg.into())
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl TimApp {
     pub(crate) fn new(
         t: &TencentTarget,
@@ -243,7 +239,7 @@ impl TimApp {
     }
 
     pub(crate) fn reset(&self, users: &[String]) {
-        *lock(&self.state) = TimState::new(users);
+        *self.state.lock() = TimState::new(users);
         for l in &self.limits {
             l.reset();
         }
@@ -251,7 +247,7 @@ impl TimApp {
 
     /// One conversation in display order (or arrival order), or None.
     pub(crate) fn conv_json(&self, a: &str, b: &str, arrival_order: bool) -> Option<Value> {
-        let st = lock(&self.state);
+        let st = self.state.lock();
         let c = st.convs.get(&conv_key(a, b))?;
         let msgs: Vec<Value> = if arrival_order {
             c.msgs.iter().map(TimMsg::json).collect()
@@ -274,7 +270,7 @@ impl TimApp {
     /// Every conversation with its size; with `full`, its messages in
     /// display order too.
     pub(crate) fn convs_json(&self, full: bool) -> Value {
-        let st = lock(&self.state);
+        let st = self.state.lock();
         let mut keys: Vec<&(String, String)> = st.convs.keys().collect();
         keys.sort();
         let convs: Vec<Value> = keys
@@ -318,7 +314,9 @@ impl TimApp {
         };
         // A sig that verified once is only checked for its identifier and
         // expiry (under the lock, without copying it).
-        let cached = lock(&self.sig_cache)
+        let cached = self
+            .sig_cache
+            .lock()
             .get(sig)
             .map(|f| (f.identifier == identifier, f.time.saturating_add(f.expire)));
         let (same_identifier, expires_at) = match cached {
@@ -336,7 +334,7 @@ impl TimApp {
                 )
                 .map_err(|e| sig_refusal(&e))?;
                 let checked = (f.identifier == identifier, f.time.saturating_add(f.expire));
-                let mut cache = lock(&self.sig_cache);
+                let mut cache = self.sig_cache.lock();
                 if cache.len() >= SIG_CACHE_MAX {
                     cache.clear();
                 }
@@ -614,7 +612,7 @@ impl TimApp {
             Some(s) => (s, false),
             None => (rand::random::<u32>(), true),
         };
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         if !st.accounts.contains(&from) {
             if cx.auto_register {
                 st.accounts.insert(from.clone());
@@ -710,7 +708,7 @@ impl TimApp {
             Some(k) if k <= hi_key => Bound::Excluded(k),
             _ => Bound::Included(hi_key),
         };
-        let st = lock(&self.state);
+        let st = self.state.lock();
         let mut page: Vec<Value> = Vec::new();
         let mut complete = 1;
         let mut last_time = 0;
@@ -752,7 +750,7 @@ impl TimApp {
         let v: Value = serde_json::from_slice(raw)
             .map_err(|e| bad(codes::JSON_INVALID, format!("JSON parse failed: {e}")))?;
         let (id, profile) = account_entry(&v)?;
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         st.profiles.insert(id.clone(), profile);
         st.accounts.insert(id);
         Ok(Reply::Fields(json!({})))
@@ -776,7 +774,7 @@ impl TimApp {
             ));
         }
         let mut failed = Vec::new();
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         for e in &entries {
             match account_entry(e) {
                 Ok((id, profile)) => {
@@ -791,7 +789,7 @@ impl TimApp {
 
     /// Every account of this app, with its profile (`GET /_sim/users`).
     pub(crate) fn users_json(&self) -> Value {
-        let st = lock(&self.state);
+        let st = self.state.lock();
         let mut ids: Vec<&String> = st.accounts.iter().collect();
         ids.sort();
         let users: Vec<Value> = ids

@@ -44,10 +44,10 @@
 //! - Every code is a named constant of `providers::zim::codes`, with the
 //!   meaning ZEGO's return-code page gives it.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -251,12 +251,8 @@ impl ZimApp {
         self.secret == secret
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ZimState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     pub(crate) fn reset(&self, users: &[String]) {
-        *self.lock() = ZimState::new(users);
+        *self.state.lock() = ZimState::new(users);
         for l in &self.limits {
             l.reset();
         }
@@ -264,7 +260,7 @@ impl ZimApp {
 
     /// One view in stored order, or None when it does not exist.
     pub(crate) fn view_json(&self, user: &str, peer: &str) -> Option<Value> {
-        let st = self.lock();
+        let st = self.state.lock();
         let v = st.views.get(&(user.to_string(), peer.to_string()))?;
         Some(json!({
             "provider": "zim",
@@ -279,7 +275,7 @@ impl ZimApp {
 
     /// Every view with its size; with `full`, with its messages too.
     pub(crate) fn views_json(&self, full: bool) -> Value {
-        let st = self.lock();
+        let st = self.state.lock();
         let mut keys: Vec<&(String, String)> = st.views.keys().collect();
         keys.sort();
         let views: Vec<Value> = keys
@@ -748,7 +744,7 @@ impl ZimApp {
             }
         }
         check_signature(self.app_id, nonce, &self.secret, ts, sig, now_secs)?;
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         while let Some((exp, _)) = st.nonce_expiry.front() {
             if *exp < now_secs {
                 let (_, n) = st.nonce_expiry.pop_front().expect("front exists");
@@ -873,7 +869,7 @@ impl ZimApp {
             Some(t) => t,
         };
 
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         for u in [&from, &to] {
             if !st.users.contains(u.as_str()) {
                 if cx.auto_register {
@@ -970,7 +966,7 @@ impl ZimApp {
             return Err(bad(codes::INVALID_INPUT, "Limit must be within 1..=100"));
         }
         let limit = limit as usize;
-        let st = self.lock();
+        let st = self.state.lock();
         let Some(view) = st.views.get(&(from, to)) else {
             return Ok(Reply::Fields(json!({ "Next": 0, "List": [] })));
         };
@@ -1035,7 +1031,7 @@ impl ZimApp {
         }
         let mut errors: Vec<(String, i64, String)> = Vec::new();
         let mut registered = 0;
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         for u in users {
             let shown = u.user_id.clone().unwrap_or_default();
             match check_register_user(&u) {
@@ -1070,7 +1066,7 @@ impl ZimApp {
     /// Every user of this app, with the profile registered for it
     /// (`GET /_sim/users`).
     pub(crate) fn users_json(&self) -> Value {
-        let st = self.lock();
+        let st = self.state.lock();
         let mut ids: Vec<&String> = st.users.iter().collect();
         ids.sort();
         let users: Vec<Value> = ids

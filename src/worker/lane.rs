@@ -604,9 +604,8 @@ async fn call(w: &Worker, lane: &ClaimedLane, m: &Marked, valid_until: &AtomicI6
     let started = std::time::Instant::now();
     let outcome = target.provider.send(&send).await;
     let took = started.elapsed();
-    let (code, label) = label(&outcome);
-    om::call(&lane.target, "send", code, label, took);
-    if label == "throttled" {
+    om::call(&lane.target, "send", outcome.code(), outcome.label(), took);
+    if outcome.is_throttled() {
         w.throttled(&lane.target).await;
     }
     match outcome {
@@ -682,22 +681,6 @@ async fn call(w: &Worker, lane: &ClaimedLane, m: &Marked, valid_until: &AtomicI6
             w.halt(&lane.target, &reason);
             Call::Stop(r)
         }
-    }
-}
-
-/// The metrics' code and label of an outcome.
-fn label(outcome: &Outcome) -> (Option<i64>, &'static str) {
-    match outcome {
-        Outcome::Accepted(_) => (Some(0), "accepted"),
-        Outcome::RetryLater {
-            code,
-            throttled: true,
-            ..
-        } => (*code, "throttled"),
-        Outcome::RetryLater { code, .. } => (*code, "retry_later"),
-        Outcome::Permanent { code, .. } => (*code, "permanent"),
-        Outcome::Unknown { code, .. } => (*code, "unknown"),
-        Outcome::Halt { code, .. } => (*code, "halt"),
     }
 }
 

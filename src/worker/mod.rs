@@ -7,9 +7,10 @@
 //! nothing unless its lease outlives the request timeout, so a worker cut
 //! off from the database stops sending before another may take over.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
@@ -195,7 +196,7 @@ impl Worker {
 
     /// Recomputes the rate split: active workers and the shared AIMD factors.
     async fn refresh_rates(&self) {
-        let active = !self.held.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+        let active = !self.held.lock().is_empty();
         if !active {
             self.send_from.store(i64::MAX, Ordering::Release);
         }
@@ -254,7 +255,7 @@ impl Worker {
     /// Tells the lanes this process runs that live work arrived for them
     /// (a notice's payload: lane ids, comma-separated).
     fn live_news(&self, payload: &str) {
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let held = self.held.lock();
         for id in payload.split(',').filter_map(|s| s.parse::<i64>().ok()) {
             if let Some(h) = held.get(&id) {
                 h.news.store(true, Ordering::Release);
@@ -391,7 +392,7 @@ impl Worker {
     }
 
     pub(crate) fn halt(&self, target: &str, reason: &str) {
-        let mut h = self.halted.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = self.halted.lock();
         if !h.contains_key(target) {
             tracing::error!(
                 target_name = target,
@@ -403,22 +404,19 @@ impl Worker {
     }
 
     pub(crate) fn is_halted(&self, target: &str) -> bool {
-        self.halted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(target)
+        self.halted.lock().contains_key(target)
     }
 
     /// Targets halted so far, with why (read by the dashboard and the
     /// `chatferry_target_halted` gauge).
     pub fn halted_targets(&self) -> Vec<(String, String)> {
-        let h = self.halted.lock().unwrap_or_else(|p| p.into_inner());
+        let h = self.halted.lock();
         h.iter().map(|(t, r)| (t.clone(), r.clone())).collect()
     }
 
     /// Lanes this process holds now (`chatferry_lanes_active`).
     pub fn lanes_held(&self) -> usize {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.held.lock().len()
     }
 
     /// This process's share of each target's rate (calls/s) and the active
@@ -433,7 +431,7 @@ impl Worker {
     }
 
     fn live_targets(&self) -> Vec<String> {
-        let h = self.halted.lock().unwrap_or_else(|p| p.into_inner());
+        let h = self.halted.lock();
         self.targets
             .keys()
             .filter(|t| !h.contains_key(*t))
@@ -519,7 +517,7 @@ impl Worker {
                             let cancel = lanes_stop.child_token();
                             let valid_until =
                                 Arc::new(AtomicI64::new(claim_started + self.lease().as_millis() as i64));
-                            self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                            self.held.lock().insert(
                                 l.lease.lane_id,
                                 Held {
                                     token: l.lease.token,
@@ -639,7 +637,7 @@ impl Worker {
             );
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
-            self.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            self.held.lock().clear();
         }
         heartbeat.abort();
         rates_stop.cancel();
@@ -650,7 +648,6 @@ impl Worker {
         let halted: Vec<(String, String)> = self
             .halted
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -691,10 +688,7 @@ impl Worker {
                     );
                 }
             }
-            self.held
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&lane_id);
+            self.held.lock().remove(&lane_id);
         }
     }
 
@@ -714,14 +708,14 @@ impl Worker {
             }
             self.at(HookPoint::BeforeRenew).await;
             let held: Vec<(i64, i64)> = {
-                let h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+                let h = self.held.lock();
                 h.iter().map(|(id, x)| (*id, x.token)).collect()
             };
             let started = now_ms();
             match self.store.renew_leases(self.id, &held, self.lease()).await {
                 Ok(kept) => {
                     let kept: std::collections::HashSet<i64> = kept.into_iter().collect();
-                    let h = self.held.lock().unwrap_or_else(|p| p.into_inner());
+                    let h = self.held.lock();
                     for (id, token) in &held {
                         let Some(x) = h.get(id).filter(|x| x.token == *token) else {
                             continue;
@@ -838,21 +832,12 @@ where
     }
 }
 
-/// Retry delay after `attempt` attempts: exponential from `min` to `max`,
-/// with jitter, from backon.
+/// Retry delay after `attempt` attempts: exponential from `retry_min_ms`
+/// to `retry_max_ms`, with full jitter (`crate::backoff`).
 pub fn retry_delay(cfg: &WorkerConfig, attempt: i32) -> Duration {
-    use backon::BackoffBuilder;
-    let mut b = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(cfg.retry_min_ms.max(1)))
-        .with_max_delay(Duration::from_millis(
-            cfg.retry_max_ms.max(cfg.retry_min_ms.max(1)),
-        ))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build();
-    let n = attempt.clamp(1, 64) as usize;
-    b.nth(n - 1).unwrap_or(Duration::from_millis(cfg.retry_max_ms))
+    let base = Duration::from_millis(cfg.retry_min_ms.max(1));
+    let cap = Duration::from_millis(cfg.retry_max_ms.max(cfg.retry_min_ms.max(1)));
+    crate::backoff::Backoff::new(base, cap).delay(attempt.clamp(1, 64) as u32)
 }
 
 pub(crate) fn lane_now_ms() -> i64 {

@@ -3,7 +3,7 @@
 //! The wire format is in `body`, the UserSig in `usersig`, the code table
 //! in `codes`.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -73,7 +73,7 @@ impl TencentClient {
 
     /// The cached admin UserSig, renewed when a quarter of its life is left.
     fn usersig(&self, force_new: bool) -> SecretString {
-        let mut guard = self.sig.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.sig.lock();
         if let Some(c) = guard.as_ref() {
             if !force_new && Instant::now() < c.renew_at {
                 return c.sig.clone();

@@ -43,7 +43,7 @@ pub struct ZimClient {
     /// Clock skew a reconcile allows around the in-flight mark, ms.
     skew_ms: i64,
     /// What `chatferry probe` found `MsgTime` to be (None: not probed).
-    msg_time: std::sync::Mutex<Option<MsgTimeMode>>,
+    msg_time: parking_lot::Mutex<Option<MsgTimeMode>>,
     ensure: super::EnsureUsers,
 }
 
@@ -67,7 +67,7 @@ impl ZimClient {
             register_bucket: ratelimit::bucket(cfg.register_rate_per_sec),
             retention_days: cfg.retention_days,
             skew_ms: skew.as_millis() as i64,
-            msg_time: std::sync::Mutex::new(None),
+            msg_time: parking_lot::Mutex::new(None),
             ensure: super::EnsureUsers::default(),
         })
     }
@@ -262,7 +262,7 @@ impl ZimClient {
         content: &Expected,
         job: &SendJob<'_>,
     ) -> Result<Option<readback::Item>, Outcome> {
-        let mode = *self.msg_time.lock().unwrap_or_else(|p| p.into_inner());
+        let mode = *self.msg_time.lock();
         let now = super::unix_ms();
         let sent = content.send_time_ms;
         let since = job.first_mark_ms.unwrap_or(sent).min(now) - self.skew_ms;
@@ -527,7 +527,7 @@ impl Provider for ZimClient {
     }
 
     fn apply_findings(&self, findings: &crate::probe::Findings) {
-        *self.msg_time.lock().unwrap_or_else(|p| p.into_inner()) = findings.msg_time;
+        *self.msg_time.lock() = findings.msg_time;
     }
 
     async fn probe(&self, users: [&str; 2]) -> Result<crate::probe::Findings, String> {
