@@ -3,6 +3,7 @@
 //!
 //! - `config`: the typed configuration.
 //! - `store`: every SQL statement.
+//! - `lane_key`: the key that names a lane (a ZIM view, a Tencent conversation).
 //! - `load`: JSON Lines in, jobs out.
 //! - `worker`: lanes, leases, the ordered send loop and its checkpoints.
 //! - `ratelimit`: per-target token buckets.
@@ -15,6 +16,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod lane_key;
 pub mod load;
 pub mod ops;
 pub mod probe;
