@@ -21,6 +21,7 @@ use clap::Parser;
 pub use args::{AccountsCommand, Cli, Command, CompletionShell, LoadArgs, PlanArgs, StatusArgs};
 
 use crate::config::{Config, ConfigError};
+use crate::daemon::BuildError;
 use crate::store::Store;
 
 /// An error with the exit code it maps to.
@@ -42,6 +43,17 @@ impl From<anyhow::Error> for Failure {
         match e.downcast::<ConfigError>() {
             Ok(c) => Failure::Usage(c.0),
             Err(e) => Failure::Runtime(e),
+        }
+    }
+}
+
+/// A listen address in use is a configuration problem, like a bad file.
+impl From<BuildError> for Failure {
+    fn from(e: BuildError) -> Self {
+        match e {
+            BuildError::Config(e) => e.into(),
+            BuildError::Listen(e) => Failure::Usage(e.to_string()),
+            BuildError::Other(e) => e.into(),
         }
     }
 }

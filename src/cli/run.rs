@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use super::Failure;
 use crate::config::Config;
-use crate::daemon::{BuildError, Daemon};
+use crate::daemon::Daemon;
 use crate::lane_key::LaneKey;
 use crate::store::StuckLane;
 use crate::worker::RunReport;
@@ -26,16 +26,6 @@ pub(super) async fn run(
     let shutdown = daemon.listen_for_signals(config_path)?;
     let report = daemon.run_until_stopped(shutdown).await?;
     Ok(exit_code(&report))
-}
-
-impl From<BuildError> for Failure {
-    fn from(e: BuildError) -> Self {
-        match e {
-            BuildError::Config(e) => e.into(),
-            BuildError::Listen(e) => Failure::Usage(e.to_string()),
-            BuildError::Other(e) => e.into(),
-        }
-    }
 }
 
 /// 1 when a target halted, 5 when open jobs wait on an operator, else 0;
