@@ -14,16 +14,20 @@ use chatferry::daemon::{BuildError, Daemon};
 use common::*;
 use tokio_util::sync::CancellationToken;
 
-/// The test's target (a recording Tencent server) with the ops endpoint
-/// on a free loopback port.
-fn daemon_config(db: &TestDb, rec: &Recorder) -> Config {
-    config(
-        db,
+/// A fresh database and a recording Tencent server that accepts every
+/// message, with the configuration for both and the ops endpoint on a free
+/// loopback port.
+async fn setup() -> (TestDb, Recorder, Config) {
+    let db = TestDb::new().await;
+    let rec = Recorder::start(|_, _| Reply::Ok).await;
+    let cfg = config(
+        &db,
         &format!(
             "{}{FAST_WORKER}[http]\nlisten = \"127.0.0.1:0\"\n",
             tencent_target("tim", rec.addr)
         ),
-    )
+    );
+    (db, rec, cfg)
 }
 
 /// Loads `n` messages from ann to two peers, in turn, into batch `batch`.
@@ -67,9 +71,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_serves_ops_delivers_a_batch_and_stops_when_its_token_is_cancelled() {
-    let db = TestDb::new().await;
-    let rec = Recorder::start(|_, _| Reply::Ok).await;
-    let cfg = daemon_config(&db, &rec);
+    let (db, rec, cfg) = setup().await;
     load_batch(&db, &cfg, "b1", ["bob", "cy"], 20).await;
 
     let daemon = Daemon::build(&cfg).await.unwrap();
@@ -124,9 +126,7 @@ async fn the_daemon_serves_ops_delivers_a_batch_and_stops_when_its_token_is_canc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_when_idle_returns_by_itself_and_names_the_lanes_of_a_paused_batch() {
-    let db = TestDb::new().await;
-    let rec = Recorder::start(|_, _| Reply::Ok).await;
-    let cfg = daemon_config(&db, &rec);
+    let (db, rec, cfg) = setup().await;
     load_batch(&db, &cfg, "sent", ["bob", "cy"], 4).await;
     load_batch(&db, &cfg, "held", ["dan", "eve"], 4).await;
     assert_eq!(db.store.set_paused("held", true).await.unwrap(), 1);
