@@ -2,6 +2,8 @@
 //! IM, exactly once and in order, from a Postgres job table.
 //!
 //! - `config`: the typed configuration.
+//! - `daemon`: the daemon as a library (`Daemon::build`, `run_until_stopped`).
+//! - `cli`: the command line, one small function per command.
 //! - `store`: every SQL statement.
 //! - `lane_key`: the key that names a lane (a ZIM view, a Tencent conversation).
 //! - `load`: JSON Lines in, jobs out.
@@ -16,6 +18,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod lane_key;
 pub mod load;
 pub mod ops;

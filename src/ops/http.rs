@@ -38,19 +38,54 @@ pub struct Health {
     pub draining: Arc<AtomicBool>,
 }
 
+/// A configured target as the dashboard shows it.
+#[derive(Debug, Clone)]
+pub struct TargetRate {
+    pub name: String,
+    /// `zim` or `tencent`.
+    pub kind: &'static str,
+    /// The configured send rate, calls per second.
+    pub limit_per_sec: f64,
+}
+
 /// Everything the listener serves from.
 #[derive(Clone)]
 pub struct Ops {
     pub health: Health,
     pub token: Option<SecretString>,
-    /// (name, kind, configured send rate) of every target.
-    pub targets: Vec<(String, &'static str, f64)>,
+    /// Every configured target.
+    pub targets: Vec<TargetRate>,
     pub worker: Option<Arc<Worker>>,
     /// The last `/api/status` answer and when it was read: tabs and scripts
     /// polling at once share one read of the database per `FRESH_FOR`.
     pub cache: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Value)>>>,
     /// The ingest API, when `[ingest] enabled`.
     pub ingest: Option<Arc<crate::load::ingest::Ingest>>,
+}
+
+impl Ops {
+    /// What a running daemon serves: its store, worker and configuration.
+    pub fn for_daemon(config: &crate::config::Config, store: &Store, worker: &Arc<Worker>) -> Ops {
+        Ops {
+            health: Health {
+                store: store.clone(),
+                draining: worker.draining.clone(),
+            },
+            token: config.http.token.clone(),
+            targets: config
+                .targets
+                .iter()
+                .map(|(name, t)| TargetRate {
+                    name: name.clone(),
+                    kind: t.kind(),
+                    limit_per_sec: t.rate_per_sec(),
+                })
+                .collect(),
+            worker: Some(worker.clone()),
+            cache: Default::default(),
+            ingest: crate::load::ingest::Ingest::from_config(config, store.clone()),
+        }
+    }
 }
 
 /// How long one read of the status serves every caller.
@@ -88,6 +123,15 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether the request's `Authorization: Bearer` token is `want`.
+fn bearer_is(headers: &HeaderMap, want: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| same(t.trim().as_bytes(), want.as_bytes()))
+}
+
 /// The session cookie's value for a token: a digest, so the cookie holds
 /// neither the token itself nor characters a cookie cannot carry.
 fn cookie_value(token: &str) -> String {
@@ -100,11 +144,7 @@ fn cookie_value(token: &str) -> String {
 fn authorized(token: Option<&SecretString>, headers: &HeaderMap) -> bool {
     let Some(want) = token else { return true };
     let want = want.expose_secret();
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if bearer.is_some_and(|t| same(t.trim().as_bytes(), want.as_bytes())) {
+    if bearer_is(headers, want) {
         return true;
     }
     let session = cookie_value(want);
@@ -239,13 +279,13 @@ fn rates(o: &Ops) -> Value {
     let list: Vec<Value> = o
         .targets
         .iter()
-        .map(|(name, kind, limit)| {
-            let share = shares.iter().find(|(n, _)| n == name).map(|(_, s)| *s);
-            let halt = halted.iter().find(|(n, _)| n == name).map(|(_, r)| r.clone());
+        .map(|t| {
+            let share = shares.iter().find(|(n, _)| *n == t.name).map(|(_, s)| *s);
+            let halt = halted.iter().find(|(n, _)| *n == t.name).map(|(_, r)| r.clone());
             serde_json::json!({
-                "target": name,
-                "kind": kind,
-                "limit_per_sec": limit,
+                "target": t.name,
+                "kind": t.kind,
+                "limit_per_sec": t.limit_per_sec,
                 "share_per_sec": share,
                 "active_workers": live,
                 "halted": halt,
@@ -266,9 +306,7 @@ fn json_error(status: StatusCode, error: String) -> Response {
 
 /// `POST /v1/targets/{target}/messages`: live messages for the cut-over
 /// (see `load::ingest`). Only the bearer token opens it (no cookie: it is
-/// an API for the old system's backend, not a page). The body limit is
-/// checked on the declared length first, then while reading, so an
-/// oversize body is never buffered whole.
+/// an API for the old system's backend, not a page).
 async fn ingest(
     State(o): State<Ops>,
     Path(target): Path<String>,
@@ -279,20 +317,49 @@ async fn ingest(
     let Some(ing) = o.ingest.clone() else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if !bearer.is_some_and(|t| same(t.trim().as_bytes(), ing.token.expose_secret().as_bytes())) {
-        let mut r = json_error(
-            StatusCode::UNAUTHORIZED,
-            "send the ingest token (ingest.token) as Authorization: Bearer TOKEN".into(),
-        );
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
+    if !bearer_is(&headers, ing.token.expose_secret()) {
+        return ingest_refused();
     }
-    let limit = ing.max_body_bytes;
+    let bytes = match read_capped(&headers, body, ing.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(too_big) => return too_big,
+    };
+    let batch = q.batch.unwrap_or_else(|| "live".into());
+    match ing.post(&target, &batch, bytes).await {
+        Ok(answer) => {
+            tracing::debug!(target_name = %target, batch = %batch, accepted = answer.accepted,
+                known = answer.known, rejected = answer.rejected.len(), "ingest: stored");
+            (StatusCode::OK, axum::Json(answer)).into_response()
+        }
+        Err(e) => {
+            let status = ingest_status(&e);
+            if status.is_server_error() {
+                tracing::warn!(target_name = %target, error = %e, "ingest: nothing stored");
+            }
+            json_error(status, e.to_string())
+        }
+    }
+}
+
+/// The ingest API's answer to a missing or wrong token.
+fn ingest_refused() -> Response {
+    let mut r = json_error(
+        StatusCode::UNAUTHORIZED,
+        "send the ingest token (ingest.token) as Authorization: Bearer TOKEN".into(),
+    );
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// Reads a body of at most `limit` bytes, checking the declared length
+/// first and then while reading, so an oversize body is never buffered
+/// whole; the error is the answer to send.
+async fn read_capped(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<bytes::Bytes, Response> {
     let too_big = || {
         json_error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -306,32 +373,20 @@ async fn ingest(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return too_big();
+        return Err(too_big());
     }
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return too_big();
-    };
-    let batch = q.batch.unwrap_or_else(|| "live".into());
+    axum::body::to_bytes(body, limit).await.map_err(|_| too_big())
+}
+
+/// The HTTP status an ingest failure is answered with.
+fn ingest_status(e: &crate::load::ingest::IngestError) -> StatusCode {
     use crate::load::ingest::IngestError as E;
-    match ing.post(&target, &batch, bytes).await {
-        Ok(answer) => {
-            tracing::debug!(target_name = %target, batch = %batch, accepted = answer.accepted,
-                known = answer.known, rejected = answer.rejected.len(), "ingest: stored");
-            (StatusCode::OK, axum::Json(answer)).into_response()
-        }
-        Err(e) => {
-            let status = match &e {
-                E::UnknownTarget(_) => StatusCode::NOT_FOUND,
-                E::NotMessages(_) => StatusCode::BAD_REQUEST,
-                E::HistoryBatch(_) => StatusCode::CONFLICT,
-                E::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
-                E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            if status.is_server_error() {
-                tracing::warn!(target_name = %target, error = %e, "ingest: nothing stored");
-            }
-            json_error(status, e.to_string())
-        }
+    match e {
+        E::UnknownTarget(_) => StatusCode::NOT_FOUND,
+        E::NotMessages(_) => StatusCode::BAD_REQUEST,
+        E::HistoryBatch(_) => StatusCode::CONFLICT,
+        E::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+        E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -347,22 +402,62 @@ fn router(ops: Ops) -> Router {
         .with_state(ops)
 }
 
-/// Binds `listen` and serves until `stop`; returns the bound address.
-pub async fn serve(listen: &str, ops: Ops, stop: CancellationToken) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on http.listen {listen}: {e}"))?;
-    let addr = listener.local_addr()?;
-    let app = router(ops);
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
+/// The ops endpoint bound to its listener, not serving yet.
+pub struct OpsServer {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    app: Router,
+}
+
+/// A listen address that cannot be bound (exit code 2: a configuration
+/// problem).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on http.listen {listen}: {source}")]
+pub struct ListenError {
+    pub listen: String,
+    pub source: std::io::Error,
+}
+
+impl OpsServer {
+    /// Binds `listen` (port 0 picks a free one).
+    pub async fn bind(listen: &str, ops: Ops) -> Result<OpsServer, ListenError> {
+        let bound = tokio::net::TcpListener::bind(listen)
+            .await
+            .and_then(|l| Ok((l.local_addr()?, l)));
+        let (addr, listener) = bound.map_err(|source| ListenError {
+            listen: listen.to_string(),
+            source,
+        })?;
+        tracing::info!(%addr, "ops endpoint listening");
+        Ok(OpsServer {
+            listener,
+            addr,
+            app: router(ops),
+        })
+    }
+
+    /// The address it is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `stop`, then lets open requests finish.
+    pub async fn run(self, stop: CancellationToken) {
+        let served = axum::serve(self.listener, self.app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "ops endpoint stopped");
         }
-    });
-    tracing::info!(%addr, "ops endpoint listening");
+    }
+}
+
+/// Binds `listen` and serves on a task of its own until `stop`; returns
+/// the bound address.
+pub async fn serve(listen: &str, ops: Ops, stop: CancellationToken) -> anyhow::Result<SocketAddr> {
+    let server = OpsServer::bind(listen, ops).await?;
+    let addr = server.local_addr();
+    tokio::spawn(server.run(stop));
     Ok(addr)
 }
 

@@ -82,22 +82,27 @@ pub fn call(target: &str, api: &'static str, code: Option<i64>, outcome: &'stati
 }
 
 /// Keeps the alerting gauges current until `stop` (every replica reports
-/// the database-wide figures; the alert rules take the max).
-pub fn spawn_gauges(
+/// the database-wide figures; the alert rules take the max). The counters
+/// are exported at 0 at once; the returned loop refreshes the gauges.
+pub fn gauges(
     store: crate::store::Store,
     worker: std::sync::Arc<crate::worker::Worker>,
     stop: tokio_util::sync::CancellationToken,
-) {
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     zero_series(&worker);
-    tokio::spawn(async move {
+    async move {
         loop {
-            refresh_gauges(&store, &worker).await;
+            // A refresh waits on the database; shutdown does not.
+            tokio::select! {
+                _ = refresh_gauges(&store, &worker) => {}
+                _ = stop.cancelled() => return,
+            }
             tokio::select! {
                 _ = tokio::time::sleep(GAUGES_EVERY) => {}
                 _ = stop.cancelled() => return,
             }
         }
-    });
+    }
 }
 
 async fn refresh_gauges(store: &crate::store::Store, worker: &crate::worker::Worker) {

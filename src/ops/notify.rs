@@ -43,3 +43,14 @@ pub fn watchdog_interval() -> Option<Duration> {
     }
     Some(Duration::from_micros(usec / 2))
 }
+
+/// Pings the systemd watchdog every `every` until `stop`.
+pub async fn watchdog(every: Duration, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        notify("WATCHDOG=1");
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
