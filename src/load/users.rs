@@ -71,14 +71,7 @@ pub fn read(path: &str, target: &TargetConfig) -> anyhow::Result<UsersFile> {
 pub fn parse_line(line: &[u8], target: &TargetConfig) -> Result<UserProfile, String> {
     let text = std::str::from_utf8(line)
         .map_err(|e| format!("line is not valid UTF-8 (bad byte at offset {})", e.valid_up_to()))?;
-    let u: UserLine = serde_json::from_str(text.trim_end_matches('\r')).map_err(|e| {
-        let col = e.column();
-        let mut msg = e.to_string();
-        if let Some(i) = msg.find(" at line ") {
-            msg.truncate(i);
-        }
-        format!("invalid JSON at column {col}: {msg}")
-    })?;
+    let u: UserLine = super::input::from_json_line(text.trim_end_matches('\r'))?;
     // An empty column in an export means "no value", not an empty profile.
     let name = u.name.filter(|s| !s.is_empty());
     let avatar = u.avatar.filter(|s| !s.is_empty());
