@@ -198,7 +198,7 @@ fn print_stuck(stuck: &[crate::store::StuckLane]) {
             "  lane {} ({} {}): {} open jobs; {}",
             l.lane_id,
             l.target,
-            l.conversation.replace('\u{1f}', " <-> "),
+            l.conversation.shown_with(" <-> "),
             l.open_jobs,
             l.why
         );
@@ -709,8 +709,8 @@ async fn accounts_import(
         Some(path) => {
             let f =
                 crate::load::users::read(path, target_cfg).map_err(|e| Failure::Usage(format!("{e:#}")))?;
-            for (line, why) in &f.rejected {
-                eprintln!("rejected: {path} line {line}: {why}");
+            for r in &f.rejected {
+                eprintln!("rejected: {path} line {}: {}", r.line, r.reason);
             }
             (f.users, f.rejected.len())
         }

@@ -14,6 +14,7 @@ use std::io::{BufRead, BufReader, Read};
 use anyhow::Context;
 use serde::Deserialize;
 
+use super::Rejected;
 use crate::config::TargetConfig;
 use crate::providers::{tencent, zim, UserProfile};
 
@@ -31,8 +32,8 @@ struct UserLine {
 #[derive(Debug, Default)]
 pub struct UsersFile {
     pub users: Vec<UserProfile>,
-    /// `(line number, reason)` of every refused line.
-    pub rejected: Vec<(u64, String)>,
+    /// Every refused line.
+    pub rejected: Vec<Rejected>,
 }
 
 /// Reads `path` (`-`: stdin) and checks each line against `target`.
@@ -52,16 +53,19 @@ pub fn read(path: &str, target: &TargetConfig) -> anyhow::Result<UsersFile> {
         }
         match parse_line(&line, target) {
             Ok(u) => match first_seen.get(&u.id) {
-                Some(first) => out.rejected.push((
-                    line_no,
-                    format!("id {:?} was already given at line {first}", u.id),
-                )),
+                Some(first) => out.rejected.push(Rejected {
+                    line: line_no,
+                    reason: format!("id {:?} was already given at line {first}", u.id),
+                }),
                 None => {
                     first_seen.insert(u.id.clone(), line_no);
                     out.users.push(u);
                 }
             },
-            Err(reason) => out.rejected.push((line_no, reason)),
+            Err(reason) => out.rejected.push(Rejected {
+                line: line_no,
+                reason,
+            }),
         }
     }
     Ok(out)
