@@ -123,67 +123,56 @@ pub async fn run(
 ) -> anyhow::Result<Report> {
     let lanes = store.batch_lanes(batch).await?;
     let reports: Vec<LaneReport> = futures::stream::iter(lanes)
-        .map(
-            |crate::store::BatchLane {
-                 lane_id,
-                 target,
-                 lane_key: key,
-             }| async move {
-                let shown = key.to_string();
-                let mut r = LaneReport {
-                    target: target.clone(),
-                    lane: shown,
-                    expected: 0,
-                    found: 0,
-                    missing: vec![],
-                    extra: 0,
-                    others: 0,
-                    out_of_order: 0,
-                    unverifiable: 0,
-                    error: None,
-                };
-                let Some(p) = providers.get(&target) else {
-                    r.error = Some(format!("target {target} is not configured"));
+        .map(|lane| async move {
+            let (lane_id, target, key) = (lane.lane_id, lane.target, lane.lane_key);
+            let shown = key.to_string();
+            let mut r = LaneReport {
+                target: target.clone(),
+                lane: shown,
+                expected: 0,
+                found: 0,
+                missing: vec![],
+                extra: 0,
+                others: 0,
+                out_of_order: 0,
+                unverifiable: 0,
+                error: None,
+            };
+            let Some(p) = providers.get(&target) else {
+                r.error = Some(format!("target {target} is not configured"));
+                return r;
+            };
+            let done = match store.lane_done(lane_id).await {
+                Ok(d) => d,
+                Err(e) => {
+                    r.error = Some(format!("cannot read the lane: {e}"));
                     return r;
-                };
-                let done = match store.lane_done(lane_id).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        r.error = Some(format!("cannot read the lane: {e}"));
-                        return r;
-                    }
-                };
-                let expected: Vec<(String, i64, String)> = done
-                    .into_iter()
-                    .map(
-                        |crate::store::DoneJob {
-                             source_id: id,
-                             sent_at_ms: at,
-                             body,
-                         }| {
-                            let fp = p.fingerprint(&body).unwrap_or_default();
-                            (id, at, fp)
-                        },
-                    )
-                    .collect();
-                r.expected = expected.len();
-                match p.read_back(key.as_str()).await {
-                    Ok(back) => {
-                        let found: Vec<String> = back.messages.into_iter().map(|m| m.fingerprint).collect();
-                        r.found = found.len();
-                        let (missing, extra, ooo, unv) = compare(&expected, &found, back.readable_from_ms);
-                        let matched = expected.len() - unv - missing.len();
-                        r.others = found.len().saturating_sub(matched + extra);
-                        r.missing = missing;
-                        r.extra = extra;
-                        r.out_of_order = ooo;
-                        r.unverifiable = unv;
-                    }
-                    Err(e) => r.error = Some(e),
                 }
-                r
-            },
-        )
+            };
+            let expected: Vec<(String, i64, String)> = done
+                .into_iter()
+                .map(|d| {
+                    let fp = p.fingerprint(&d.body).unwrap_or_default();
+                    (d.source_id, d.sent_at_ms, fp)
+                })
+                .collect();
+            r.expected = expected.len();
+            match p.read_back(key.as_str()).await {
+                Ok(back) => {
+                    let found: Vec<String> = back.messages.into_iter().map(|m| m.fingerprint).collect();
+                    r.found = found.len();
+                    let (missing, extra, ooo, unv) = compare(&expected, &found, back.readable_from_ms);
+                    let matched = expected.len() - unv - missing.len();
+                    r.others = found.len().saturating_sub(matched + extra);
+                    r.missing = missing;
+                    r.extra = extra;
+                    r.out_of_order = ooo;
+                    r.unverifiable = unv;
+                }
+                Err(e) => r.error = Some(e),
+            }
+            r
+        })
         .buffer_unordered(16)
         .collect()
         .await;
