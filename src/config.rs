@@ -152,6 +152,52 @@ impl Default for WorkerConfig {
     }
 }
 
+impl WorkerConfig {
+    /// Refuses values the worker cannot run safely with.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.concurrency == 0 {
+            return Err(err("worker.concurrency must be at least 1"));
+        }
+        if self.lease_secs < 3 {
+            return Err(err("worker.lease_secs must be at least 3"));
+        }
+        if self.request_timeout_ms * 2 >= self.lease_secs * 1000 {
+            return Err(err(format!(
+                "worker.request_timeout_ms ({}) must be under half of worker.lease_secs ({} s), \
+                 so a call always ends while its lane is still leased",
+                self.request_timeout_ms, self.lease_secs
+            )));
+        }
+        if self.reconcile_settle_secs * 1000 <= self.request_timeout_ms {
+            return Err(err(format!(
+                "worker.reconcile_settle_secs ({} s) must be above worker.request_timeout_ms ({} ms): \
+                 a request still travelling when its reconcile reads the view would be sent twice",
+                self.reconcile_settle_secs, self.request_timeout_ms
+            )));
+        }
+        if self.max_reconcile_attempts == 0 {
+            return Err(err("worker.max_reconcile_attempts must be at least 1"));
+        }
+        if self.shutdown_grace_secs * 1000 <= self.request_timeout_ms {
+            return Err(err(format!(
+                "worker.shutdown_grace_secs ({} s) must exceed worker.request_timeout_ms ({} ms), \
+                 so a call under way at SIGTERM can end and be checkpointed within the grace",
+                self.shutdown_grace_secs, self.request_timeout_ms
+            )));
+        }
+        if self.sweep_secs < 1 {
+            return Err(err("worker.sweep_secs must be at least 1"));
+        }
+        if !(1..=256).contains(&self.lane_window) {
+            return Err(err("worker.lane_window must be between 1 and 256"));
+        }
+        if self.prefetch < 1 {
+            return Err(err("worker.prefetch must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 /// `[http]`: the ops endpoint.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default)]
@@ -263,6 +309,44 @@ impl TargetConfig {
             TargetConfig::Zim(_) => "zim",
             TargetConfig::Tencent(_) => "tencent",
         }
+    }
+
+    /// Refuses a target table `targets.NAME` that cannot be used.
+    fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        if !valid_target_name(name) {
+            return Err(err(format!(
+                "target name {name:?} may only use letters, digits, '-' and '_'"
+            )));
+        }
+        let rate = self.rate_per_sec();
+        if !rate.is_finite() || rate <= 0.0 {
+            return Err(err(format!("targets.{name}.rate_per_sec must be above 0")));
+        }
+        match self {
+            TargetConfig::Zim(z) => {
+                zim_base_url(z).map_err(|e| err(format!("targets.{name}: {e}")))?;
+                if !(1..=3).contains(&z.priority) {
+                    return Err(err(format!(
+                        "targets.{name}.priority must be 1 (low), 2 (mid) or 3 (high)"
+                    )));
+                }
+                if z.retention_days == 0 {
+                    return Err(err(format!("targets.{name}.retention_days must be at least 1")));
+                }
+            }
+            TargetConfig::Tencent(t) => {
+                tencent_base_url(t).map_err(|e| err(format!("targets.{name}: {e}")))?;
+                if t.admin_identifier.is_empty() {
+                    return Err(err(format!("targets.{name}.admin_identifier is empty")));
+                }
+                if t.usersig_ttl_secs < 600 {
+                    return Err(err(format!(
+                        "targets.{name}.usersig_ttl_secs must be at least 600"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -471,20 +555,14 @@ impl Config {
         Ok(config)
     }
 
+    /// Reads every `*_file` credential into its key, then checks that each
+    /// credential that must be set is set and not empty.
     fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
-        if let Some(f) = &self.http.token_file {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| err(format!("http.token_file: cannot read {}: {e}", f.display())))?;
-            self.http.token = Some(SecretString::new(text.trim_end_matches(['\n', '\r']).to_string()));
-        }
+        read_secret_file(&mut self.http.token, &self.http.token_file, "http.token")?;
         if matches!(&self.http.token, Some(t) if t.expose_secret().is_empty()) {
             return Err(err("http.token is empty; set a token or remove the key"));
         }
-        if let Some(f) = &self.ingest.token_file {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| err(format!("ingest.token_file: cannot read {}: {e}", f.display())))?;
-            self.ingest.token = Some(SecretString::new(text.trim_end_matches(['\n', '\r']).to_string()));
-        }
+        read_secret_file(&mut self.ingest.token, &self.ingest.token_file, "ingest.token")?;
         if self.ingest.enabled && !matches!(&self.ingest.token, Some(t) if !t.expose_secret().is_empty()) {
             return Err(err(
                 "ingest.enabled needs a token: set ingest.token or ingest.token_file (callers send it as a Bearer token)",
@@ -495,15 +573,7 @@ impl Config {
                 TargetConfig::Zim(z) => (&mut z.server_secret, &z.server_secret_file, "server_secret"),
                 TargetConfig::Tencent(t) => (&mut t.secret_key, &t.secret_key_file, "secret_key"),
             };
-            if let Some(f) = file {
-                let text = std::fs::read_to_string(f).map_err(|e| {
-                    err(format!(
-                        "targets.{name}.{key}_file: cannot read {}: {e}",
-                        f.display()
-                    ))
-                })?;
-                *value = Some(SecretString::new(text.trim_end_matches(['\n', '\r']).to_string()));
-            }
+            read_secret_file(value, file, &format!("targets.{name}.{key}"))?;
             match value {
                 Some(v) if !v.expose_secret().is_empty() => {}
                 _ => {
@@ -517,45 +587,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.worker.concurrency == 0 {
-            return Err(err("worker.concurrency must be at least 1"));
-        }
-        if self.worker.lease_secs < 3 {
-            return Err(err("worker.lease_secs must be at least 3"));
-        }
-        if self.worker.request_timeout_ms * 2 >= self.worker.lease_secs * 1000 {
-            return Err(err(format!(
-                "worker.request_timeout_ms ({}) must be under half of worker.lease_secs ({} s), \
-                 so a call always ends while its lane is still leased",
-                self.worker.request_timeout_ms, self.worker.lease_secs
-            )));
-        }
-        if self.worker.reconcile_settle_secs * 1000 <= self.worker.request_timeout_ms {
-            return Err(err(format!(
-                "worker.reconcile_settle_secs ({} s) must be above worker.request_timeout_ms ({} ms): \
-                 a request still travelling when its reconcile reads the view would be sent twice",
-                self.worker.reconcile_settle_secs, self.worker.request_timeout_ms
-            )));
-        }
-        if self.worker.max_reconcile_attempts == 0 {
-            return Err(err("worker.max_reconcile_attempts must be at least 1"));
-        }
-        if self.worker.shutdown_grace_secs * 1000 <= self.worker.request_timeout_ms {
-            return Err(err(format!(
-                "worker.shutdown_grace_secs ({} s) must exceed worker.request_timeout_ms ({} ms), \
-                 so a call under way at SIGTERM can end and be checkpointed within the grace",
-                self.worker.shutdown_grace_secs, self.worker.request_timeout_ms
-            )));
-        }
-        if self.worker.sweep_secs < 1 {
-            return Err(err("worker.sweep_secs must be at least 1"));
-        }
-        if !(1..=256).contains(&self.worker.lane_window) {
-            return Err(err("worker.lane_window must be between 1 and 256"));
-        }
-        if self.worker.prefetch < 1 {
-            return Err(err("worker.prefetch must be at least 1"));
-        }
+        self.worker.validate()?;
         if self.ingest.enabled && self.http.listen.is_none() {
             return Err(err(
                 "ingest.enabled needs http.listen: the ingest API is served there",
@@ -565,39 +597,7 @@ impl Config {
             return Err(err("ingest.max_body_bytes must be at least 1024"));
         }
         for (name, t) in &self.targets {
-            if !valid_target_name(name) {
-                return Err(err(format!(
-                    "target name {name:?} may only use letters, digits, '-' and '_'"
-                )));
-            }
-            let rate = t.rate_per_sec();
-            if !rate.is_finite() || rate <= 0.0 {
-                return Err(err(format!("targets.{name}.rate_per_sec must be above 0")));
-            }
-            match t {
-                TargetConfig::Zim(z) => {
-                    zim_base_url(z).map_err(|e| err(format!("targets.{name}: {e}")))?;
-                    if !(1..=3).contains(&z.priority) {
-                        return Err(err(format!(
-                            "targets.{name}.priority must be 1 (low), 2 (mid) or 3 (high)"
-                        )));
-                    }
-                    if z.retention_days == 0 {
-                        return Err(err(format!("targets.{name}.retention_days must be at least 1")));
-                    }
-                }
-                TargetConfig::Tencent(t) => {
-                    tencent_base_url(t).map_err(|e| err(format!("targets.{name}: {e}")))?;
-                    if t.admin_identifier.is_empty() {
-                        return Err(err(format!("targets.{name}.admin_identifier is empty")));
-                    }
-                    if t.usersig_ttl_secs < 600 {
-                        return Err(err(format!(
-                            "targets.{name}.usersig_ttl_secs must be at least 600"
-                        )));
-                    }
-                }
-            }
+            t.validate(name)?;
         }
         Ok(())
     }
@@ -699,6 +699,21 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// Reads a credential from its `KEY_file` (if set) into `value`, without
+/// the file's trailing newline; `key` names it in the error.
+fn read_secret_file(
+    value: &mut Option<SecretString>,
+    file: &Option<PathBuf>,
+    key: &str,
+) -> Result<(), ConfigError> {
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| err(format!("{key}_file: cannot read {}: {e}", f.display())))?;
+        *value = Some(SecretString::new(text.trim_end_matches(['\n', '\r']).to_string()));
+    }
+    Ok(())
 }
 
 fn valid_target_name(name: &str) -> bool {

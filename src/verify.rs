@@ -241,10 +241,9 @@ pub async fn run(
 ) -> anyhow::Result<Report> {
     let lanes = store.batch_lanes(batch).await?;
     let reports: Vec<LaneReport> = futures::stream::iter(lanes)
-        .map(|(lane_id, target, key)| async move {
-            let key = LaneKey::from_stored(key);
-            let mut r = LaneReport::new(target, &key);
-            if let Err(e) = verify_lane(store, providers, lane_id, &key, &mut r).await {
+        .map(|lane| async move {
+            let mut r = LaneReport::new(lane.target, &lane.lane_key);
+            if let Err(e) = verify_lane(store, providers, lane.lane_id, &lane.lane_key, &mut r).await {
                 r.error = Some(e);
             }
             r
@@ -284,10 +283,10 @@ async fn sent_in_lane(store: &Store, p: &dyn Provider, lane_id: i64) -> Result<V
     let done = store.lane_done(lane_id).await?;
     Ok(done
         .into_iter()
-        .map(|(source_id, sent_at_ms, body)| Sent {
-            fingerprint: p.fingerprint(&body).unwrap_or_default(),
-            source_id,
-            sent_at_ms,
+        .map(|d| Sent {
+            fingerprint: p.fingerprint(&d.body).unwrap_or_default(),
+            source_id: d.source_id,
+            sent_at_ms: d.sent_at_ms,
         })
         .collect())
 }

@@ -62,8 +62,8 @@ async fn users_to_register(
         return Ok((ids.into_iter().map(UserProfile::bare).collect(), 0));
     };
     let f = crate::load::users::read(path, target_cfg).map_err(|e| Failure::Usage(format!("{e:#}")))?;
-    for (line, why) in &f.rejected {
-        eprintln!("rejected: {path} line {line}: {why}");
+    for r in &f.rejected {
+        eprintln!("rejected: {path} line {}: {}", r.line, r.reason);
     }
     Ok((f.users, f.rejected.len()))
 }

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use super::Failure;
 use crate::config::Config;
 use crate::daemon::Daemon;
-use crate::lane_key::LaneKey;
 use crate::store::StuckLane;
 use crate::worker::RunReport;
 
@@ -56,7 +55,7 @@ fn print_stuck(stuck: &[StuckLane]) {
             "  lane {} ({} {}): {} open jobs; {}",
             l.lane_id,
             l.target,
-            LaneKey::from_stored(l.conversation.as_str()).shown_with(" <-> "),
+            l.conversation.shown_with(" <-> "),
             l.open_jobs,
             l.why
         );

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use secrecy::SecretString;
 use serde::Serialize;
 
-use super::{input, At, Scanner, Sink};
+use super::{input, At, Chunk, Rejected, Scanner, Sink};
 use crate::config::{Config, TargetConfig};
 use crate::providers;
-use crate::store::{NewJob, Store};
+use crate::store::Store;
 
 /// How far ahead of this host's clock a live message's `sent_at_ms` may
 /// be (the old system's clock skew) before it counts as in the future.
@@ -47,13 +47,6 @@ pub struct Answer {
     /// Messages refused, with the line (JSON Lines) or 1-based array
     /// position they were at and why.
     pub rejected: Vec<Rejected>,
-}
-
-/// One refused message.
-#[derive(Debug, Serialize)]
-pub struct Rejected {
-    pub line: u64,
-    pub reason: String,
 }
 
 /// Why a post stored nothing.
@@ -95,8 +88,8 @@ impl Ingest {
             .ok_or_else(|| IngestError::UnknownTarget(target.to_string()))?
             .clone();
         let lines = to_lines(&body).map_err(IngestError::NotMessages)?;
-        let (batch_id, live) = self.store.ensure_batch_as(batch, target, true, None).await?;
-        if !live {
+        let stored = self.store.ensure_batch_as(batch, target, true, None).await?;
+        if !stored.live {
             return Err(IngestError::HistoryBatch(batch.to_string()));
         }
         let base = self.store.next_load_base().await?;
@@ -109,14 +102,17 @@ impl Ingest {
             rejected: sink.rejected,
             ..Answer::default()
         };
-        let ins = self.store.insert_jobs(target, batch_id, &sink.jobs).await?;
+        let ins = self
+            .store
+            .insert_jobs(target, stored.id, &sink.chunk.jobs)
+            .await?;
         let conflicts: HashMap<i64, &crate::store::Conflict> =
             ins.conflicts.iter().map(|c| (c.input_seq, c)).collect();
-        for (seq, (line, source_id)) in &sink.lines {
+        for (seq, l) in &sink.chunk.lines {
             if let Some(c) = conflicts.get(seq) {
                 answer.rejected.push(Rejected {
-                    line: *line,
-                    reason: super::reused_id_reason(source_id, c),
+                    line: l.line,
+                    reason: super::reused_id_reason(&l.source_id, c),
                 });
             } else if ins.new_seqs.contains(seq) {
                 answer.accepted += 1;
@@ -170,13 +166,12 @@ fn to_lines(body: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
-/// What the scan of one body gave: jobs to store, the lines they came
-/// from (by `input_seq`) and the refused lines.
+/// What the scan of one body gave: jobs to store with the lines they came
+/// from, and the refused lines.
 #[derive(Default)]
 struct IngestSink {
     base: i64,
-    jobs: Vec<NewJob>,
-    lines: HashMap<i64, (u64, String)>,
+    chunk: Chunk,
     rejected: Vec<Rejected>,
 }
 
@@ -188,8 +183,7 @@ impl Sink for IngestSink {
         seq: i64,
         at: &At<'_>,
     ) -> anyhow::Result<()> {
-        self.lines.insert(self.base + seq, (at.no, m.id.clone()));
-        self.jobs.extend(super::job_rows(m, jobs, self.base + seq, at));
+        self.chunk.add(m, jobs, self.base + seq, at);
         Ok(())
     }
 

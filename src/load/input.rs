@@ -27,49 +27,9 @@ pub struct InputMessage {
     #[serde(default)]
     pub priority: Option<i64>,
 
-    // ----- media (image, file, audio, video; README "Input") -----
-    /// The media's download URL.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// The file's name; default: the last path segment of `url`.
-    #[serde(default)]
-    pub file_name: Option<String>,
-    /// Size in bytes.
-    #[serde(default)]
-    pub size: Option<u64>,
-    /// Image or video width, in pixels.
-    #[serde(default)]
-    pub width: Option<u32>,
-    /// Image or video height, in pixels.
-    #[serde(default)]
-    pub height: Option<u32>,
-    /// Audio or video length, in seconds.
-    #[serde(default)]
-    pub duration_secs: Option<u32>,
-    #[serde(default)]
-    pub thumbnail_url: Option<String>,
-    #[serde(default)]
-    pub thumbnail_width: Option<u32>,
-    #[serde(default)]
-    pub thumbnail_height: Option<u32>,
-    #[serde(default)]
-    pub thumbnail_size: Option<u64>,
-    /// Tencent video `ThumbFormat` (e.g. `"jpg"`); default: from `thumbnail_url`.
-    #[serde(default)]
-    pub thumbnail_format: Option<String>,
-    /// An image's large (preview) version.
-    #[serde(default)]
-    pub large_url: Option<String>,
-    #[serde(default)]
-    pub large_width: Option<u32>,
-    #[serde(default)]
-    pub large_height: Option<u32>,
-    #[serde(default)]
-    pub large_size: Option<u64>,
-    /// The media id (ZIM `Uid`, Tencent `UUID`); `uuid` is accepted too.
-    /// Default: derived from the conversation and `id`.
-    #[serde(default, alias = "uuid")]
-    pub uid: Option<String>,
+    /// Media (image, file, audio, video; README "Input").
+    #[serde(flatten)]
+    pub media: Media<MessageMedia>,
     /// Image or video format, a string (`"png"`, `"mp4"`) or, for a
     /// Tencent image, the `ImageFormat` number itself.
     #[serde(default)]
@@ -116,16 +76,38 @@ pub struct InputItem {
     /// A custom part's `SearchedContent` (≤ 64 bytes).
     #[serde(default)]
     pub search_text: Option<String>,
+    /// Its media; `uid` defaults to the message's media id with `-N`
+    /// (N = the item's index).
+    #[serde(flatten)]
+    pub media: Media,
+}
+
+/// The media fields a whole message and a multi-item part share, read
+/// from the same keys at the top level of each.
+///
+/// `M` is what only a whole message takes between the thumbnail and the
+/// large image ([`MessageMedia`]); a part takes nothing there (`()`). The
+/// order of the fields is the order a message is serialized in, and that
+/// is what its content hash covers (`load::content_hash`): moving one
+/// would make every reload of an earlier load look like new content.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Media<M = ()> {
+    /// The media's download URL.
     #[serde(default)]
     pub url: Option<String>,
+    /// The file's name; default: the last path segment of `url`.
     #[serde(default)]
     pub file_name: Option<String>,
+    /// Size in bytes.
     #[serde(default)]
     pub size: Option<u64>,
+    /// Image or video width, in pixels.
     #[serde(default)]
     pub width: Option<u32>,
+    /// Image or video height, in pixels.
     #[serde(default)]
     pub height: Option<u32>,
+    /// Audio or video length, in seconds.
     #[serde(default)]
     pub duration_secs: Option<u32>,
     #[serde(default)]
@@ -136,6 +118,10 @@ pub struct InputItem {
     pub thumbnail_height: Option<u32>,
     #[serde(default)]
     pub thumbnail_size: Option<u64>,
+    /// What only a whole message takes here.
+    #[serde(flatten)]
+    pub message_only: M,
+    /// An image's large (preview) version.
     #[serde(default)]
     pub large_url: Option<String>,
     #[serde(default)]
@@ -144,13 +130,35 @@ pub struct InputItem {
     pub large_height: Option<u32>,
     #[serde(default)]
     pub large_size: Option<u64>,
-    /// Default: the message's media id with `-N` (N = the item's index).
+    /// The media id (ZIM `Uid`, Tencent `UUID`); `uuid` is accepted too.
+    /// Default: derived from the conversation and `id`.
     #[serde(default, alias = "uuid")]
     pub uid: Option<String>,
 }
 
+/// The media field a whole message takes and a multi-item part does not.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct MessageMedia {
+    /// Tencent video `ThumbFormat` (e.g. `"jpg"`); default: from `thumbnail_url`.
+    #[serde(default)]
+    pub thumbnail_format: Option<String>,
+}
+
 /// Longest accepted source id, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
+
+/// Parses one line of JSON into `T`; the reason names the column and
+/// what serde found wrong (without its "at line 1", which is always so).
+pub(crate) fn from_json_line<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_json::from_str(text).map_err(|e| {
+        let col = e.column();
+        let mut msg = e.to_string();
+        if let Some(i) = msg.find(" at line ") {
+            msg.truncate(i);
+        }
+        format!("invalid JSON at column {col}: {msg}")
+    })
+}
 
 /// Parses and checks the provider-independent rules of one line.
 pub fn parse_line(line: &[u8]) -> Result<InputMessage, String> {
@@ -160,14 +168,7 @@ pub fn parse_line(line: &[u8]) -> Result<InputMessage, String> {
             e.valid_up_to()
         )
     })?;
-    let m: InputMessage = serde_json::from_str(text).map_err(|e| {
-        let col = e.column();
-        let mut msg = e.to_string();
-        if let Some(i) = msg.find(" at line ") {
-            msg.truncate(i);
-        }
-        format!("invalid JSON at column {col}: {msg}")
-    })?;
+    let m: InputMessage = from_json_line(text)?;
     if m.id.is_empty() {
         return Err("id is empty".into());
     }
@@ -204,5 +205,18 @@ mod tests {
         let e =
             parse_line(br#"{"id":"a\u0000","from":"a","to":"b","sent_at_ms":1,"type":"text"}"#).unwrap_err();
         assert!(e.contains("control"), "{e}");
+    }
+
+    /// A message's content hash is its serialized form: the fields keep
+    /// their order across versions, or a reload would see new content.
+    #[test]
+    fn the_serialized_form_keeps_its_field_order() {
+        let line = br#"{"id":"1","from":"a","to":"b","sent_at_ms":5,"type":"image","url":"http://x/y.png","file_name":"f","size":3,"width":4,"height":5,"duration_secs":6,"thumbnail_url":"t","thumbnail_width":7,"thumbnail_height":8,"thumbnail_size":9,"thumbnail_format":"jpg","large_url":"l","large_width":10,"large_height":11,"large_size":12,"uuid":"U","format":"png","items":[{"type":"image","url":"u","uuid":"I","size":1,"thumbnail_format":"x","zzz":1},{"type":"text","text":"t"}],"face_index":1,"latitude":1.5,"native":{"a":1},"unknown":[1,2]}"#;
+        let m = parse_line(line).unwrap();
+        assert_eq!(m.media.uid.as_deref(), Some("U"));
+        let items = m.items.as_ref().unwrap();
+        assert_eq!(items[0].media.uid.as_deref(), Some("I"));
+        let expected = r#"{"id":"1","from":"a","to":"b","sent_at_ms":5,"type":"image","text":null,"data":null,"sub_type":null,"search_text":null,"ext":null,"visible_to":null,"priority":null,"url":"http://x/y.png","file_name":"f","size":3,"width":4,"height":5,"duration_secs":6,"thumbnail_url":"t","thumbnail_width":7,"thumbnail_height":8,"thumbnail_size":9,"thumbnail_format":"jpg","large_url":"l","large_width":10,"large_height":11,"large_size":12,"uid":"U","format":"png","items":[{"type":"image","text":null,"data":null,"sub_type":null,"search_text":null,"url":"u","file_name":null,"size":1,"width":null,"height":null,"duration_secs":null,"thumbnail_url":null,"thumbnail_width":null,"thumbnail_height":null,"thumbnail_size":null,"large_url":null,"large_width":null,"large_height":null,"large_size":null,"uid":"I"},{"type":"text","text":"t","data":null,"sub_type":null,"search_text":null,"url":null,"file_name":null,"size":null,"width":null,"height":null,"duration_secs":null,"thumbnail_url":null,"thumbnail_width":null,"thumbnail_height":null,"thumbnail_size":null,"large_url":null,"large_width":null,"large_height":null,"large_size":null,"uid":null}],"face_index":1,"face_data":null,"latitude":1.5,"longitude":null,"desc":null,"custom_ext":null,"native":{"a":1}}"#;
+        assert_eq!(serde_json::to_string(&m).unwrap(), expected);
     }
 }

@@ -22,6 +22,7 @@ use backon::Retryable;
 use serde::Serialize;
 
 use crate::config::{Config, TargetConfig};
+use crate::lane_key::LaneKey;
 use crate::providers::{self, PlanContext};
 use crate::store::{self, NewJob, Store};
 
@@ -75,11 +76,11 @@ const SAME_MS_TABLE_MAX: usize = 1 << 21;
 /// Runs a load to the end.
 pub async fn run(store: &Store, config: &Config, opts: LoadOptions) -> anyhow::Result<LoadSummary> {
     let target = config.target(&opts.target)?.clone();
-    let (batch_id, live) = store
+    let batch = store
         .ensure_batch_as(&opts.batch, &opts.target, false, opts.priority)
         .await
         .context("cannot create the batch; did you run `chatferry migrate`?")?;
-    if live {
+    if batch.live {
         anyhow::bail!(
             "batch {} of target {} is the live batch of the ingest API; load history files into another batch (--batch NAME)",
             opts.batch,
@@ -106,7 +107,7 @@ pub async fn run(store: &Store, config: &Config, opts: LoadOptions) -> anyhow::R
         tokio::select! {
             chunk = rx.recv(), if inflight.len() < 2 => {
                 match chunk {
-                    Some(c) => inflight.push_back(insert_with_retry(store.clone(), target_name.clone(), batch_id, c)),
+                    Some(c) => inflight.push_back(insert_with_retry(store.clone(), target_name.clone(), batch.id, c)),
                     None => break,
                 }
             }
@@ -131,7 +132,9 @@ pub async fn run(store: &Store, config: &Config, opts: LoadOptions) -> anyhow::R
 }
 
 /// A chunk of jobs, with the lines they came from (for rejects found by
-/// the database: a reused id), keyed by `input_seq`.
+/// the database: a reused id), keyed by `input_seq`. `load` and the
+/// ingest API store accepted lines through it alike.
+#[derive(Default)]
 struct Chunk {
     jobs: Vec<NewJob>,
     lines: HashMap<i64, SourceLine>,
@@ -141,8 +144,59 @@ struct Chunk {
 struct SourceLine {
     file: Arc<str>,
     line: u64,
+    /// The line's start (at most [`REJECT_INPUT_BYTES`]), for the rejects file.
     raw: Box<[u8]>,
     source_id: String,
+}
+
+impl Chunk {
+    fn with_capacity(rows: usize) -> Chunk {
+        Chunk {
+            jobs: Vec::with_capacity(rows),
+            lines: HashMap::new(),
+        }
+    }
+
+    /// Adds one accepted line and its planned calls as job rows: the
+    /// message's content hash and origin go with every row.
+    fn add(
+        &mut self,
+        m: &input::InputMessage,
+        jobs: Vec<providers::PlannedJob>,
+        input_seq: i64,
+        at: &At<'_>,
+    ) {
+        self.lines.insert(
+            input_seq,
+            SourceLine {
+                file: at.file.clone(),
+                line: at.no,
+                raw: at.raw[..at.raw.len().min(REJECT_INPUT_BYTES)].into(),
+                source_id: m.id.clone(),
+            },
+        );
+        let hash = content_hash(m);
+        let origin = format!("{} line {}", at.file, at.no);
+        self.jobs.extend(jobs.into_iter().map(|j| NewJob {
+            lane_key: LaneKey::from_stored(j.lane_key),
+            conversation: LaneKey::from_stored(j.conversation),
+            view_user: j.view_user,
+            source_id: m.id.clone(),
+            sent_at_ms: m.sent_at_ms,
+            input_seq,
+            body: j.body,
+            content_hash: hash.clone(),
+            origin: origin.clone(),
+        }));
+    }
+}
+
+/// A refused line: where it was and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejected {
+    /// Its line number (for the ingest API's JSON array: its 1-based position).
+    pub line: u64,
+    pub reason: String,
 }
 
 /// What the database writer did, over all chunks.
@@ -220,6 +274,7 @@ async fn insert_with_retry(
     Ok((inserted, chunk))
 }
 
+#[derive(Debug, PartialEq, Eq)]
 enum Line {
     Ok,
     TooLong(usize),
@@ -360,36 +415,14 @@ struct LoadSink {
 }
 
 impl LoadSink {
-    fn new_chunk(&self) -> Chunk {
-        Chunk {
-            jobs: Vec::with_capacity(self.chunk_rows),
-            lines: HashMap::new(),
+    /// Hands the chunk built so far to the database writer.
+    fn send_chunk(&mut self) -> anyhow::Result<()> {
+        let full = std::mem::replace(&mut self.chunk, Chunk::with_capacity(self.chunk_rows));
+        if self.tx.blocking_send(full).is_err() {
+            anyhow::bail!("the database writer stopped");
         }
+        Ok(())
     }
-}
-
-/// The job rows of one accepted line, as `load` and the ingest API store
-/// them: its content hash and origin go with every row.
-pub(crate) fn job_rows(
-    m: &input::InputMessage,
-    jobs: Vec<providers::PlannedJob>,
-    input_seq: i64,
-    at: &At<'_>,
-) -> impl Iterator<Item = NewJob> {
-    let hash = content_hash(m);
-    let origin = format!("{} line {}", at.file, at.no);
-    let (id, sent_at_ms) = (m.id.clone(), m.sent_at_ms);
-    jobs.into_iter().map(move |j| NewJob {
-        lane_key: j.lane_key,
-        conversation: j.conversation,
-        view_user: j.view_user,
-        source_id: id.clone(),
-        sent_at_ms,
-        input_seq,
-        body: j.body,
-        content_hash: hash.clone(),
-        origin: origin.clone(),
-    })
 }
 
 impl Sink for LoadSink {
@@ -400,22 +433,9 @@ impl Sink for LoadSink {
         seq: i64,
         at: &At<'_>,
     ) -> anyhow::Result<()> {
-        self.chunk.lines.insert(
-            self.base + seq,
-            SourceLine {
-                file: at.file.clone(),
-                line: at.no,
-                raw: at.raw[..at.raw.len().min(REJECT_INPUT_BYTES)].into(),
-                source_id: m.id.clone(),
-            },
-        );
-        self.chunk.jobs.extend(job_rows(m, jobs, self.base + seq, at));
+        self.chunk.add(m, jobs, self.base + seq, at);
         if self.chunk.jobs.len() >= self.chunk_rows {
-            let fresh = self.new_chunk();
-            let full = std::mem::replace(&mut self.chunk, fresh);
-            if self.tx.blocking_send(full).is_err() {
-                anyhow::bail!("the database writer stopped");
-            }
+            self.send_chunk()?;
         }
         Ok(())
     }
@@ -437,15 +457,11 @@ fn read_all(
 ) -> anyhow::Result<LoadSummary> {
     let mut sink = LoadSink {
         rejects,
-        chunk: Chunk {
-            jobs: Vec::new(),
-            lines: HashMap::new(),
-        },
+        chunk: Chunk::with_capacity(chunk_rows),
         chunk_rows,
         base,
         tx,
     };
-    sink.chunk = sink.new_chunk();
     let summary = scan(
         &opts.files,
         &target,
@@ -454,10 +470,8 @@ fn read_all(
         opts.progress,
         &mut sink,
     )?;
-    let fresh = sink.new_chunk();
-    let chunk = std::mem::replace(&mut sink.chunk, fresh);
-    if !chunk.jobs.is_empty() && sink.tx.blocking_send(chunk).is_err() {
-        anyhow::bail!("the database writer stopped");
+    if !sink.chunk.jobs.is_empty() {
+        sink.send_chunk()?;
     }
     Ok(summary)
 }
@@ -496,17 +510,17 @@ impl Planner {
         m: &input::InputMessage,
         now_ms: i64,
         live: bool,
-        at: (&str, u64),
+        at: &At<'_>,
     ) -> Result<Vec<providers::PlannedJob>, String> {
         if matches!(target, TargetConfig::Tencent(_)) && m.visible_to.is_some() && !self.warned_visible_to {
             self.warned_visible_to = true;
             eprintln!(
                 "note: visible_to cannot be expressed in Tencent IM and is ignored \
                  (first seen at {} line {})",
-                at.0, at.1
+                at.file, at.no
             );
         }
-        let conv = providers::conversation_id(&m.from, &m.to);
+        let conv = LaneKey::conversation(&m.from, &m.to);
         let mut h = std::collections::hash_map::DefaultHasher::new();
         conv.hash(&mut h);
         m.sent_at_ms.hash(&mut h);
@@ -590,26 +604,25 @@ impl<'t> Scanner<'t> {
         bar: &indicatif::ProgressBar,
         sink: &mut impl Sink,
     ) -> anyhow::Result<()> {
-        let max_line = self.max_line;
         let mut reader = BufReader::with_capacity(1 << 16, raw);
         let mut buf = Vec::with_capacity(4096);
         let mut line_no = 0u64;
         loop {
-            let got = read_line_bounded(&mut reader, &mut buf, max_line)
+            let got = read_line_bounded(&mut reader, &mut buf, self.max_line)
                 .with_context(|| format!("cannot read {name}"))?;
             line_no += 1;
-            let parsed = match got {
-                Line::Eof => break,
+            match got {
+                Line::Eof => return Ok(()),
                 Line::TooLong(n) => {
                     self.summary.lines += 1;
                     bar.inc(n as u64 + 1);
                     let reason = format!(
-                        "line is {n} bytes, over the {max_line}-byte limit (load.max_line_bytes); \
-                         no provider accepts a message that large"
+                        "line is {n} bytes, over the {}-byte limit (load.max_line_bytes); \
+                         no provider accepts a message that large",
+                        self.max_line
                     );
                     sink.reject(name, line_no, &reason, b"")?;
                     self.summary.rejected += 1;
-                    continue;
                 }
                 Line::Ok => {
                     bar.inc(buf.len() as u64 + 1);
@@ -618,31 +631,35 @@ impl<'t> Scanner<'t> {
                         continue;
                     }
                     self.summary.lines += 1;
-                    input::parse_line(&buf)
-                }
-            };
-            self.seq += 1;
-            let (target, now_ms, live) = (self.target, self.now_ms, self.live);
-            let planned = parsed.and_then(|m| {
-                self.planner
-                    .plan(target, &m, now_ms, live, (&file, line_no))
-                    .map(|jobs| (m, jobs))
-            });
-            match planned {
-                Err(reason) => {
-                    sink.reject(name, line_no, &reason, &buf)?;
-                    self.summary.rejected += 1;
-                }
-                Ok((m, jobs)) => {
-                    self.summary.accepted += 1;
-                    self.summary.jobs_planned += jobs.len() as u64;
                     let at = At {
                         file: &file,
                         no: line_no,
                         raw: &buf,
                     };
-                    sink.accept(&m, jobs, self.seq, &at)?;
+                    self.check(name, &at, sink)?;
                 }
+            }
+        }
+    }
+
+    /// Parses, checks and plans one non-blank line, and hands it to `sink`
+    /// accepted or refused.
+    fn check(&mut self, name: &str, at: &At<'_>, sink: &mut impl Sink) -> anyhow::Result<()> {
+        self.seq += 1;
+        let planned = input::parse_line(at.raw).and_then(|m| {
+            self.planner
+                .plan(self.target, &m, self.now_ms, self.live, at)
+                .map(|jobs| (m, jobs))
+        });
+        match planned {
+            Err(reason) => {
+                sink.reject(name, at.no, &reason, at.raw)?;
+                self.summary.rejected += 1;
+            }
+            Ok((m, jobs)) => {
+                self.summary.accepted += 1;
+                self.summary.jobs_planned += jobs.len() as u64;
+                sink.accept(&m, jobs, self.seq, at)?;
             }
         }
         Ok(())
@@ -658,28 +675,14 @@ mod tests {
         let data = format!("short\n{}\nafter\r\nlast", "x".repeat(100));
         let mut r = BufReader::with_capacity(8, data.as_bytes());
         let mut buf = Vec::new();
-        assert!(matches!(
-            read_line_bounded(&mut r, &mut buf, 50).unwrap(),
-            Line::Ok
-        ));
-        assert_eq!(buf, b"short");
-        assert!(matches!(
-            read_line_bounded(&mut r, &mut buf, 50).unwrap(),
-            Line::TooLong(100)
-        ));
-        assert!(matches!(
-            read_line_bounded(&mut r, &mut buf, 50).unwrap(),
-            Line::Ok
-        ));
-        assert_eq!(buf, b"after");
-        assert!(matches!(
-            read_line_bounded(&mut r, &mut buf, 50).unwrap(),
-            Line::Ok
-        ));
-        assert_eq!(buf, b"last");
-        assert!(matches!(
-            read_line_bounded(&mut r, &mut buf, 50).unwrap(),
-            Line::Eof
-        ));
+        let mut next = || {
+            let line = read_line_bounded(&mut r, &mut buf, 50).unwrap();
+            (line, String::from_utf8(buf.clone()).unwrap())
+        };
+        assert_eq!(next(), (Line::Ok, "short".into()));
+        assert_eq!(next(), (Line::TooLong(100), String::new()));
+        assert_eq!(next(), (Line::Ok, "after".into()));
+        assert_eq!(next(), (Line::Ok, "last".into()));
+        assert_eq!(next().0, Line::Eof);
     }
 }

@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::input::InputMessage;
 use super::{scan, LoadSummary, Sink};
 use crate::config::TargetConfig;
+use crate::lane_key::LaneKey;
 use crate::providers::PlannedJob;
 
 /// Examples kept per rejection reason.
@@ -90,8 +91,8 @@ pub struct PlanReport {
 #[derive(Default)]
 struct Tally {
     reasons: BTreeMap<String, ReasonCount>,
-    conversations: HashMap<String, u64>,
-    views: HashMap<String, u64>,
+    conversations: HashMap<LaneKey, u64>,
+    views: HashMap<LaneKey, u64>,
     users: HashSet<String>,
     table_bytes: u64,
 }
@@ -104,10 +105,15 @@ impl Sink for Tally {
         _seq: i64,
         _at: &super::At<'_>,
     ) -> anyhow::Result<()> {
-        let conv = crate::providers::conversation_id(&m.from, &m.to);
-        *self.conversations.entry(conv).or_insert(0) += 1;
+        *self
+            .conversations
+            .entry(LaneKey::conversation(&m.from, &m.to))
+            .or_insert(0) += 1;
         for j in &jobs {
-            *self.views.entry(j.lane_key.clone()).or_insert(0) += 1;
+            *self
+                .views
+                .entry(LaneKey::from_stored(j.lane_key.as_str()))
+                .or_insert(0) += 1;
             self.table_bytes += (j.body.len() + 2 * m.id.len()) as u64 + ROW_OVERHEAD_BYTES;
         }
         for u in [&m.from, &m.to] {
@@ -192,8 +198,8 @@ fn report(o: &PlanOptions<'_>, s: &LoadSummary, t: Tally) -> PlanReport {
     let register_calls = users.div_ceil(USERS_PER_CALL);
     let mut reasons: Vec<ReasonCount> = t.reasons.into_values().collect();
     reasons.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(&b.reason)));
-    let mut largest: Vec<(String, u64)> = t.conversations.iter().map(|(c, n)| (c.clone(), *n)).collect();
-    largest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut largest: Vec<(&LaneKey, u64)> = t.conversations.iter().map(|(c, n)| (c, *n)).collect();
+    largest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     largest.truncate(LARGEST);
     PlanReport {
         target: o.target_name.to_string(),
@@ -209,7 +215,7 @@ fn report(o: &PlanOptions<'_>, s: &LoadSummary, t: Tally) -> PlanReport {
         largest_conversations: largest
             .into_iter()
             .map(|(c, n)| {
-                let (a, b) = c.split_once('\u{1f}').unwrap_or((&c, ""));
+                let (a, b) = c.users().unwrap_or((c.as_str(), ""));
                 ConversationSize {
                     users: [a.to_string(), b.to_string()],
                     messages: n,

@@ -14,6 +14,7 @@ use std::io::{BufRead, BufReader, Read};
 use anyhow::Context;
 use serde::Deserialize;
 
+use super::Rejected;
 use crate::config::TargetConfig;
 use crate::providers::{tencent, zim, UserProfile};
 
@@ -31,8 +32,8 @@ struct UserLine {
 #[derive(Debug, Default)]
 pub struct UsersFile {
     pub users: Vec<UserProfile>,
-    /// `(line number, reason)` of every refused line.
-    pub rejected: Vec<(u64, String)>,
+    /// Every refused line.
+    pub rejected: Vec<Rejected>,
 }
 
 /// Reads `path` (`-`: stdin) and checks each line against `target`.
@@ -52,16 +53,19 @@ pub fn read(path: &str, target: &TargetConfig) -> anyhow::Result<UsersFile> {
         }
         match parse_line(&line, target) {
             Ok(u) => match first_seen.get(&u.id) {
-                Some(first) => out.rejected.push((
-                    line_no,
-                    format!("id {:?} was already given at line {first}", u.id),
-                )),
+                Some(first) => out.rejected.push(Rejected {
+                    line: line_no,
+                    reason: format!("id {:?} was already given at line {first}", u.id),
+                }),
                 None => {
                     first_seen.insert(u.id.clone(), line_no);
                     out.users.push(u);
                 }
             },
-            Err(reason) => out.rejected.push((line_no, reason)),
+            Err(reason) => out.rejected.push(Rejected {
+                line: line_no,
+                reason,
+            }),
         }
     }
     Ok(out)
@@ -71,14 +75,7 @@ pub fn read(path: &str, target: &TargetConfig) -> anyhow::Result<UsersFile> {
 pub fn parse_line(line: &[u8], target: &TargetConfig) -> Result<UserProfile, String> {
     let text = std::str::from_utf8(line)
         .map_err(|e| format!("line is not valid UTF-8 (bad byte at offset {})", e.valid_up_to()))?;
-    let u: UserLine = serde_json::from_str(text.trim_end_matches('\r')).map_err(|e| {
-        let col = e.column();
-        let mut msg = e.to_string();
-        if let Some(i) = msg.find(" at line ") {
-            msg.truncate(i);
-        }
-        format!("invalid JSON at column {col}: {msg}")
-    })?;
+    let u: UserLine = super::input::from_json_line(text.trim_end_matches('\r'))?;
     // An empty column in an export means "no value", not an empty profile.
     let name = u.name.filter(|s| !s.is_empty());
     let avatar = u.avatar.filter(|s| !s.is_empty());

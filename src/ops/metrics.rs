@@ -112,7 +112,7 @@ async fn refresh_gauges(store: &crate::store::Store, worker: &crate::worker::Wor
         let on = halted.iter().any(|(t, _)| *t == name);
         metrics::gauge!(TARGET_HALTED, "target" => name).set(if on { 1.0 } else { 0.0 });
     }
-    if let Ok((in_doubt, blocked)) = store.alert_counts().await {
+    if let Ok(crate::store::dashboard::AlertCounts { in_doubt, blocked }) = store.alert_counts().await {
         metrics::gauge!(IN_DOUBT).set(in_doubt as f64);
         metrics::gauge!(LANES_BLOCKED).set(blocked as f64);
     }

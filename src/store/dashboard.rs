@@ -10,6 +10,7 @@ use serde::Serialize;
 use sqlx::FromRow;
 
 use super::Store;
+use crate::lane_key::LaneKey;
 
 /// Rows listed per section; the counts cover everything.
 const LIST_LIMIT: i64 = 20;
@@ -39,7 +40,7 @@ pub struct InDoubtJob {
     pub job: i64,
     pub batch: String,
     pub target: String,
-    pub conversation: String,
+    pub conversation: LaneKey,
     pub view_user: Option<String>,
     pub attempts: i32,
     pub last_error: Option<String>,
@@ -51,7 +52,7 @@ pub struct InDoubtJob {
 pub struct BlockedLane {
     pub lane: i64,
     pub target: String,
-    pub conversation: String,
+    pub conversation: LaneKey,
     pub view_user: Option<String>,
     pub job: i64,
     pub code: Option<i64>,
@@ -75,6 +76,15 @@ pub struct WorkerRow {
     pub active: bool,
     pub silent_secs: f64,
     pub up_secs: f64,
+}
+
+/// The figures the alerts watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertCounts {
+    /// Jobs whose call left but whose answer was never recorded.
+    pub in_doubt: i64,
+    /// Lanes parked at a failed job.
+    pub blocked: i64,
 }
 
 /// Everything the dashboard shows besides the batch table.
@@ -105,13 +115,13 @@ const IN_FLIGHT: &str = "batches b
 impl Store {
     /// The dashboard's sections, read in one go.
     pub async fn dashboard(&self) -> Result<Dashboard, sqlx::Error> {
-        let (in_doubt_total, blocked_total) = self.alert_counts().await?;
+        let alerts = self.alert_counts().await?;
         Ok(Dashboard {
             throughput: self.throughput_last_hour().await?,
             failures: self.failure_groups().await?,
-            in_doubt_total,
+            in_doubt_total: alerts.in_doubt,
             in_doubt: self.in_doubt_jobs().await?,
-            blocked_total,
+            blocked_total: alerts.blocked,
             blocked: self.blocked_lanes().await?,
             paused: self.paused_lanes().await?,
             workers: self.worker_rows().await?,
@@ -146,15 +156,15 @@ impl Store {
         .await
     }
 
-    /// (jobs in doubt, blocked lanes): the figures the alerts watch.
-    pub async fn alert_counts(&self) -> Result<(i64, i64), sqlx::Error> {
+    /// Jobs in doubt and blocked lanes: the figures the alerts watch.
+    pub async fn alert_counts(&self) -> Result<AlertCounts, sqlx::Error> {
         let in_doubt: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {IN_FLIGHT} WHERE {IN_DOUBT}"))
             .fetch_one(&self.pool)
             .await?;
         let blocked: i64 = sqlx::query_scalar("SELECT count(*) FROM lanes WHERE blocked_job IS NOT NULL")
             .fetch_one(&self.pool)
             .await?;
-        Ok((in_doubt, blocked))
+        Ok(AlertCounts { in_doubt, blocked })
     }
 
     async fn in_doubt_jobs(&self) -> Result<Vec<InDoubtJob>, sqlx::Error> {

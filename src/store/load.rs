@@ -7,11 +7,10 @@
 //! reload a no-op, and a reused id with other content is found by a join
 //! of the staged rows against what is stored.
 
-use std::collections::HashMap;
-
-use sqlx::Row;
+use std::collections::{BTreeMap, HashMap};
 
 use super::{Conflict, Inserted, NewJob, Store};
+use crate::lane_key::LaneKey;
 
 /// The staging table lives in `pg_temp` (per connection, never
 /// WAL-logged) and empties at every commit or rollback.
@@ -45,7 +44,7 @@ impl Store {
             return Ok(Inserted::default());
         }
         let mut tx = self.pool.begin().await?;
-        let (_, ids) = upsert_lanes(&mut tx, target, jobs).await?;
+        let ids = upsert_lanes(&mut tx, target, jobs).await?;
         // Two prepared statements, not `raw_sql`: its future is not `Send`,
         // and the ingest API awaits this inside an axum handler.
         sqlx::query(QUIET).execute(&mut *tx).await?;
@@ -90,29 +89,28 @@ impl Store {
     }
 }
 
-/// Creates the chunk's missing lanes and returns every lane key of the
-/// chunk with its id.
-async fn upsert_lanes<'a>(
+/// A lane's id by its key.
+#[derive(sqlx::FromRow)]
+struct LaneId {
+    id: i64,
+    lane_key: LaneKey,
+}
+
+/// Creates the chunk's missing lanes and returns the id of every lane of
+/// the chunk by its key.
+async fn upsert_lanes(
     tx: &mut sqlx::PgConnection,
     target: &str,
-    jobs: &'a [NewJob],
-) -> Result<(Vec<&'a str>, HashMap<String, i64>), sqlx::Error> {
-    let mut lanes: Vec<(&str, &str, Option<&str>)> = jobs
-        .iter()
-        .map(|j| {
-            (
-                j.lane_key.as_str(),
-                j.conversation.as_str(),
-                j.view_user.as_deref(),
-            )
-        })
-        .collect();
-    lanes.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    lanes.dedup_by(|a, b| a.0 == b.0);
-    let keys: Vec<&str> = lanes.iter().map(|l| l.0).collect();
-    let convs: Vec<&str> = lanes.iter().map(|l| l.1).collect();
-    let views: Vec<Option<&str>> = lanes.iter().map(|l| l.2).collect();
-    // In key order, so concurrent loads lock them alike.
+    jobs: &[NewJob],
+) -> Result<HashMap<LaneKey, i64>, sqlx::Error> {
+    // One job per lane, in key order, so concurrent loads lock them alike.
+    let mut lanes: BTreeMap<&LaneKey, &NewJob> = BTreeMap::new();
+    for j in jobs {
+        lanes.entry(&j.lane_key).or_insert(j);
+    }
+    let keys: Vec<&str> = lanes.keys().map(|k| k.as_str()).collect();
+    let convs: Vec<&str> = lanes.values().map(|j| j.conversation.as_str()).collect();
+    let views: Vec<Option<&str>> = lanes.values().map(|j| j.view_user.as_deref()).collect();
     sqlx::query(
         "INSERT INTO lanes (target, lane_key, conversation, view_user, available_at)
          SELECT $1, k, c, v, now()
@@ -128,13 +126,13 @@ async fn upsert_lanes<'a>(
     .await?;
     // Ids by key through the unique index: a join of the staged rows with
     // `lanes` could hash every lane of the target.
-    let rows = sqlx::query("SELECT id, lane_key FROM lanes WHERE target = $1 AND lane_key = ANY($2)")
-        .bind(target)
-        .bind(&keys)
-        .fetch_all(&mut *tx)
-        .await?;
-    let ids = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
-    Ok((keys, ids))
+    let rows: Vec<LaneId> =
+        sqlx::query_as("SELECT id, lane_key FROM lanes WHERE target = $1 AND lane_key = ANY($2)")
+            .bind(target)
+            .bind(&keys)
+            .fetch_all(&mut *tx)
+            .await?;
+    Ok(rows.into_iter().map(|r| (r.lane_key, r.id)).collect())
 }
 
 /// Moves the staged rows into `jobs`, then refuses (removes again) every
@@ -204,7 +202,7 @@ async fn insert_staged(
 
 /// The chunk in `COPY`'s text format: tab-separated columns, one row a
 /// line, bytea as `\x` hex.
-fn copy_rows(jobs: &[NewJob], lane_ids: &HashMap<String, i64>) -> Vec<u8> {
+fn copy_rows(jobs: &[NewJob], lane_ids: &HashMap<LaneKey, i64>) -> Vec<u8> {
     use std::io::Write;
     let size: usize = jobs
         .iter()

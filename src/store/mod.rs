@@ -6,16 +6,18 @@
 //! lane's lease (owner + token) and are refused once the lease moved on, so
 //! a worker that lost its lane can no longer change it.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::config::DatabaseConfig;
+use crate::lane_key::LaneKey;
 
 pub mod checkpoint;
 pub mod dashboard;
@@ -54,7 +56,7 @@ pub struct Lease {
 pub struct ClaimedLane {
     pub lease: Lease,
     pub target: String,
-    pub lane_key: String,
+    pub lane_key: LaneKey,
     /// The lane held live work when claimed: its calls go first at the
     /// rate limiter.
     pub live: bool,
@@ -72,6 +74,24 @@ pub enum Park {
     Blocked(i64),
     /// Its head job's batch is paused.
     Paused(i64),
+}
+
+impl Park {
+    /// The failed job a parked lane stops at.
+    fn blocked_job(self) -> Option<i64> {
+        match self {
+            Park::Blocked(job) => Some(job),
+            _ => None,
+        }
+    }
+
+    /// The paused batch a parked lane waits for.
+    fn paused_batch(self) -> Option<i64> {
+        match self {
+            Park::Paused(batch) => Some(batch),
+            _ => None,
+        }
+    }
 }
 
 /// Status of one job, as stored.
@@ -128,7 +148,7 @@ impl OpenJob {
 pub struct StuckLane {
     pub lane_id: i64,
     pub target: String,
-    pub conversation: String,
+    pub conversation: LaneKey,
     pub view_user: Option<String>,
     /// Pending or in-flight jobs left in the lane.
     pub open_jobs: i64,
@@ -141,7 +161,7 @@ pub struct StuckLane {
 pub struct StrandedLane {
     pub lane_id: i64,
     pub target: String,
-    pub conversation: String,
+    pub conversation: LaneKey,
     pub blocked_job: Option<i64>,
     pub paused_batch: Option<i64>,
 }
@@ -149,8 +169,8 @@ pub struct StrandedLane {
 /// One job to insert, as the loader built it.
 #[derive(Debug, Clone)]
 pub struct NewJob {
-    pub lane_key: String,
-    pub conversation: String,
+    pub lane_key: LaneKey,
+    pub conversation: LaneKey,
     pub view_user: Option<String>,
     pub source_id: String,
     pub sent_at_ms: i64,
@@ -192,6 +212,88 @@ pub struct ProviderIds {
     pub msg_id: Option<String>,
     pub msg_seq: Option<i64>,
     pub request_id: Option<String>,
+}
+
+/// A batch as `load` and the ingest API find or create it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Batch {
+    pub id: i64,
+    /// Created for the ingest API's live messages (else history files).
+    pub live: bool,
+}
+
+/// A lane holding jobs of a batch (`verify`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BatchLane {
+    pub lane_id: i64,
+    pub target: String,
+    pub lane_key: LaneKey,
+}
+
+/// A done job, as `verify` compares it with what the provider holds.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DoneJob {
+    pub source_id: String,
+    pub sent_at_ms: i64,
+    pub body: String,
+}
+
+/// What `claim_lanes` reads back from each lane it leased.
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    id: i64,
+    lease_token: i64,
+    target: String,
+    lane_key: LaneKey,
+    priority: i32,
+}
+
+/// A job `retry_failed` put back, and its lane.
+#[derive(sqlx::FromRow)]
+struct RetriedJob {
+    lane_id: i64,
+    id: i64,
+}
+
+/// A write to one open job that takes effect only while the writer still
+/// holds the job's lane: `$1` is the job and `$2`..`$4` the lease, bound
+/// by [`FencedJob::fenced`]. `FOR KEY SHARE` holds the lane's lease still
+/// until the write commits, so a worker that lost its lane changes nothing.
+macro_rules! fenced {
+    ($update:literal $(, $tail:literal)?) => {
+        concat!(
+            $update,
+            "
+             WHERE id = $1 AND status IN ('pending', 'in_flight')
+               AND lane_id = (SELECT id FROM lanes
+                              WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
+                              FOR KEY SHARE)",
+            $("\n             ", $tail)?
+        )
+    };
+}
+
+/// Binds the job and the lease a [`fenced!`] statement starts with.
+trait FencedJob: Sized {
+    fn fenced(self, lease: &Lease, job: i64) -> Self;
+}
+
+impl<'q> FencedJob for sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    fn fenced(self, lease: &Lease, job: i64) -> Self {
+        self.bind(job)
+            .bind(lease.lane_id)
+            .bind(lease.owner)
+            .bind(lease.token)
+    }
+}
+
+impl<'q, O> FencedJob for sqlx::query::QueryScalar<'q, Postgres, O, sqlx::postgres::PgArguments> {
+    fn fenced(self, lease: &Lease, job: i64) -> Self {
+        self.bind(job)
+            .bind(lease.lane_id)
+            .bind(lease.owner)
+            .bind(lease.token)
+    }
 }
 
 /// Progress of one batch (`status`).
@@ -293,6 +395,19 @@ fn predates_failover(age: Duration) -> bool {
     opened <= FAILOVER_AT.load(std::sync::atomic::Ordering::Acquire)
 }
 
+/// Locks the row a lane is about to be parked for (its failed job or its
+/// paused batch), before the lane itself: the order `retry`, `skip` and
+/// `resume` lock in (see [`Store::release_lane`]).
+async fn lock_park_reason(tx: &mut sqlx::PgConnection, park: Park) -> Result<(), sqlx::Error> {
+    let (sql, id) = match park {
+        Park::No => return Ok(()),
+        Park::Blocked(job) => ("SELECT 1 FROM jobs WHERE id = $1 FOR SHARE", job),
+        Park::Paused(batch) => ("SELECT 1 FROM batches WHERE id = $1 FOR SHARE", batch),
+    };
+    sqlx::query(sql).bind(id).execute(tx).await?;
+    Ok(())
+}
+
 impl Store {
     /// Opens a pool whose connections use the configured schema.
     pub async fn connect(cfg: &DatabaseConfig, url: &secrecy::SecretString) -> anyhow::Result<Store> {
@@ -356,25 +471,24 @@ impl Store {
 
     /// Finds or creates a history batch.
     pub async fn ensure_batch(&self, name: &str, target: &str) -> Result<i64, sqlx::Error> {
-        Ok(self.ensure_batch_as(name, target, false, None).await?.0)
+        Ok(self.ensure_batch_as(name, target, false, None).await?.id)
     }
 
     /// Finds or creates a batch of this mode; `priority`, when given, is
-    /// set (also on an existing batch). Returns its id and whether it is
-    /// live: a batch keeps the mode it was created with, and the caller
-    /// refuses a mismatch.
+    /// set (also on an existing batch). A batch keeps the mode it was
+    /// created with, and the caller refuses a mismatch.
     pub async fn ensure_batch_as(
         &self,
         name: &str,
         target: &str,
         live: bool,
         priority: Option<i32>,
-    ) -> Result<(i64, bool), sqlx::Error> {
+    ) -> Result<Batch, sqlx::Error> {
         sqlx::query_as(
             "INSERT INTO batches (name, target, mode, priority)
              VALUES ($1, $2, CASE WHEN $3 THEN 'live' ELSE 'history' END, coalesce($4, 0))
              ON CONFLICT (name, target) DO UPDATE SET priority = coalesce($4, batches.priority)
-             RETURNING id, mode = 'live'",
+             RETURNING id, mode = 'live' AS live",
         )
         .bind(name)
         .bind(target)
@@ -521,14 +635,15 @@ impl Store {
 
     /// The shared AIMD factor of each target: the factor left by the last
     /// rate-limit answer, recovering by `recover_per_sec` per second since.
-    pub async fn rate_factors(&self, recover_per_sec: f64) -> Result<Vec<(String, f64)>, sqlx::Error> {
-        sqlx::query_as(
+    pub async fn rate_factors(&self, recover_per_sec: f64) -> Result<HashMap<String, f64>, sqlx::Error> {
+        let factors: Vec<(String, f64)> = sqlx::query_as(
             "SELECT target, least(1.0, factor + $1 * extract(epoch FROM (now() - throttled_at)))::float8
              FROM target_rates WHERE throttled_at > '-infinity'",
         )
         .bind(recover_per_sec)
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        Ok(factors.into_iter().collect())
     }
 
     /// Nudges a target's shared factor down by `nudge` (e.g. 0.97) after a
@@ -573,7 +688,7 @@ impl Store {
         if n <= 0 || targets.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
+        let rows: Vec<ClaimRow> = sqlx::query_as(
             "WITH c AS (
                 SELECT id FROM lanes
                 WHERE available_at <= now() AND target = ANY($4) AND id <> ALL($5)
@@ -602,13 +717,13 @@ impl Store {
             .into_iter()
             .map(|r| ClaimedLane {
                 lease: Lease {
-                    lane_id: r.get(0),
+                    lane_id: r.id,
                     owner,
-                    token: r.get(1),
+                    token: r.lease_token,
                 },
-                target: r.get(2),
-                lane_key: r.get(3),
-                live: r.get::<i32, _>(4) >= LIVE_PRIORITY,
+                target: r.target,
+                lane_key: r.lane_key,
+                live: r.priority >= LIVE_PRIORITY,
                 news: Default::default(),
             })
             .collect())
@@ -659,21 +774,7 @@ impl Store {
     /// deadlock; whichever commits second sees the other's change.
     pub async fn release_lane(&self, lease: &Lease, park: Park) -> Result<bool, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        match park {
-            Park::No => {}
-            Park::Blocked(job) => {
-                sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR SHARE")
-                    .bind(job)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            Park::Paused(batch) => {
-                sqlx::query("SELECT 1 FROM batches WHERE id = $1 FOR SHARE")
-                    .bind(batch)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
+        lock_park_reason(&mut tx, park).await?;
         // Lock the lane, then read the head in a fresh statement: a loader
         // holding the lane lock has committed its jobs by then.
         let held: Option<i64> = sqlx::query_scalar(
@@ -687,11 +788,6 @@ impl Store {
         if held.is_none() {
             return Ok(false);
         }
-        let (block_at, paused_by) = match park {
-            Park::No => (None, None),
-            Park::Blocked(job) => (Some(job), None),
-            Park::Paused(batch) => (None, Some(batch)),
-        };
         sqlx::query(
             "WITH park AS (
                 SELECT (SELECT id FROM jobs WHERE id = $2 AND status = 'failed') AS blocked_job,
@@ -712,8 +808,8 @@ impl Store {
              WHERE id = $1",
         )
         .bind(lease.lane_id)
-        .bind(block_at)
-        .bind(paused_by)
+        .bind(park.blocked_job())
+        .bind(park.paused_batch())
         .bind(LIVE_PRIORITY)
         .execute(&mut *tx)
         .await?;
@@ -782,17 +878,10 @@ impl Store {
     /// Holds an in-doubt job until `wait` has passed (its settle time),
     /// keeping its status; false when the lease moved on.
     pub async fn defer_job(&self, lease: &Lease, job_id: i64, wait: Duration) -> Result<bool, sqlx::Error> {
-        let n = sqlx::query(
-            "UPDATE jobs SET next_attempt_at = greatest(next_attempt_at, now() + $5 * interval '1 millisecond')
-             WHERE id = $1 AND status IN ('pending', 'in_flight')
-               AND lane_id = (SELECT id FROM lanes
-                              WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
-                              FOR KEY SHARE)",
-        )
-        .bind(job_id)
-        .bind(lease.lane_id)
-        .bind(lease.owner)
-        .bind(lease.token)
+        let n = sqlx::query(fenced!(
+            "UPDATE jobs SET next_attempt_at = greatest(next_attempt_at, now() + $5 * interval '1 millisecond')"
+        ))
+        .fenced(lease, job_id)
         .bind(wait.as_millis() as i64)
         .execute(&self.pool)
         .await?
@@ -809,20 +898,13 @@ impl Store {
         error: &str,
         delay: Duration,
     ) -> Result<Option<i32>, sqlx::Error> {
-        sqlx::query_scalar(
+        sqlx::query_scalar(fenced!(
             "UPDATE jobs SET reconcile_attempts = reconcile_attempts + 1, in_doubt = true,
                     last_code = NULL, last_error = $5, updated_at = now(),
-                    next_attempt_at = now() + $6 * interval '1 millisecond'
-             WHERE id = $1 AND status IN ('pending', 'in_flight')
-               AND lane_id = (SELECT id FROM lanes
-                              WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
-                              FOR KEY SHARE)
-             RETURNING reconcile_attempts",
-        )
-        .bind(job_id)
-        .bind(lease.lane_id)
-        .bind(lease.owner)
-        .bind(lease.token)
+                    next_attempt_at = now() + $6 * interval '1 millisecond'",
+            "RETURNING reconcile_attempts"
+        ))
+        .fenced(lease, job_id)
         .bind(error)
         .bind(delay.as_millis() as i64)
         .fetch_optional(&self.pool)
@@ -878,19 +960,12 @@ impl Store {
         delay: Duration,
         in_doubt: bool,
     ) -> Result<bool, sqlx::Error> {
-        let n = sqlx::query(
+        let n = sqlx::query(fenced!(
             "UPDATE jobs SET status = CASE WHEN $7 THEN 'in_flight'::job_status ELSE 'pending' END,
                     in_doubt = in_doubt OR $7, last_code = $5, last_error = $6, updated_at = now(),
-                    next_attempt_at = now() + $8 * interval '1 millisecond'
-             WHERE id = $1 AND status IN ('pending', 'in_flight')
-               AND lane_id = (SELECT id FROM lanes
-                              WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
-                              FOR KEY SHARE)",
-        )
-        .bind(job_id)
-        .bind(lease.lane_id)
-        .bind(lease.owner)
-        .bind(lease.token)
+                    next_attempt_at = now() + $8 * interval '1 millisecond'"
+        ))
+        .fenced(lease, job_id)
         .bind(code)
         .bind(error)
         .bind(in_doubt)
@@ -910,18 +985,11 @@ impl Store {
         code: Option<i64>,
         error: &str,
     ) -> Result<bool, sqlx::Error> {
-        let n = sqlx::query(
+        let n = sqlx::query(fenced!(
             "UPDATE jobs SET status = $5, last_code = $6, last_error = $7,
-                    updated_at = now(), finished_at = now()
-             WHERE id = $1 AND status IN ('pending', 'in_flight')
-               AND lane_id = (SELECT id FROM lanes
-                              WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
-                              FOR KEY SHARE)",
-        )
-        .bind(job_id)
-        .bind(lease.lane_id)
-        .bind(lease.owner)
-        .bind(lease.token)
+                    updated_at = now(), finished_at = now()"
+        ))
+        .fenced(lease, job_id)
         .bind(status)
         .bind(code)
         .bind(error)
@@ -972,7 +1040,7 @@ impl Store {
     /// and wakes their lanes, unblocking lanes parked at them.
     pub async fn retry_failed(&self, batch: &str, code: Option<i64>) -> Result<u64, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let lanes: Vec<(i64, i64)> = sqlx::query_as(
+        let retried: Vec<RetriedJob> = sqlx::query_as(
             "UPDATE jobs j SET status = 'pending', next_attempt_at = now(), updated_at = now(),
                     finished_at = NULL
              FROM batches b
@@ -984,8 +1052,8 @@ impl Store {
         .bind(code)
         .fetch_all(&mut *tx)
         .await?;
-        let lane_ids: Vec<i64> = lanes.iter().map(|l| l.0).collect();
-        let job_ids: Vec<i64> = lanes.iter().map(|l| l.1).collect();
+        let lane_ids: Vec<i64> = retried.iter().map(|r| r.lane_id).collect();
+        let job_ids: Vec<i64> = retried.iter().map(|r| r.id).collect();
         sqlx::query(
             "UPDATE lanes SET blocked_job = CASE WHEN blocked_job = ANY($2) THEN NULL ELSE blocked_job END,
                     available_at = CASE WHEN lease_owner IS NULL AND paused_batch IS NULL
@@ -1031,7 +1099,7 @@ impl Store {
 
     /// Every user id in the conversations of a target (optionally of one batch).
     pub async fn users(&self, target: &str, batch: Option<&str>) -> Result<Vec<String>, sqlx::Error> {
-        let convs: Vec<String> = sqlx::query_scalar(
+        let convs: Vec<LaneKey> = sqlx::query_scalar(
             "SELECT DISTINCT l.conversation FROM lanes l
              WHERE l.target = $1
                AND ($2::text IS NULL OR EXISTS (
@@ -1042,29 +1110,32 @@ impl Store {
         .bind(batch)
         .fetch_all(&self.pool)
         .await?;
-        let mut users: Vec<String> = convs
-            .iter()
-            .flat_map(|c| c.split('\u{1f}').map(str::to_string))
-            .collect();
+        let mut users: Vec<String> = Vec::with_capacity(convs.len() * 2);
+        for c in &convs {
+            match c.users() {
+                Some((a, b)) => users.extend([a.to_string(), b.to_string()]),
+                None => users.push(c.as_str().to_string()),
+            }
+        }
         users.sort_unstable();
         users.dedup();
         Ok(users)
     }
 
-    /// The lanes holding jobs of a batch: (lane id, target, lane key, conversation, view user).
-    pub async fn batch_lanes(&self, batch: &str) -> Result<Vec<(i64, String, String)>, sqlx::Error> {
+    /// The lanes holding jobs of a batch, by id.
+    pub async fn batch_lanes(&self, batch: &str) -> Result<Vec<BatchLane>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT DISTINCT l.id, l.target, l.lane_key FROM lanes l
+            "SELECT DISTINCT l.id AS lane_id, l.target, l.lane_key FROM lanes l
              JOIN jobs j ON j.lane_id = l.id JOIN batches b ON b.id = j.batch_id
-             WHERE b.name = $1 ORDER BY l.id",
+             WHERE b.name = $1 ORDER BY lane_id",
         )
         .bind(batch)
         .fetch_all(&self.pool)
         .await
     }
 
-    /// A lane's done jobs in lane order: (source id, sent_at_ms, body).
-    pub async fn lane_done(&self, lane_id: i64) -> Result<Vec<(String, i64, String)>, sqlx::Error> {
+    /// A lane's done jobs in lane order.
+    pub async fn lane_done(&self, lane_id: i64) -> Result<Vec<DoneJob>, sqlx::Error> {
         sqlx::query_as(
             "SELECT source_id, sent_at_ms, body FROM jobs
              WHERE lane_id = $1 AND status = 'done' ORDER BY sent_at_ms, input_seq",

@@ -171,7 +171,7 @@ fn send_job<'a>(lane: &'a ClaimedLane, job: &'a OpenJob, attempt: i32) -> SendJo
     SendJob {
         job_id: job.id,
         body: &job.body,
-        lane_key: &lane.lane_key,
+        lane_key: lane.lane_key.as_str(),
         attempt,
         known_ids: &[],
         first_mark_ms: job.first_mark_ms,

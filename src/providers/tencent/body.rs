@@ -239,7 +239,8 @@ fn elem(kind: &str, content: Value) -> Value {
 /// The `MsgBody` of a message.
 fn msg_body(m: &InputMessage, conversation: &str) -> Result<Value, String> {
     let uid = || {
-        m.uid
+        m.media
+            .uid
             .clone()
             .unwrap_or_else(|| default_media_uid(conversation, &m.id))
     };
@@ -285,33 +286,33 @@ fn msg_body(m: &InputMessage, conversation: &str) -> Result<Value, String> {
             )
         }
         "image" => {
-            let url = non_empty(m.url.as_deref(), "url", "an image")?;
+            let url = non_empty(m.media.url.as_deref(), "url", "an image")?;
             let info = |t: u8, u: &str, size: Option<u64>, w: Option<u32>, h: Option<u32>| {
                 json!({"Type": t, "Size": size.unwrap_or(0), "Width": w.unwrap_or(0),
                        "Height": h.unwrap_or(0), "URL": u})
             };
-            let original = info(1, url, m.size, m.width, m.height);
+            let original = info(1, url, m.media.size, m.media.width, m.media.height);
             // Clients show the large image in the viewer and the thumbnail in
             // the chat: without their own, both fall back to the original.
-            let large = match m.large_url.as_deref() {
+            let large = match m.media.large_url.as_deref() {
                 Some(u) => info(
                     2,
                     non_empty(Some(u), "large_url", "an image")?,
-                    m.large_size,
-                    m.large_width,
-                    m.large_height,
+                    m.media.large_size,
+                    m.media.large_width,
+                    m.media.large_height,
                 ),
-                None => info(2, url, m.size, m.width, m.height),
+                None => info(2, url, m.media.size, m.media.width, m.media.height),
             };
-            let thumb = match m.thumbnail_url.as_deref() {
+            let thumb = match m.media.thumbnail_url.as_deref() {
                 Some(u) => info(
                     3,
                     non_empty(Some(u), "thumbnail_url", "an image")?,
-                    m.thumbnail_size,
-                    m.thumbnail_width,
-                    m.thumbnail_height,
+                    m.media.thumbnail_size,
+                    m.media.thumbnail_width,
+                    m.media.thumbnail_height,
                 ),
-                None => info(3, url, m.size, m.width, m.height),
+                None => info(3, url, m.media.size, m.media.width, m.media.height),
             };
             elem(
                 "TIMImageElem",
@@ -320,30 +321,30 @@ fn msg_body(m: &InputMessage, conversation: &str) -> Result<Value, String> {
             )
         }
         "audio" => {
-            let url = non_empty(m.url.as_deref(), "url", "an audio")?;
+            let url = non_empty(m.media.url.as_deref(), "url", "an audio")?;
             elem(
                 "TIMSoundElem",
-                json!({"Url": url, "UUID": uid(), "Size": m.size.unwrap_or(0),
-                       "Second": m.duration_secs.unwrap_or(0), "Download_Flag": DOWNLOAD_FROM_URL}),
+                json!({"Url": url, "UUID": uid(), "Size": m.media.size.unwrap_or(0),
+                       "Second": m.media.duration_secs.unwrap_or(0), "Download_Flag": DOWNLOAD_FROM_URL}),
             )
         }
         "file" => {
-            let url = non_empty(m.url.as_deref(), "url", "a file")?;
-            let name = match m.file_name.as_deref() {
+            let url = non_empty(m.media.url.as_deref(), "url", "a file")?;
+            let name = match m.media.file_name.as_deref() {
                 Some(n) => non_empty(Some(n), "file_name", "a file")?,
                 None => file_name_from_url(url)
                     .ok_or("a file message needs `file_name` (its url has no file name to take)")?,
             };
             elem(
                 "TIMFileElem",
-                json!({"Url": url, "UUID": uid(), "FileSize": m.size.unwrap_or(0),
+                json!({"Url": url, "UUID": uid(), "FileSize": m.media.size.unwrap_or(0),
                        "FileName": name, "Download_Flag": DOWNLOAD_FROM_URL}),
             )
         }
         "video" => {
-            let url = non_empty(m.url.as_deref(), "url", "a video")?;
-            let thumb = non_empty(m.thumbnail_url.as_deref(), "thumbnail_url", "a video")?;
-            let thumb_format = match m.thumbnail_format.as_deref() {
+            let url = non_empty(m.media.url.as_deref(), "url", "a video")?;
+            let thumb = non_empty(m.media.thumbnail_url.as_deref(), "thumbnail_url", "a video")?;
+            let thumb_format = match m.media.message_only.thumbnail_format.as_deref() {
                 Some(f) => non_empty(Some(f), "thumbnail_format", "a video")?.to_string(),
                 None => extension(thumb).unwrap_or_else(|| "jpg".into()),
             };
@@ -353,15 +354,15 @@ fn msg_body(m: &InputMessage, conversation: &str) -> Result<Value, String> {
                 json!({
                     "VideoUrl": url,
                     "VideoUUID": uid,
-                    "VideoSize": m.size.unwrap_or(0),
-                    "VideoSecond": m.duration_secs.unwrap_or(0),
+                    "VideoSize": m.media.size.unwrap_or(0),
+                    "VideoSecond": m.media.duration_secs.unwrap_or(0),
                     "VideoFormat": video_format(m.format.as_ref(), url)?,
                     "VideoDownloadFlag": DOWNLOAD_FROM_URL,
                     "ThumbUrl": thumb,
                     "ThumbUUID": format!("{uid}-thumb"),
-                    "ThumbSize": m.thumbnail_size.unwrap_or(0),
-                    "ThumbWidth": m.thumbnail_width.unwrap_or(0),
-                    "ThumbHeight": m.thumbnail_height.unwrap_or(0),
+                    "ThumbSize": m.media.thumbnail_size.unwrap_or(0),
+                    "ThumbWidth": m.media.thumbnail_width.unwrap_or(0),
+                    "ThumbHeight": m.media.thumbnail_height.unwrap_or(0),
                     "ThumbFormat": thumb_format,
                     "ThumbDownloadFlag": DOWNLOAD_FROM_URL,
                 }),

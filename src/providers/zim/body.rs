@@ -137,19 +137,20 @@ impl<'a> Media<'a> {
     fn of_message(m: &'a InputMessage, conversation: &str) -> Self {
         Media {
             at: String::new(),
-            url: m.url.as_deref(),
-            file_name: m.file_name.as_deref(),
-            size: m.size,
-            width: m.width,
-            height: m.height,
-            duration_secs: m.duration_secs,
-            thumbnail_url: m.thumbnail_url.as_deref(),
-            thumbnail_width: m.thumbnail_width,
-            thumbnail_height: m.thumbnail_height,
-            large_url: m.large_url.as_deref(),
-            large_width: m.large_width,
-            large_height: m.large_height,
+            url: m.media.url.as_deref(),
+            file_name: m.media.file_name.as_deref(),
+            size: m.media.size,
+            width: m.media.width,
+            height: m.media.height,
+            duration_secs: m.media.duration_secs,
+            thumbnail_url: m.media.thumbnail_url.as_deref(),
+            thumbnail_width: m.media.thumbnail_width,
+            thumbnail_height: m.media.thumbnail_height,
+            large_url: m.media.large_url.as_deref(),
+            large_width: m.media.large_width,
+            large_height: m.media.large_height,
             uid: m
+                .media
                 .uid
                 .clone()
                 .unwrap_or_else(|| default_media_uid(conversation, &m.id)),
@@ -159,19 +160,20 @@ impl<'a> Media<'a> {
     fn of_item(item: &'a InputItem, index: usize, message_uid: &str) -> Self {
         Media {
             at: format!("items[{index}]."),
-            url: item.url.as_deref(),
-            file_name: item.file_name.as_deref(),
-            size: item.size,
-            width: item.width,
-            height: item.height,
-            duration_secs: item.duration_secs,
-            thumbnail_url: item.thumbnail_url.as_deref(),
-            thumbnail_width: item.thumbnail_width,
-            thumbnail_height: item.thumbnail_height,
-            large_url: item.large_url.as_deref(),
-            large_width: item.large_width,
-            large_height: item.large_height,
+            url: item.media.url.as_deref(),
+            file_name: item.media.file_name.as_deref(),
+            size: item.media.size,
+            width: item.media.width,
+            height: item.media.height,
+            duration_secs: item.media.duration_secs,
+            thumbnail_url: item.media.thumbnail_url.as_deref(),
+            thumbnail_width: item.media.thumbnail_width,
+            thumbnail_height: item.media.thumbnail_height,
+            large_url: item.media.large_url.as_deref(),
+            large_width: item.media.large_width,
+            large_height: item.media.large_height,
             uid: item
+                .media
                 .uid
                 .clone()
                 .unwrap_or_else(|| format!("{message_uid}-{index}")),
@@ -408,6 +410,7 @@ fn multi(m: &InputMessage, conversation: &str) -> Result<Value, String> {
         ));
     }
     let uid = m
+        .media
         .uid
         .clone()
         .unwrap_or_else(|| default_media_uid(conversation, &m.id));
