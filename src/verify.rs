@@ -156,7 +156,10 @@ pub async fn run(
                 })
                 .collect();
             r.expected = expected.len();
-            match p.read_back(&key).await {
+            match p
+                .read_back(&crate::lane_key::LaneKey::from_stored(key.as_str()))
+                .await
+            {
                 Ok(back) => {
                     let found: Vec<String> = back.messages.into_iter().map(|m| m.fingerprint).collect();
                     r.found = found.len();
@@ -168,7 +171,7 @@ pub async fn run(
                     r.out_of_order = ooo;
                     r.unverifiable = unv;
                 }
-                Err(e) => r.error = Some(e),
+                Err(e) => r.error = Some(e.to_string()),
             }
             r
         })

@@ -506,7 +506,7 @@ impl Planner {
                 at.0, at.1
             );
         }
-        let conv = providers::conversation_id(&m.from, &m.to);
+        let conv = crate::lane_key::LaneKey::conversation(&m.from, &m.to);
         let mut h = std::collections::hash_map::DefaultHasher::new();
         conv.hash(&mut h);
         m.sent_at_ms.hash(&mut h);
@@ -520,7 +520,7 @@ impl Planner {
             same_ms_index: *slot,
             live,
         };
-        let jobs = providers::plan(target, m, ctx)?;
+        let jobs = providers::plan(target, m, ctx).map_err(|e| e.to_string())?;
         *slot += 1;
         Ok(jobs)
     }

@@ -104,7 +104,9 @@ impl Sink for Tally {
         _seq: i64,
         _at: &super::At<'_>,
     ) -> anyhow::Result<()> {
-        let conv = crate::providers::conversation_id(&m.from, &m.to);
+        let conv = crate::lane_key::LaneKey::conversation(&m.from, &m.to)
+            .as_str()
+            .to_owned();
         *self.conversations.entry(conv).or_insert(0) += 1;
         for j in &jobs {
             *self.views.entry(j.lane_key.clone()).or_insert(0) += 1;
