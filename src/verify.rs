@@ -270,7 +270,7 @@ async fn verify_lane(
         .await
         .map_err(|e| format!("cannot read the lane: {e}"))?;
     r.expected = sent.len();
-    let back = p.read_back(key.as_str()).await.map_err(|e| e.to_string())?;
+    let back = p.read_back(key).await.map_err(|e| e.to_string())?;
     let found: Vec<String> = back.messages.into_iter().map(|m| m.fingerprint).collect();
     r.found = found.len();
     r.record(compare(&sent, &found, back.readable_from_ms));

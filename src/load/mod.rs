@@ -534,7 +534,7 @@ impl Planner {
             same_ms_index: *slot,
             live,
         };
-        let jobs = providers::plan(target, m, ctx)?;
+        let jobs = providers::plan(target, m, ctx).map_err(|e| e.to_string())?;
         *slot += 1;
         Ok(jobs)
     }

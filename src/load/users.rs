@@ -81,7 +81,7 @@ pub fn parse_line(line: &[u8], target: &TargetConfig) -> Result<UserProfile, Str
     let avatar = u.avatar.filter(|s| !s.is_empty());
     let (max_name, max_avatar, name_field, avatar_field) = match target {
         TargetConfig::Zim(_) => {
-            zim::body::check_user_id("id", &u.id)?;
+            zim::body::check_user_id("id", &u.id).map_err(|e| e.to_string())?;
             (
                 zim::codes::MAX_USER_NAME_BYTES,
                 zim::codes::MAX_USER_AVATAR_BYTES,
@@ -90,7 +90,7 @@ pub fn parse_line(line: &[u8], target: &TargetConfig) -> Result<UserProfile, Str
             )
         }
         TargetConfig::Tencent(_) => {
-            tencent::body::check_user_id("id", &u.id)?;
+            tencent::body::check_user_id("id", &u.id).map_err(|e| e.to_string())?;
             let max = tencent::codes::MAX_PROFILE_VALUE_BYTES;
             (max, max, "Tencent Nick", "Tencent FaceUrl")
         }

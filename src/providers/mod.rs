@@ -2,18 +2,28 @@
 //! one classified [`Outcome`] every answer becomes.
 //!
 //! Each provider's wire format, signing and code table live in its own
-//! module (`zim`, `tencent`); the worker only sees this trait.
+//! module (`zim`, `tencent`); the worker only sees this trait. What both
+//! share: the HTTP helper (`http`) and the error types (`error`).
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde_json::Value;
 
 use crate::config::{Config, TargetConfig};
+use crate::lane_key::LaneKey;
 use crate::load::input::InputMessage;
 
+mod error;
+mod http;
 pub mod tencent;
+#[cfg(test)]
+mod testing;
 pub mod zim;
+
+pub use error::{PlanError, ProviderError};
 
 /// The ids a provider gave an accepted message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,6 +83,24 @@ impl Outcome {
     /// A rate-limit answer.
     pub fn is_throttled(&self) -> bool {
         matches!(self, Outcome::RetryLater { throttled: true, .. })
+    }
+}
+
+impl fmt::Display for Outcome {
+    /// One line for an error message: `code N: reason`, or the reason
+    /// alone where the provider gave no code.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (code, reason) = match self {
+            Outcome::Accepted(_) => return f.write_str("accepted"),
+            Outcome::RetryLater { code, reason, .. }
+            | Outcome::Permanent { code, reason }
+            | Outcome::Unknown { code, reason }
+            | Outcome::Halt { code, reason } => (code, reason),
+        };
+        match code {
+            Some(c) => write!(f, "code {c}: {reason}"),
+            None => f.write_str(reason),
+        }
     }
 }
 
@@ -211,20 +239,20 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Measures what the provider's documents leave open, with two
     /// dedicated users (`chatferry probe`).
-    async fn probe(&self, _users: [&str; 2]) -> Result<crate::probe::Findings, String> {
-        Err("probe is not available for this provider".into())
+    async fn probe(&self, _users: [&str; 2]) -> Result<crate::probe::Findings, ProviderError> {
+        Err(ProviderError::ProbeUnavailable)
     }
 
     /// Registers users with the provider, within its rate limits.
     /// Registering a user who exists already counts as success, so a
     /// registration can be re-run.
-    async fn register_users(&self, users: &[UserProfile]) -> Result<Registered, String>;
+    async fn register_users(&self, users: &[UserProfile]) -> Result<Registered, ProviderError>;
 
     /// The content fingerprint of a frozen body, as [`ReadBack`] has it.
     fn fingerprint(&self, body: &str) -> Option<String>;
 
     /// Reads a lane back from the provider (`verify`), oldest first.
-    async fn read_back(&self, lane_key: &str) -> Result<LaneReadBack, String>;
+    async fn read_back(&self, lane: &LaneKey) -> Result<LaneReadBack, ProviderError>;
 
     /// The provider's own buckets (query, registration APIs), so the worker
     /// can give them the same replica share as the send bucket.
@@ -256,7 +284,7 @@ impl EnsureUsers {
     ) -> Outcome
     where
         F: FnOnce(Vec<UserProfile>) -> Fut,
-        Fut: std::future::Future<Output = Result<Registered, String>>,
+        Fut: std::future::Future<Output = Result<Registered, ProviderError>>,
     {
         let (fresh, stale) = {
             let map = self.registered_at.lock();
@@ -297,7 +325,7 @@ impl EnsureUsers {
 
 /// The outcome of a send refused for missing users, once registering them
 /// was tried: retry at once if it worked.
-fn after_registration(code: i64, result: Result<Registered, String>) -> Outcome {
+fn after_registration(code: i64, result: Result<Registered, ProviderError>) -> Outcome {
     match result {
         Ok(r) if r.failed.is_empty() => Outcome::RetryLater {
             code: Some(code),
@@ -321,7 +349,9 @@ fn after_registration(code: i64, result: Result<Registered, String>) -> Outcome 
 /// One job the loader derives from an input message.
 #[derive(Debug, Clone)]
 pub struct PlannedJob {
+    /// The lane's [`LaneKey`], as stored.
     pub lane_key: String,
+    /// The conversation's [`LaneKey::conversation`], as stored.
     pub conversation: String,
     pub view_user: Option<String>,
     pub body: String,
@@ -342,7 +372,11 @@ pub struct PlanContext {
 
 /// Turns one input message into the provider calls it needs, or says why
 /// it cannot be sent.
-pub fn plan(target: &TargetConfig, msg: &InputMessage, ctx: PlanContext) -> Result<Vec<PlannedJob>, String> {
+pub fn plan(
+    target: &TargetConfig,
+    msg: &InputMessage,
+    ctx: PlanContext,
+) -> Result<Vec<PlannedJob>, PlanError> {
     match target {
         TargetConfig::Zim(z) => zim::body::plan(z, msg, ctx),
         TargetConfig::Tencent(t) => tencent::body::plan(t, msg, ctx),
@@ -357,29 +391,9 @@ pub fn unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The conversation id of two users: order-independent.
-pub fn conversation_id(a: &str, b: &str) -> String {
-    if a <= b {
-        format!("{a}\u{1f}{b}")
-    } else {
-        format!("{b}\u{1f}{a}")
-    }
-}
-
-/// Builds the HTTP client every provider shares.
-pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .pool_max_idle_per_host(1024)
-        .tcp_nodelay(true)
-        .user_agent(concat!("chatferry/", env!("CARGO_PKG_VERSION")))
-        .build()?)
-}
-
 /// Builds the provider for each configured target.
 pub fn build_all(config: &Config) -> anyhow::Result<Vec<(String, Arc<dyn Provider>)>> {
-    let client = http_client(Duration::from_millis(config.worker.request_timeout_ms))?;
+    let client = http::client(Duration::from_millis(config.worker.request_timeout_ms))?;
     let skew = Duration::from_secs(config.worker.reconcile_skew_secs);
     let mut out: Vec<(String, Arc<dyn Provider>)> = Vec::new();
     for (name, t) in &config.targets {
@@ -392,142 +406,30 @@ pub fn build_all(config: &Config) -> anyhow::Result<Vec<(String, Arc<dyn Provide
     Ok(out)
 }
 
-/// Classifies a transport failure. A failure to connect never sent the
-/// request; anything after that might have been applied.
-pub(crate) fn transport_outcome(e: &reqwest::Error) -> Outcome {
-    // Strip the URL: its query string carries signatures and UserSigs.
-    let shown = describe(e);
-    if e.is_connect() {
-        Outcome::RetryLater {
-            code: None,
-            reason: format!("cannot connect: {shown}"),
-            delay: None,
-            throttled: false,
-        }
-    } else if e.is_timeout() {
-        Outcome::Unknown {
-            code: None,
-            reason: format!("no answer within the request timeout: {shown}"),
-        }
-    } else {
-        Outcome::Unknown {
-            code: None,
-            reason: format!("connection failed after the request left: {shown}"),
-        }
+/// The class of `code` in a provider's code lists: that of the first list
+/// holding it.
+pub(crate) fn class_in<C: Copy>(code: i64, lists: &[(&[i64], C)]) -> Option<C> {
+    lists
+        .iter()
+        .find(|(codes, _)| codes.contains(&code))
+        .map(|(_, class)| *class)
+}
+
+/// Reads an integer that may come as a number or a string.
+pub(crate) fn int_field(v: &Value, key: &str) -> Option<i64> {
+    match v.get(key)? {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_u64().map(|u| u as i64)),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
     }
 }
 
-/// A reqwest error as text, without the URL (which holds credentials).
-pub(crate) fn describe(e: &reqwest::Error) -> String {
-    use std::error::Error;
-    let mut s = String::new();
-    let mut cur: Option<&dyn Error> = Some(e);
-    let mut first = true;
-    while let Some(err) = cur {
-        let text = if first {
-            format!("{}", WithoutUrl(e))
-        } else {
-            err.to_string()
-        };
-        if !s.contains(&text) {
-            if !s.is_empty() {
-                s.push_str(": ");
-            }
-            s.push_str(&text);
-        }
-        first = false;
-        cur = err.source();
-    }
-    s
-}
-
-struct WithoutUrl<'a>(&'a reqwest::Error);
-
-impl std::fmt::Display for WithoutUrl<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let e = self.0;
-        let kind = if e.is_timeout() {
-            "timed out"
-        } else if e.is_connect() {
-            "connect error"
-        } else if e.is_body() || e.is_decode() {
-            "error reading the answer"
-        } else if e.is_request() {
-            "request error"
-        } else {
-            "http error"
-        };
-        f.write_str(kind)
-    }
-}
-
-/// Classifies an HTTP answer whose body is not the provider's JSON.
-pub(crate) fn http_status_outcome(status: reqwest::StatusCode, body: &[u8]) -> Outcome {
-    let snippet = snippet(body);
-    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-        return Outcome::RetryLater {
-            code: Some(status.as_u16() as i64),
-            reason: format!("HTTP 429: {snippet}"),
-            delay: None,
-            throttled: true,
-        };
-    }
-    if status.is_server_error() {
-        // A gateway error may come after the service applied the call.
-        return Outcome::Unknown {
-            code: None,
-            reason: format!("HTTP {}: {snippet}", status.as_u16()),
-        };
-    }
-    if status.is_client_error() {
-        return Outcome::Halt {
-            code: Some(status.as_u16() as i64),
-            reason: format!(
-                "HTTP {} from the endpoint ({snippet}); check the target's endpoint/region",
-                status.as_u16()
-            ),
-        };
-    }
-    Outcome::Unknown {
-        code: None,
-        reason: format!("HTTP {} with an unreadable body: {snippet}", status.as_u16()),
-    }
-}
-
-/// The first bytes of a body, printable, for error messages.
-pub(crate) fn snippet(body: &[u8]) -> String {
-    let cut = &body[..body.len().min(120)];
-    let s: String = String::from_utf8_lossy(cut)
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if s.is_empty() {
-        "empty body".into()
-    } else if body.len() > 120 {
-        format!("{s}…")
-    } else {
-        s
-    }
-}
-
-/// Reads at most `limit` bytes of an answer; a longer one is an error.
-pub(crate) async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, Outcome> {
-    let mut buf = Vec::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(c)) => {
-                if buf.len() + c.len() > limit {
-                    return Err(Outcome::Unknown {
-                        code: None,
-                        reason: format!("answer larger than {limit} bytes; not a provider answer"),
-                    });
-                }
-                buf.extend_from_slice(&c);
-            }
-            Ok(None) => return Ok(buf),
-            Err(e) => return Err(transport_outcome(&e)),
-        }
+/// Reads an id that may come as a string or a (u64) number, as text.
+pub(crate) fn id_field(v: &Value, key: &str) -> Option<String> {
+    match v.get(key)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 

@@ -31,9 +31,10 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::TencentTarget;
+use crate::lane_key::LaneKey;
 use crate::load::input::InputMessage;
-use crate::providers::zim::body::{default_media_uid, file_name_from_url};
-use crate::providers::{conversation_id, PlanContext, PlannedJob};
+use crate::providers::zim::body::{file_name_from_url, message_uid};
+use crate::providers::{PlanContext, PlanError, PlannedJob};
 
 /// Highest same-millisecond index that still fits MsgSeq's slot.
 const MAX_SAME_MS_INDEX: u32 = (1 << 22) - 2;
@@ -76,18 +77,13 @@ pub fn msg_random(conversation: &str, id: &str) -> u32 {
 }
 
 /// Checks a Tencent account id: 1..=32 bytes, no control characters.
-pub fn check_user_id(field: &str, id: &str) -> Result<(), String> {
+pub fn check_user_id(field: &str, id: &str) -> Result<(), PlanError> {
     if id.is_empty() {
-        return Err(format!("{field} is empty"));
+        return Err(PlanError::empty(field));
     }
-    if id.len() > 32 {
-        return Err(format!(
-            "{field} is {} bytes; Tencent account ids are at most 32",
-            id.len()
-        ));
-    }
+    PlanError::check_len(field, id, 32, "Tencent account ids")?;
     if id.chars().any(char::is_control) {
-        return Err(format!("{field} contains a control character"));
+        return Err(format!("{field} contains a control character").into());
     }
     Ok(())
 }
@@ -125,27 +121,14 @@ const REQUIRED: &[(&str, &[&str])] = &[
 /// Checks a `MsgBody` against the element rules: a non-empty array of
 /// `{"MsgType", "MsgContent"}` of documented types, each with its required
 /// fields, and at most one `TIMCustomElem`.
-pub fn check_elements(body: &Value) -> Result<(), String> {
+pub fn check_elements(body: &Value) -> Result<(), PlanError> {
     let elems = body.as_array().ok_or("MsgBody must be an array of elements")?;
     if elems.is_empty() {
         return Err("MsgBody is empty; a message needs at least one element".into());
     }
     let mut customs = 0;
     for (i, e) in elems.iter().enumerate() {
-        let kind = e
-            .get("MsgType")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("MsgBody[{i}].MsgType is missing or not a string"))?;
-        let content = e
-            .get("MsgContent")
-            .and_then(Value::as_object)
-            .ok_or_else(|| format!("MsgBody[{i}].MsgContent is missing or not an object"))?;
-        let (_, required) = REQUIRED.iter().find(|(k, _)| *k == kind).ok_or_else(|| {
-            format!("MsgBody[{i}].MsgType {kind:?} is not an element type Tencent IM documents")
-        })?;
-        if let Some(f) = required.iter().find(|f| missing(content.get(**f))) {
-            return Err(format!("MsgBody[{i}] ({kind}) lacks the required field {f}"));
-        }
+        let kind = check_element(i, e)?;
         if kind == "TIMCustomElem" {
             customs += 1;
             if customs > 1 {
@@ -154,24 +137,42 @@ pub fn check_elements(body: &Value) -> Result<(), String> {
                 );
             }
         }
-        if kind == "TIMImageElem" {
-            let infos = content["ImageInfoArray"]
-                .as_array()
-                .filter(|a| !a.is_empty())
-                .ok_or_else(|| format!("MsgBody[{i}].ImageInfoArray must be a non-empty array"))?;
-            for (j, info) in infos.iter().enumerate() {
-                if let Some(f) = ["Type", "Size", "Width", "Height", "URL"]
-                    .iter()
-                    .find(|f| missing(info.get(**f)))
-                {
-                    return Err(format!(
-                        "MsgBody[{i}].ImageInfoArray[{j}] lacks the required field {f}"
-                    ));
-                }
+    }
+    Ok(())
+}
+
+/// Checks element `i` (its type, its required fields, an image's
+/// `ImageInfoArray`) and gives its `MsgType`.
+fn check_element(i: usize, e: &Value) -> Result<&str, PlanError> {
+    let kind = e
+        .get("MsgType")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("MsgBody[{i}].MsgType is missing or not a string"))?;
+    let content = e
+        .get("MsgContent")
+        .and_then(Value::as_object)
+        .ok_or_else(|| format!("MsgBody[{i}].MsgContent is missing or not an object"))?;
+    let (_, required) = REQUIRED.iter().find(|(k, _)| *k == kind).ok_or_else(|| {
+        format!("MsgBody[{i}].MsgType {kind:?} is not an element type Tencent IM documents")
+    })?;
+    if let Some(f) = required.iter().find(|f| missing(content.get(**f))) {
+        return Err(format!("MsgBody[{i}] ({kind}) lacks the required field {f}").into());
+    }
+    if kind == "TIMImageElem" {
+        let infos = content["ImageInfoArray"]
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| format!("MsgBody[{i}].ImageInfoArray must be a non-empty array"))?;
+        for (j, info) in infos.iter().enumerate() {
+            if let Some(f) = ["Type", "Size", "Width", "Height", "URL"]
+                .iter()
+                .find(|f| missing(info.get(**f)))
+            {
+                return Err(format!("MsgBody[{i}].ImageInfoArray[{j}] lacks the required field {f}").into());
             }
         }
     }
-    Ok(())
+    Ok(kind)
 }
 
 fn missing(v: Option<&Value>) -> bool {
@@ -188,15 +189,15 @@ fn extension(url: &str) -> Option<String> {
 
 /// `ImageFormat`: a number as given, or from a name or the URL's
 /// extension: JPG 1, GIF 2, PNG 3, BMP 4, anything else 255.
-fn image_format(format: Option<&Value>, url: &str) -> Result<u64, String> {
+fn image_format(format: Option<&Value>, url: &str) -> Result<u64, PlanError> {
     let name = match format {
         Some(Value::Number(n)) => {
             return n.as_u64().filter(|n| (1..=255).contains(n)).ok_or_else(|| {
-                format!("format {n} is not an ImageFormat (1 JPG, 2 GIF, 3 PNG, 4 BMP, 255 other)")
+                format!("format {n} is not an ImageFormat (1 JPG, 2 GIF, 3 PNG, 4 BMP, 255 other)").into()
             })
         }
         Some(Value::String(s)) => Some(s.trim_start_matches('.').to_ascii_lowercase()),
-        Some(other) => return Err(format!("format must be a string or a number, not {other}")),
+        Some(other) => return Err(format!("format must be a string or a number, not {other}").into()),
         None => extension(url),
     };
     Ok(match name.as_deref() {
@@ -209,186 +210,50 @@ fn image_format(format: Option<&Value>, url: &str) -> Result<u64, String> {
 }
 
 /// `VideoFormat`: as given, else the URL's extension, else `mp4`.
-fn video_format(format: Option<&Value>, url: &str) -> Result<String, String> {
+fn video_format(format: Option<&Value>, url: &str) -> Result<String, PlanError> {
     match format {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        Some(Value::String(_)) => Err("format is empty".into()),
-        Some(other) => Err(format!(
-            "format of a video is a string such as \"mp4\", not {other}"
-        )),
+        Some(Value::String(_)) => Err(PlanError::empty("format")),
+        Some(other) => Err(format!("format of a video is a string such as \"mp4\", not {other}").into()),
         None => Ok(extension(url).unwrap_or_else(|| "mp4".into())),
     }
 }
 
-fn need<'a, T: ?Sized>(v: Option<&'a T>, field: &str, kind: &str) -> Result<&'a T, String> {
-    v.ok_or_else(|| format!("{kind} message needs the field `{field}`"))
+/// A field `kind` (\"a face\") messages need.
+fn need<'a, T: ?Sized>(v: Option<&'a T>, field: &str, kind: &str) -> Result<&'a T, PlanError> {
+    v.ok_or_else(|| PlanError::Missing {
+        what: format!("{kind} message"),
+        field: field.to_string(),
+    })
 }
 
-fn non_empty<'a>(v: Option<&'a str>, field: &str, kind: &str) -> Result<&'a str, String> {
+/// A needed string field that must not be empty either.
+fn non_empty<'a>(v: Option<&'a str>, field: &str, kind: &str) -> Result<&'a str, PlanError> {
     let s = need(v, field, kind)?;
     if s.is_empty() {
-        return Err(format!("{field} is empty"));
+        return Err(PlanError::empty(field));
     }
     Ok(s)
+}
+
+/// An optional string field that, when given, must not be empty.
+fn given<'a>(v: Option<&'a str>, field: &str) -> Result<Option<&'a str>, PlanError> {
+    match v {
+        Some("") => Err(PlanError::empty(field)),
+        other => Ok(other),
+    }
 }
 
 fn elem(kind: &str, content: Value) -> Value {
     json!([{"MsgType": kind, "MsgContent": content}])
 }
 
-/// The `MsgBody` of a message.
-fn msg_body(m: &InputMessage, conversation: &str) -> Result<Value, String> {
-    let uid = || {
-        m.media
-            .uid
-            .clone()
-            .unwrap_or_else(|| default_media_uid(conversation, &m.id))
-    };
-    let body = match m.kind.as_str() {
-        "text" => {
-            let text = m.text.as_deref().ok_or("a text message needs the field `text`")?;
-            elem("TIMTextElem", json!({"Text": text}))
-        }
-        "custom" => {
-            let data = m
-                .data
-                .as_deref()
-                .ok_or("a custom message needs the field `data`")?;
-            let mut c = Map::new();
-            c.insert("Data".into(), json!(data));
-            if let Some(d) = &m.desc {
-                c.insert("Desc".into(), json!(d));
-            }
-            if let Some(e) = &m.custom_ext {
-                c.insert("Ext".into(), json!(e));
-            }
-            elem("TIMCustomElem", Value::Object(c))
-        }
-        "face" => {
-            let index = *need(m.face_index.as_ref(), "face_index", "a face")?;
-            elem(
-                "TIMFaceElem",
-                json!({"Index": index, "Data": m.face_data.as_deref().unwrap_or("")}),
-            )
-        }
-        "location" => {
-            let lat = *need(m.latitude.as_ref(), "latitude", "a location")?;
-            let lon = *need(m.longitude.as_ref(), "longitude", "a location")?;
-            if !(-90.0..=90.0).contains(&lat) {
-                return Err(format!("latitude {lat} is outside -90..=90"));
-            }
-            if !(-180.0..=180.0).contains(&lon) {
-                return Err(format!("longitude {lon} is outside -180..=180"));
-            }
-            elem(
-                "TIMLocationElem",
-                json!({"Desc": m.desc.as_deref().unwrap_or(""), "Latitude": lat, "Longitude": lon}),
-            )
-        }
-        "image" => {
-            let url = non_empty(m.media.url.as_deref(), "url", "an image")?;
-            let info = |t: u8, u: &str, size: Option<u64>, w: Option<u32>, h: Option<u32>| {
-                json!({"Type": t, "Size": size.unwrap_or(0), "Width": w.unwrap_or(0),
-                       "Height": h.unwrap_or(0), "URL": u})
-            };
-            let original = info(1, url, m.media.size, m.media.width, m.media.height);
-            // Clients show the large image in the viewer and the thumbnail in
-            // the chat: without their own, both fall back to the original.
-            let large = match m.media.large_url.as_deref() {
-                Some(u) => info(
-                    2,
-                    non_empty(Some(u), "large_url", "an image")?,
-                    m.media.large_size,
-                    m.media.large_width,
-                    m.media.large_height,
-                ),
-                None => info(2, url, m.media.size, m.media.width, m.media.height),
-            };
-            let thumb = match m.media.thumbnail_url.as_deref() {
-                Some(u) => info(
-                    3,
-                    non_empty(Some(u), "thumbnail_url", "an image")?,
-                    m.media.thumbnail_size,
-                    m.media.thumbnail_width,
-                    m.media.thumbnail_height,
-                ),
-                None => info(3, url, m.media.size, m.media.width, m.media.height),
-            };
-            elem(
-                "TIMImageElem",
-                json!({"UUID": uid(), "ImageFormat": image_format(m.format.as_ref(), url)?,
-                       "ImageInfoArray": [original, large, thumb]}),
-            )
-        }
-        "audio" => {
-            let url = non_empty(m.media.url.as_deref(), "url", "an audio")?;
-            elem(
-                "TIMSoundElem",
-                json!({"Url": url, "UUID": uid(), "Size": m.media.size.unwrap_or(0),
-                       "Second": m.media.duration_secs.unwrap_or(0), "Download_Flag": DOWNLOAD_FROM_URL}),
-            )
-        }
-        "file" => {
-            let url = non_empty(m.media.url.as_deref(), "url", "a file")?;
-            let name = match m.media.file_name.as_deref() {
-                Some(n) => non_empty(Some(n), "file_name", "a file")?,
-                None => file_name_from_url(url)
-                    .ok_or("a file message needs `file_name` (its url has no file name to take)")?,
-            };
-            elem(
-                "TIMFileElem",
-                json!({"Url": url, "UUID": uid(), "FileSize": m.media.size.unwrap_or(0),
-                       "FileName": name, "Download_Flag": DOWNLOAD_FROM_URL}),
-            )
-        }
-        "video" => {
-            let url = non_empty(m.media.url.as_deref(), "url", "a video")?;
-            let thumb = non_empty(m.media.thumbnail_url.as_deref(), "thumbnail_url", "a video")?;
-            let thumb_format = match m.media.message_only.thumbnail_format.as_deref() {
-                Some(f) => non_empty(Some(f), "thumbnail_format", "a video")?.to_string(),
-                None => extension(thumb).unwrap_or_else(|| "jpg".into()),
-            };
-            let uid = uid();
-            elem(
-                "TIMVideoFileElem",
-                json!({
-                    "VideoUrl": url,
-                    "VideoUUID": uid,
-                    "VideoSize": m.media.size.unwrap_or(0),
-                    "VideoSecond": m.media.duration_secs.unwrap_or(0),
-                    "VideoFormat": video_format(m.format.as_ref(), url)?,
-                    "VideoDownloadFlag": DOWNLOAD_FROM_URL,
-                    "ThumbUrl": thumb,
-                    "ThumbUUID": format!("{uid}-thumb"),
-                    "ThumbSize": m.media.thumbnail_size.unwrap_or(0),
-                    "ThumbWidth": m.media.thumbnail_width.unwrap_or(0),
-                    "ThumbHeight": m.media.thumbnail_height.unwrap_or(0),
-                    "ThumbFormat": thumb_format,
-                    "ThumbDownloadFlag": DOWNLOAD_FROM_URL,
-                }),
-            )
-        }
-        "native" => m
-            .native
-            .clone()
-            .ok_or("a native message needs `native`: the MsgBody array to send as it is")?,
-        "multi" => {
-            return Err(
-                "type \"multi\" exists in ZIM only; for Tencent send its parts as separate messages, \
-                 or as one native MsgBody with several elements"
-                    .into(),
-            )
-        }
-        other => {
-            return Err(format!(
-                "type {other:?} is not supported for Tencent targets (supported: text, custom, face, \
-                 location, image, audio, file, video, native)"
-            ))
-        }
-    };
+/// The `MsgBody` of a message, checked against the element rules.
+fn msg_body(m: &InputMessage, conversation: &str) -> Result<Value, PlanError> {
+    let body = element(m, conversation)?;
     check_elements(&body).map_err(|e| {
         if m.kind == "native" {
-            format!("native: {e}")
+            PlanError::Native(Box::new(e))
         } else {
             e
         }
@@ -396,24 +261,203 @@ fn msg_body(m: &InputMessage, conversation: &str) -> Result<Value, String> {
     Ok(body)
 }
 
-/// Derives the one job of a message.
-pub fn plan(t: &TencentTarget, m: &InputMessage, ctx: PlanContext) -> Result<Vec<PlannedJob>, String> {
+/// The elements of a message, by its type (README, "Input").
+fn element(m: &InputMessage, conversation: &str) -> Result<Value, PlanError> {
+    let uid = || message_uid(m, conversation);
+    match m.kind.as_str() {
+        "text" => Ok(elem(
+            "TIMTextElem",
+            json!({"Text": need(m.text.as_deref(), "text", "a text")?}),
+        )),
+        "custom" => custom(m),
+        "face" => face(m),
+        "location" => location(m),
+        "image" => image(m, uid()),
+        "audio" => audio(m, uid()),
+        "file" => file(m, uid()),
+        "video" => video(m, uid()),
+        "native" => Ok(m
+            .native
+            .clone()
+            .ok_or("a native message needs `native`: the MsgBody array to send as it is")?),
+        "multi" => Err(
+            "type \"multi\" exists in ZIM only; for Tencent send its parts as separate messages, \
+                        or as one native MsgBody with several elements"
+                .into(),
+        ),
+        other => Err(format!(
+            "type {other:?} is not supported for Tencent targets (supported: text, custom, face, \
+             location, image, audio, file, video, native)"
+        )
+        .into()),
+    }
+}
+
+/// `TIMCustomElem`: `Data`, with `Desc` and `Ext` when given.
+fn custom(m: &InputMessage) -> Result<Value, PlanError> {
+    let data = need(m.data.as_deref(), "data", "a custom")?;
+    let mut c = Map::new();
+    c.insert("Data".into(), json!(data));
+    if let Some(d) = &m.desc {
+        c.insert("Desc".into(), json!(d));
+    }
+    if let Some(e) = &m.custom_ext {
+        c.insert("Ext".into(), json!(e));
+    }
+    Ok(elem("TIMCustomElem", Value::Object(c)))
+}
+
+/// `TIMFaceElem`.
+fn face(m: &InputMessage) -> Result<Value, PlanError> {
+    let index = *need(m.face_index.as_ref(), "face_index", "a face")?;
+    Ok(elem(
+        "TIMFaceElem",
+        json!({"Index": index, "Data": m.face_data.as_deref().unwrap_or("")}),
+    ))
+}
+
+/// `TIMLocationElem`, its coordinates in range.
+fn location(m: &InputMessage) -> Result<Value, PlanError> {
+    let lat = *need(m.latitude.as_ref(), "latitude", "a location")?;
+    let lon = *need(m.longitude.as_ref(), "longitude", "a location")?;
+    if !(-90.0..=90.0).contains(&lat) {
+        return Err(format!("latitude {lat} is outside -90..=90").into());
+    }
+    if !(-180.0..=180.0).contains(&lon) {
+        return Err(format!("longitude {lon} is outside -180..=180").into());
+    }
+    Ok(elem(
+        "TIMLocationElem",
+        json!({"Desc": m.desc.as_deref().unwrap_or(""), "Latitude": lat, "Longitude": lon}),
+    ))
+}
+
+/// One picture of an image: where it is, its bytes and dimensions.
+#[derive(Clone, Copy)]
+struct Picture<'a> {
+    url: &'a str,
+    size: Option<u64>,
+    width: Option<u32>,
+    height: Option<u32>,
+}
+
+impl Picture<'_> {
+    /// Its `ImageInfoArray` entry: `kind` 1 original, 2 large, 3 thumbnail.
+    fn info(&self, kind: u8) -> Value {
+        json!({"Type": kind, "Size": self.size.unwrap_or(0), "Width": self.width.unwrap_or(0),
+               "Height": self.height.unwrap_or(0), "URL": self.url})
+    }
+}
+
+/// `TIMImageElem`: the original, the large image and the thumbnail.
+fn image(m: &InputMessage, uid: String) -> Result<Value, PlanError> {
+    let url = non_empty(m.media.url.as_deref(), "url", "an image")?;
+    let original = Picture {
+        url,
+        size: m.media.size,
+        width: m.media.width,
+        height: m.media.height,
+    };
+    // Clients show the large image in the viewer and the thumbnail in
+    // the chat: without their own, both fall back to the original.
+    let large = given(m.media.large_url.as_deref(), "large_url")?.map(|url| Picture {
+        url,
+        size: m.media.large_size,
+        width: m.media.large_width,
+        height: m.media.large_height,
+    });
+    let thumb = given(m.media.thumbnail_url.as_deref(), "thumbnail_url")?.map(|url| Picture {
+        url,
+        size: m.media.thumbnail_size,
+        width: m.media.thumbnail_width,
+        height: m.media.thumbnail_height,
+    });
+    let infos = [
+        original.info(1),
+        large.unwrap_or(original).info(2),
+        thumb.unwrap_or(original).info(3),
+    ];
+    Ok(elem(
+        "TIMImageElem",
+        json!({"UUID": uid, "ImageFormat": image_format(m.format.as_ref(), url)?, "ImageInfoArray": infos}),
+    ))
+}
+
+/// `TIMSoundElem`, downloaded from the sender's URL.
+fn audio(m: &InputMessage, uid: String) -> Result<Value, PlanError> {
+    let url = non_empty(m.media.url.as_deref(), "url", "an audio")?;
+    Ok(elem(
+        "TIMSoundElem",
+        json!({"Url": url, "UUID": uid, "Size": m.media.size.unwrap_or(0),
+               "Second": m.media.duration_secs.unwrap_or(0), "Download_Flag": DOWNLOAD_FROM_URL}),
+    ))
+}
+
+/// `TIMFileElem`: the file name as given, else from the URL.
+fn file(m: &InputMessage, uid: String) -> Result<Value, PlanError> {
+    let url = non_empty(m.media.url.as_deref(), "url", "a file")?;
+    let name = match given(m.media.file_name.as_deref(), "file_name")? {
+        Some(n) => n,
+        None => file_name_from_url(url)
+            .ok_or("a file message needs `file_name` (its url has no file name to take)")?,
+    };
+    Ok(elem(
+        "TIMFileElem",
+        json!({"Url": url, "UUID": uid, "FileSize": m.media.size.unwrap_or(0),
+               "FileName": name, "Download_Flag": DOWNLOAD_FROM_URL}),
+    ))
+}
+
+/// `TIMVideoFileElem`: the video and its (required) thumbnail.
+fn video(m: &InputMessage, uid: String) -> Result<Value, PlanError> {
+    let url = non_empty(m.media.url.as_deref(), "url", "a video")?;
+    let thumb = non_empty(m.media.thumbnail_url.as_deref(), "thumbnail_url", "a video")?;
+    let thumb_format = match given(m.media.message_only.thumbnail_format.as_deref(), "thumbnail_format")? {
+        Some(f) => f.to_string(),
+        None => extension(thumb).unwrap_or_else(|| "jpg".into()),
+    };
+    Ok(elem(
+        "TIMVideoFileElem",
+        json!({
+            "VideoUrl": url,
+            "VideoUUID": uid,
+            "VideoSize": m.media.size.unwrap_or(0),
+            "VideoSecond": m.media.duration_secs.unwrap_or(0),
+            "VideoFormat": video_format(m.format.as_ref(), url)?,
+            "VideoDownloadFlag": DOWNLOAD_FROM_URL,
+            "ThumbUrl": thumb,
+            "ThumbUUID": format!("{uid}-thumb"),
+            "ThumbSize": m.media.thumbnail_size.unwrap_or(0),
+            "ThumbWidth": m.media.thumbnail_width.unwrap_or(0),
+            "ThumbHeight": m.media.thumbnail_height.unwrap_or(0),
+            "ThumbFormat": thumb_format,
+            "ThumbDownloadFlag": DOWNLOAD_FROM_URL,
+        }),
+    ))
+}
+
+/// The checks of a message that do not depend on its type: its users and
+/// its time.
+fn check_message(m: &InputMessage, ctx: PlanContext) -> Result<(), PlanError> {
     check_user_id("from", &m.from)?;
     check_user_id("to", &m.to)?;
     if m.from == m.to {
         return Err("from and to are the same user; only one-to-one conversations are imported".into());
     }
     if m.sent_at_ms <= 0 {
-        return Err(format!(
-            "sent_at_ms {} is not a Unix time in milliseconds",
-            m.sent_at_ms
-        ));
+        return Err(format!("sent_at_ms {} is not a Unix time in milliseconds", m.sent_at_ms).into());
     }
     if m.sent_at_ms > ctx.now_ms {
-        return Err(format!("sent_at_ms {} is in the future", m.sent_at_ms));
+        return Err(PlanError::InFuture(m.sent_at_ms));
     }
-    let conversation = conversation_id(&m.from, &m.to);
-    let msg_body = msg_body(m, &conversation)?;
+    Ok(())
+}
+
+/// Derives the one job of a message.
+pub fn plan(t: &TencentTarget, m: &InputMessage, ctx: PlanContext) -> Result<Vec<PlannedJob>, PlanError> {
+    check_message(m, ctx)?;
+    let conversation = LaneKey::conversation(&m.from, &m.to);
+    let msg_body = msg_body(m, conversation.as_str())?;
     let body = ImportMsg {
         // Tencent: 导入单聊消息, SyncFromOldSystem 5 = real-time import
         // (unread, pushed) for the messages of a cut-over.
@@ -425,22 +469,23 @@ pub fn plan(t: &TencentTarget, m: &InputMessage, ctx: PlanContext) -> Result<Vec
         from: &m.from,
         to: &m.to,
         msg_seq: msg_seq(m.sent_at_ms, ctx.same_ms_index),
-        msg_random: msg_random(&conversation, &m.id),
+        msg_random: msg_random(conversation.as_str(), &m.id),
         msg_time_stamp: m.sent_at_ms / 1000,
         msg_body,
         cloud_custom_data: m.ext.as_deref(),
     };
-    let body = serde_json::to_string(&body).map_err(|e| format!("cannot encode body: {e}"))?;
+    let body = serde_json::to_string(&body).map_err(|e| PlanError::Encode(e.to_string()))?;
     if body.len() > t.max_message_bytes {
         return Err(format!(
             "message is {} bytes once encoded; Tencent allows {} (max_message_bytes)",
             body.len(),
             t.max_message_bytes
-        ));
+        )
+        .into());
     }
     Ok(vec![PlannedJob {
-        lane_key: conversation.clone(),
-        conversation,
+        lane_key: conversation.as_str().to_owned(),
+        conversation: conversation.as_str().to_owned(),
         view_user: None,
         body,
     }])
@@ -449,37 +494,17 @@ pub fn plan(t: &TencentTarget, m: &InputMessage, ctx: PlanContext) -> Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, TargetConfig};
-
-    const NOW: i64 = 1_700_000_000_000;
-
-    fn target(extra: &str) -> TencentTarget {
-        let c = Config::from_toml(&format!(
-            "[targets.t]\nkind = \"tencent\"\nendpoint = \"http://127.0.0.1:9/\"\nsdk_app_id = 1\n\
-             admin_identifier = \"admin\"\nsecret_key = \"k\"\n{extra}"
-        ))
-        .unwrap();
-        match c.targets["t"].clone() {
-            TargetConfig::Tencent(t) => t,
-            _ => unreachable!(),
-        }
-    }
+    use crate::providers::testing::{self, tencent_target as target, NOW};
+    use crate::providers::zim::body::default_media_uid;
 
     fn plan_with(t: &TencentTarget, fields: Value) -> Result<Value, String> {
-        let mut v = json!({"id": "m1", "from": "alice", "to": "bob", "sent_at_ms": NOW - 1500});
-        v.as_object_mut()
-            .unwrap()
-            .extend(fields.as_object().unwrap().clone());
-        let m = crate::load::input::parse_line(v.to_string().as_bytes()).unwrap();
-        let ctx = PlanContext {
-            now_ms: NOW,
-            same_ms_index: 0,
-            live: false,
-        };
-        plan(t, &m, ctx).map(|jobs| {
-            assert_eq!(jobs.len(), 1);
-            serde_json::from_str(&jobs[0].body).unwrap()
-        })
+        let m = testing::message(NOW - 1500, fields);
+        plan(t, &m, testing::context())
+            .map(|jobs| {
+                assert_eq!(jobs.len(), 1);
+                serde_json::from_str(&jobs[0].body).unwrap()
+            })
+            .map_err(|e| e.to_string())
     }
 
     /// The only element of the body's MsgBody.
@@ -495,7 +520,7 @@ mod tests {
     }
 
     fn uid() -> String {
-        default_media_uid(&conversation_id("alice", "bob"), "m1")
+        default_media_uid(LaneKey::conversation("alice", "bob").as_str(), "m1")
     }
 
     #[test]

@@ -226,7 +226,7 @@ pub enum Class {
 
 /// Classifies one code.
 pub fn classify(code: i64) -> Class {
-    let tables: [(&[i64], Class); 6] = [
+    let tables = [
         (RATE_LIMITED, Class::RateLimited),
         (TRANSIENT, Class::Transient),
         (SIG_EXPIRED, Class::SigExpired),
@@ -239,16 +239,14 @@ pub fn classify(code: i64) -> Class {
         SIG_LOCKOUT => Class::SigLockout,
         TRIAL_ACCOUNT_CAP => Class::AppCapped,
         c if ACCOUNT_MISSING.contains(&c) => Class::AccountMissing,
-        _ => tables
-            .iter()
-            .find(|(codes, _)| codes.contains(&code))
-            .map_or(Class::Unrecognized, |(_, class)| *class),
+        _ => crate::providers::class_in(code, &tables).unwrap_or(Class::Unrecognized),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::testing::{assert_classes, assert_disjoint};
 
     /// providers.md's corrected table, written out as numbers.
     #[test]
@@ -284,16 +282,12 @@ mod tests {
             (&[0], Class::Success),
             (&[123456], Class::Unrecognized),
         ];
-        for (codes, class) in table {
-            for c in *codes {
-                assert_eq!(classify(*c), *class, "{c}");
-            }
-        }
+        assert_classes(table, classify);
     }
 
     #[test]
     fn no_code_sits_in_two_classes() {
-        let all: Vec<i64> = [
+        assert_disjoint(&[
             RATE_LIMITED,
             TRANSIENT,
             SIG_EXPIRED,
@@ -301,12 +295,7 @@ mod tests {
             APP_UNUSABLE,
             BAD_MESSAGE,
             ACCOUNT_MISSING,
-        ]
-        .concat();
-        let mut seen = std::collections::HashSet::new();
-        for c in all {
-            assert!(seen.insert(c), "{c} is listed twice");
-        }
+        ]);
     }
 }
 

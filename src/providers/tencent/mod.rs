@@ -7,23 +7,24 @@ use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use backon::Retryable;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
+use super::http::{self, snippet};
 use super::{
-    read_capped, snippet, transport_outcome, Accepted, LaneReadBack, Outcome, Provider, ReadBack, Registered,
-    SendJob, UserProfile,
+    int_field, Accepted, LaneReadBack, Outcome, Provider, ProviderError, ReadBack, Registered, SendJob,
+    UserProfile,
 };
+use crate::backoff::Backoff;
 use crate::config::{tencent_base_url, TencentTarget};
-use crate::providers::zim::{describe_outcome, int_field};
+use crate::lane_key::LaneKey;
 use crate::ratelimit;
 
 pub mod body;
 pub mod codes;
 pub mod probe;
 pub mod usersig;
-
-const MAX_ANSWER: usize = 1 << 20;
 
 struct CachedSig {
     sig: SecretString,
@@ -49,6 +50,8 @@ pub struct TencentClient {
 
 /// Accounts per multiaccount_import call.
 const ACCOUNT_BATCH: usize = 100;
+/// Retries of an idempotent call: 400 ms, doubling, five at most.
+const IDEMPOTENT_RETRIES: Backoff = http::idempotent_retries(Duration::from_millis(400));
 
 impl TencentClient {
     /// Builds a client from a target's configuration.
@@ -79,10 +82,7 @@ impl TencentClient {
                 return c.sig.clone();
             }
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = super::unix_ms() / 1000;
         let sig = SecretString::new(usersig::generate(
             u64::from(self.sdk_app_id),
             &self.admin,
@@ -111,16 +111,7 @@ impl TencentClient {
 
     /// Posts a body to `api` and returns the parsed answer object.
     async fn call(&self, api: &str, body: &str, force_new_sig: bool) -> Result<Value, Outcome> {
-        let resp = self
-            .http
-            .post(self.url(api, force_new_sig))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(|e| transport_outcome(&e))?;
-        let status = resp.status();
-        let bytes = read_capped(resp, MAX_ANSWER).await?;
+        let (status, bytes) = http::post_json(&self.http, self.url(api, force_new_sig), body).await?;
         parse_answer(status.as_u16(), &bytes)
     }
 
@@ -133,19 +124,9 @@ impl TencentClient {
 /// Parses a Tencent answer (HTTP status and body) into its JSON object,
 /// or the outcome that an unusable answer means. Never panics.
 pub fn parse_answer(status: u16, bytes: &[u8]) -> Result<Value, Outcome> {
-    let status = reqwest::StatusCode::from_u16(status).unwrap_or(reqwest::StatusCode::BAD_GATEWAY);
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(v @ Value::Object(_)) if v.get("ActionStatus").is_some() || v.get("ErrorCode").is_some() => Ok(v),
-        _ if !status.is_success() => Err(super::http_status_outcome(status, bytes)),
-        _ => Err(Outcome::Unknown {
-            code: None,
-            reason: format!(
-                "HTTP {} with an answer that is not Tencent's JSON: {}",
-                status.as_u16(),
-                snippet(bytes)
-            ),
-        }),
-    }
+    http::json_answer(status, bytes, "Tencent", |v| {
+        v.get("ActionStatus").is_some() || v.get("ErrorCode").is_some()
+    })
 }
 
 /// Classifies a parsed Tencent answer; `sent_seq` is the MsgSeq we sent.
@@ -254,38 +235,37 @@ fn fingerprint_of(v: &Value) -> Option<String> {
 impl TencentClient {
     /// Posts to an API and classifies the answer; a `RetryLater` or an
     /// unknown outcome is retried a few times (these calls are idempotent).
+    /// A retry signs with a fresh UserSig.
     async fn idempotent_call(
         &self,
         api: &str,
         body: &str,
         bucket: &ratelimit::Bucket,
-    ) -> Result<Value, String> {
-        let mut attempt = 0u32;
-        loop {
-            bucket.until_ready().await;
-            let r = self
-                .call(api, body, attempt > 0)
-                .await
-                .map(|v| (classify_answer(&v, None), v));
-            match r {
-                Ok((Outcome::Accepted(_), v)) => return Ok(v),
-                Ok((Outcome::RetryLater { .. } | Outcome::Unknown { .. }, _))
-                | Err(Outcome::RetryLater { .. } | Outcome::Unknown { .. })
-                    if attempt < 5 =>
-                {
-                    attempt += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+    ) -> Result<Value, ProviderError> {
+        let mut calls = 0u32;
+        let once = || {
+            let fresh_sig = calls > 0;
+            calls += 1;
+            async move {
+                bucket.until_ready().await;
+                let v = self.call(api, body, fresh_sig).await?;
+                match classify_answer(&v, None) {
+                    Outcome::Accepted(_) => Ok(v),
+                    o => Err(o),
                 }
-                Ok((o, _)) | Err(o) => return Err(describe_outcome(&o)),
             }
-        }
+        };
+        Ok(once
+            .retry(IDEMPOTENT_RETRIES.iter())
+            .when(http::worth_retrying)
+            .await?)
     }
 
     /// Imports accounts with their profiles (multiaccount_import's
     /// `AccountList`), 100 per call. Importing an account again is
     /// harmless (Tencent: 导入多个账号: one internal id per account, and an
     /// existing account takes the new Nick/FaceUrl), so re-runs succeed.
-    async fn import_accounts(&self, users: &[UserProfile]) -> Result<Registered, String> {
+    async fn import_accounts(&self, users: &[UserProfile]) -> Result<Registered, ProviderError> {
         let mut out = Registered::default();
         for chunk in users.chunks(ACCOUNT_BATCH) {
             let list: Vec<Value> = chunk.iter().map(account_item).collect();
@@ -375,11 +355,11 @@ impl Provider for TencentClient {
         }
     }
 
-    async fn probe(&self, users: [&str; 2]) -> Result<crate::probe::Findings, String> {
+    async fn probe(&self, users: [&str; 2]) -> Result<crate::probe::Findings, ProviderError> {
         probe::run(self, users).await
     }
 
-    async fn register_users(&self, users: &[UserProfile]) -> Result<Registered, String> {
+    async fn register_users(&self, users: &[UserProfile]) -> Result<Registered, ProviderError> {
         self.import_accounts(users).await
     }
 
@@ -393,12 +373,9 @@ impl Provider for TencentClient {
 
     /// Pages a conversation backwards with admin_getroammsg and returns it
     /// in display order (time, then MsgSeq).
-    async fn read_back(&self, lane_key: &str) -> Result<LaneReadBack, String> {
-        let (a, b) = lane_key.split_once('\u{1f}').ok_or("not a Tencent lane")?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+    async fn read_back(&self, lane: &LaneKey) -> Result<LaneReadBack, ProviderError> {
+        let (a, b) = lane.users().ok_or(ProviderError::NotALane("Tencent"))?;
+        let now = super::unix_ms() / 1000;
         let min_time = now - i64::from(self.roaming_days) * 86_400;
         let mut max_time = now + 60;
         let mut last_key: Option<String> = None;
@@ -416,18 +393,8 @@ impl Provider for TencentClient {
                     &self.query_bucket,
                 )
                 .await?;
-            for m in v.get("MsgList").and_then(Value::as_array).into_iter().flatten() {
-                if let Some(fp) = fingerprint_of(m) {
-                    out.push((
-                        int_field(m, "MsgTimeStamp").unwrap_or(0),
-                        int_field(m, "MsgSeq").unwrap_or(0),
-                        ReadBack {
-                            fingerprint: fp,
-                            msg_id: m.get("MsgKey").and_then(Value::as_str).map(str::to_string),
-                        },
-                    ));
-                }
-            }
+            let list = v.get("MsgList").and_then(Value::as_array).into_iter().flatten();
+            out.extend(list.filter_map(roam_item));
             let complete = int_field(&v, "Complete").unwrap_or(1) == 1;
             let key = v.get("LastMsgKey").and_then(Value::as_str).map(str::to_string);
             if complete || key.is_none() || key == last_key {
@@ -442,4 +409,18 @@ impl Provider for TencentClient {
             readable_from_ms: Some(min_time * 1000),
         })
     }
+}
+
+/// One admin_getroammsg message for `verify`, with its display order
+/// (time, then MsgSeq); None without the dedup triple.
+fn roam_item(m: &Value) -> Option<(i64, i64, ReadBack)> {
+    let read_back = ReadBack {
+        fingerprint: fingerprint_of(m)?,
+        msg_id: m.get("MsgKey").and_then(Value::as_str).map(str::to_string),
+    };
+    Some((
+        int_field(m, "MsgTimeStamp").unwrap_or(0),
+        int_field(m, "MsgSeq").unwrap_or(0),
+        read_back,
+    ))
 }

@@ -15,19 +15,21 @@ use serde_json::{json, Value};
 
 use super::TencentClient;
 use crate::probe::Findings;
-use crate::providers::zim::int_field;
-use crate::providers::{unix_ms, UserProfile};
+use crate::providers::{int_field, unix_ms, ProviderError, UserProfile};
 
 /// How long the probe waits for its imports to become readable.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(30);
 
-pub(super) async fn run(c: &TencentClient, users: [&str; 2]) -> Result<Findings, String> {
+pub(super) async fn run(c: &TencentClient, users: [&str; 2]) -> Result<Findings, ProviderError> {
     let [a, b] = users;
     let reg = c
         .import_accounts(&[UserProfile::bare(a), UserProfile::bare(b)])
         .await?;
     if !reg.failed.is_empty() {
-        return Err(format!("cannot import the probe accounts: {:?}", reg.failed));
+        return Err(ProviderError::ProbeUsers {
+            what: "import the probe accounts",
+            failed: reg.failed,
+        });
     }
     let mut f = Findings {
         provider: "tencent".into(),
@@ -56,6 +58,13 @@ pub(super) async fn run(c: &TencentClient, users: [&str; 2]) -> Result<Findings,
         .iter()
         .filter(|m| int_field(m, "MsgRandom") == Some(random as i64))
         .collect();
+    judge(&mut f, &ours, seq, ts);
+    Ok(f)
+}
+
+/// Compares what came back (`ours`: the probe's messages) with what was
+/// sent: the triple, the dedup of the second import, the elements.
+fn judge(f: &mut Findings, ours: &[&Value], seq: i64, ts: i64) {
     f.triple_echoed = Some(
         ours.iter()
             .any(|m| int_field(m, "MsgSeq") == Some(seq) && int_field(m, "MsgTimeStamp") == Some(ts)),
@@ -70,7 +79,7 @@ pub(super) async fn run(c: &TencentClient, users: [&str; 2]) -> Result<Findings,
             format!("the same triple imported twice is stored {n} times: dedup is NOT what the documents say")
         }
     });
-    for m in &ours {
+    for m in ours {
         let body = m.get("MsgBody").cloned().unwrap_or_default();
         let types: Vec<&str> = body
             .as_array()
@@ -85,7 +94,6 @@ pub(super) async fn run(c: &TencentClient, users: [&str; 2]) -> Result<Findings,
             types.join(", ")
         ));
     }
-    Ok(f)
 }
 
 fn probe_body(a: &str, b: &str, seq: i64, random: u32, ts: i64, elem: Value) -> Value {
@@ -114,7 +122,7 @@ async fn wait_visible(
     b: &str,
     ts: i64,
     random: u32,
-) -> Result<Vec<Value>, String> {
+) -> Result<Vec<Value>, ProviderError> {
     let started = Instant::now();
     loop {
         let body =
@@ -135,10 +143,9 @@ async fn wait_visible(
             return Ok(list);
         }
         if started.elapsed() > VISIBLE_WITHIN {
-            return Err(format!(
-                "the probe messages were not readable after {} s",
-                VISIBLE_WITHIN.as_secs()
-            ));
+            return Err(ProviderError::ProbeNotVisible {
+                secs: VISIBLE_WITHIN.as_secs(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

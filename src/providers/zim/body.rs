@@ -31,8 +31,9 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::ZimTarget;
+use crate::lane_key::LaneKey;
 use crate::load::input::{InputItem, InputMessage};
-use crate::providers::{conversation_id, PlanContext, PlannedJob};
+use crate::providers::{PlanContext, PlanError, PlannedJob};
 
 /// The JSON body of one `ImportPeerMsg` call.
 #[derive(Debug, Serialize)]
@@ -63,21 +64,17 @@ pub struct MessageBody<'a> {
 const DAY_MS: i64 = 86_400_000;
 
 /// Checks a ZIM user id: at most 32 bytes of the documented characters.
-pub fn check_user_id(field: &str, id: &str) -> Result<(), String> {
+pub fn check_user_id(field: &str, id: &str) -> Result<(), PlanError> {
     if id.is_empty() {
-        return Err(format!("{field} is empty"));
+        return Err(PlanError::empty(field));
     }
-    if id.len() > 32 {
-        return Err(format!(
-            "{field} is {} bytes; ZIM user ids are at most 32",
-            id.len()
-        ));
-    }
+    PlanError::check_len(field, id, 32, "ZIM user ids")?;
     if let Some(c) = id.chars().find(|c| !zim_id_char(*c)) {
         return Err(format!(
             "{field} {id:?} has the character {c:?}, which ZIM refuses in user ids \
              (allowed: letters, digits, space and !#$%&()+-:;<=.>?@[]^_{{}}|~)"
-        ));
+        )
+        .into());
     }
     Ok(())
 }
@@ -101,6 +98,13 @@ pub fn default_media_uid(conversation: &str, id: &str) -> String {
     h.update([0x1f]);
     h.update(id.as_bytes());
     h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The media id of a message: its own `uid`, else [`default_media_uid`].
+pub(crate) fn message_uid(m: &InputMessage, conversation: &str) -> String {
+    m.media.uid
+        .clone()
+        .unwrap_or_else(|| default_media_uid(conversation, &m.id))
 }
 
 /// The last path segment of a URL (query and fragment cut off), if any.
@@ -149,11 +153,7 @@ impl<'a> Media<'a> {
             large_url: m.media.large_url.as_deref(),
             large_width: m.media.large_width,
             large_height: m.media.large_height,
-            uid: m
-                .media
-                .uid
-                .clone()
-                .unwrap_or_else(|| default_media_uid(conversation, &m.id)),
+            uid: message_uid(m, conversation),
         }
     }
 
@@ -180,21 +180,22 @@ impl<'a> Media<'a> {
         }
     }
 
-    fn check_url(&self, field: &str, url: &str) -> Result<(), String> {
-        if url.is_empty() {
-            return Err(format!("{}{field} is empty", self.at));
-        }
-        if url.len() > MAX_URL_BYTES {
-            return Err(format!(
-                "{}{field} is {} bytes; ZIM media URLs are at most {MAX_URL_BYTES}",
-                self.at,
-                url.len()
-            ));
-        }
-        Ok(())
+    /// A media URL `field`: not empty, within [`MAX_URL_BYTES`].
+    fn check_url(&self, field: &str, url: &str) -> Result<(), PlanError> {
+        self.check_text(field, url, MAX_URL_BYTES, "ZIM media URLs")
     }
 
-    fn url(&self, kind: &str) -> Result<&'a str, String> {
+    /// A text `field` (at this part) that is not empty and not over `max`
+    /// bytes of `of`.
+    fn check_text(&self, field: &str, value: &str, max: usize, of: &'static str) -> Result<(), PlanError> {
+        if value.is_empty() {
+            return Err(PlanError::empty(format!("{}{field}", self.at)));
+        }
+        PlanError::check_len(format!("{}{field}", self.at), value, max, of)
+    }
+
+    /// The media URL, which a media message or part needs.
+    fn url(&self, kind: &str) -> Result<&'a str, PlanError> {
         let url = self.url.ok_or_else(|| {
             format!(
                 "{}url is missing; {} {kind} needs its media URL",
@@ -206,7 +207,8 @@ impl<'a> Media<'a> {
         Ok(url)
     }
 
-    fn file_name(&self, url: &'a str, kind: &str) -> Result<&'a str, String> {
+    /// The file name as given, else the URL's last path segment.
+    fn file_name(&self, url: &'a str, kind: &str) -> Result<&'a str, PlanError> {
         let name = match self.file_name {
             Some(n) => n,
             None => file_name_from_url(url).ok_or_else(|| {
@@ -217,16 +219,7 @@ impl<'a> Media<'a> {
                 )
             })?,
         };
-        if name.is_empty() {
-            return Err(format!("{}file_name is empty", self.at));
-        }
-        if name.len() > MAX_FILE_NAME_BYTES {
-            return Err(format!(
-                "{}file_name is {} bytes; ZIM file names are at most {MAX_FILE_NAME_BYTES}",
-                self.at,
-                name.len()
-            ));
-        }
+        self.check_text("file_name", name, MAX_FILE_NAME_BYTES, "ZIM file names")?;
         Ok(name)
     }
 
@@ -237,7 +230,7 @@ impl<'a> Media<'a> {
         url: Option<&str>,
         w: Option<u32>,
         h: Option<u32>,
-    ) -> Result<Option<Value>, String> {
+    ) -> Result<Option<Value>, PlanError> {
         match url {
             None => Ok(None),
             Some(u) => {
@@ -250,61 +243,70 @@ impl<'a> Media<'a> {
     }
 
     /// The media object of a type (11..=14).
-    fn object(&self, message_type: u32) -> Result<Value, String> {
+    fn object(&self, message_type: u32) -> Result<Value, PlanError> {
         let mut o = Map::new();
         o.insert("Uid".into(), json!(self.uid));
         match message_type {
-            11 => {
-                let url = self.url("image")?;
-                o.insert(
-                    "Origin".into(),
-                    json!({"Url": url, "Width": self.width.unwrap_or(0), "Height": self.height.unwrap_or(0)}),
-                );
-                if let Some(v) =
-                    self.picture("large_url", self.large_url, self.large_width, self.large_height)?
-                {
-                    o.insert("LargeImage".into(), v);
-                }
-                if let Some(v) = self.picture(
-                    "thumbnail_url",
-                    self.thumbnail_url,
-                    self.thumbnail_width,
-                    self.thumbnail_height,
-                )? {
-                    o.insert("Thumbnail".into(), v);
-                }
-                // ZEGO marks the image FileName required (messagebody-introduction.md).
-                o.insert("FileName".into(), json!(self.file_name(url, "image")?));
-                if let Some(size) = self.size {
-                    o.insert("Size".into(), json!(size));
-                }
-            }
-            _ => {
-                let kind = match message_type {
-                    12 => "file",
-                    13 => "audio",
-                    _ => "video",
-                };
-                let url = self.url(kind)?;
-                o.insert("Url".into(), json!(url));
-                o.insert("FileName".into(), json!(self.file_name(url, kind)?));
-                o.insert("Size".into(), json!(self.size.unwrap_or(0)));
-                if message_type != 12 {
-                    o.insert("MediaDuration".into(), json!(self.duration_secs.unwrap_or(0)));
-                }
-                if message_type == 14 {
-                    if let Some(v) = self.picture(
-                        "thumbnail_url",
-                        self.thumbnail_url,
-                        self.thumbnail_width,
-                        self.thumbnail_height,
-                    )? {
-                        o.insert("Thumbnail".into(), v);
-                    }
-                }
-            }
+            11 => self.image(&mut o)?,
+            _ => self.file(message_type, &mut o)?,
         }
         Ok(Value::Object(o))
+    }
+
+    /// The image's fields: `Origin`, `LargeImage`?, `Thumbnail`?,
+    /// `FileName`, `Size`?.
+    fn image(&self, o: &mut Map<String, Value>) -> Result<(), PlanError> {
+        let url = self.url("image")?;
+        o.insert(
+            "Origin".into(),
+            json!({"Url": url, "Width": self.width.unwrap_or(0), "Height": self.height.unwrap_or(0)}),
+        );
+        if let Some(v) = self.picture("large_url", self.large_url, self.large_width, self.large_height)? {
+            o.insert("LargeImage".into(), v);
+        }
+        if let Some(v) = self.thumbnail()? {
+            o.insert("Thumbnail".into(), v);
+        }
+        // ZEGO marks the image FileName required (messagebody-introduction.md).
+        o.insert("FileName".into(), json!(self.file_name(url, "image")?));
+        if let Some(size) = self.size {
+            o.insert("Size".into(), json!(size));
+        }
+        Ok(())
+    }
+
+    /// A file's (12), audio's (13) or video's (14) fields: `Url`,
+    /// `FileName`, `Size`, `MediaDuration` (not a file), `Thumbnail`?
+    /// (a video).
+    fn file(&self, message_type: u32, o: &mut Map<String, Value>) -> Result<(), PlanError> {
+        let kind = match message_type {
+            12 => "file",
+            13 => "audio",
+            _ => "video",
+        };
+        let url = self.url(kind)?;
+        o.insert("Url".into(), json!(url));
+        o.insert("FileName".into(), json!(self.file_name(url, kind)?));
+        o.insert("Size".into(), json!(self.size.unwrap_or(0)));
+        if message_type != 12 {
+            o.insert("MediaDuration".into(), json!(self.duration_secs.unwrap_or(0)));
+        }
+        if message_type == 14 {
+            if let Some(v) = self.thumbnail()? {
+                o.insert("Thumbnail".into(), v);
+            }
+        }
+        Ok(())
+    }
+
+    /// The thumbnail's `{"Url", "Width", "Height"}`, when given.
+    fn thumbnail(&self) -> Result<Option<Value>, PlanError> {
+        self.picture(
+            "thumbnail_url",
+            self.thumbnail_url,
+            self.thumbnail_width,
+            self.thumbnail_height,
+        )
     }
 }
 
@@ -327,9 +329,10 @@ fn media_type(kind: &str) -> Option<u32> {
     }
 }
 
-fn check_sub_type(field: &str, sub: i64) -> Result<i64, String> {
+/// A custom `SubMsgType` within ZIM's 0..=200.
+fn check_sub_type(field: &str, sub: i64) -> Result<i64, PlanError> {
     if !(0..=200).contains(&sub) {
-        return Err(format!("{field} {sub} is outside ZIM's 0..=200"));
+        return Err(format!("{field} {sub} is outside ZIM's 0..=200").into());
     }
     Ok(sub)
 }
@@ -338,32 +341,35 @@ fn check_sub_type(field: &str, sub: i64) -> Result<i64, String> {
 pub const MAX_MULTI_ITEMS: usize = 20;
 
 /// A required, non-empty string field; the reason names it.
-fn non_empty<'s>(value: Option<&'s str>, field: &str, what: &str) -> Result<&'s str, String> {
+fn non_empty<'s>(value: Option<&'s str>, field: &str, what: &str) -> Result<&'s str, PlanError> {
     match value {
-        None => Err(format!("{what} needs the field `{field}`")),
+        None => Err(PlanError::Missing {
+            what: what.to_string(),
+            field: field.to_string(),
+        }),
         Some("") => Err(format!(
             "{field} is empty; ZIM refuses an empty message (give it some content or leave the line out)"
-        )),
+        )
+        .into()),
         Some(v) => Ok(v),
     }
 }
 
 /// A `SearchedContent` within its 64 bytes.
-fn check_searched(field: &str, s: Option<&str>) -> Result<(), String> {
+fn check_searched(field: &str, s: Option<&str>) -> Result<(), PlanError> {
     match s {
-        Some(s) if s.len() > MAX_SEARCHED_BYTES => Err(format!(
-            "{field} is {} bytes; ZIM allows {MAX_SEARCHED_BYTES}",
-            s.len()
-        )),
+        Some(s) if s.len() > MAX_SEARCHED_BYTES => {
+            Err(format!("{field} is {} bytes; ZIM allows {MAX_SEARCHED_BYTES}", s.len()).into())
+        }
         _ => Ok(()),
     }
 }
 
 /// One `MultiMsg` item: `{"MsgType", "Msg", "SubMsgType"?, "SearchedContent"?}`.
-fn multi_item(item: &InputItem, i: usize, uid: &str) -> Result<Value, String> {
+fn multi_item(item: &InputItem, i: usize, uid: &str) -> Result<Value, PlanError> {
     let at = |f: &str| format!("items[{i}].{f}");
     if item.search_text.is_some() && item.kind != "custom" {
-        return Err(format!("{} is only allowed on a custom part", at("search_text")));
+        return Err(format!("{} is only allowed on a custom part", at("search_text")).into());
     }
     match item.kind.as_str() {
         "text" => {
@@ -388,13 +394,14 @@ fn multi_item(item: &InputItem, i: usize, uid: &str) -> Result<Value, String> {
             Some(t) => Ok(json!({"MsgType": t, "Msg": Media::of_item(item, i, uid).object(t)?.to_string()})),
             None => Err(format!(
                 "items[{i}] has type {kind:?}; a part is text, custom, image, file, audio or video"
-            )),
+            )
+            .into()),
         },
     }
 }
 
 /// The multi-item `Message` object.
-fn multi(m: &InputMessage, conversation: &str) -> Result<Value, String> {
+fn multi(m: &InputMessage, conversation: &str) -> Result<Value, PlanError> {
     let items = m
         .items
         .as_deref()
@@ -407,13 +414,10 @@ fn multi(m: &InputMessage, conversation: &str) -> Result<Value, String> {
             "items has {} parts; a ZIM multi-item message holds at most {MAX_MULTI_ITEMS} \
              (split it into several messages)",
             items.len()
-        ));
+        )
+        .into());
     }
-    let uid = m
-        .media
-        .uid
-        .clone()
-        .unwrap_or_else(|| default_media_uid(conversation, &m.id));
+    let uid = message_uid(m, conversation);
     let list = items
         .iter()
         .enumerate()
@@ -423,23 +427,17 @@ fn multi(m: &InputMessage, conversation: &str) -> Result<Value, String> {
 }
 
 /// Checks the URLs and file names inside a media `Message` (native bodies).
-fn check_media_json(v: &Value, path: &str) -> Result<(), String> {
+fn check_media_json(v: &Value, path: &str) -> Result<(), PlanError> {
     match v {
         Value::Object(o) => {
             for (k, v) in o {
                 let here = format!("{path}.{k}");
                 match (k.as_str(), v) {
-                    ("Url" | "Thumbnail", Value::String(s)) if s.len() > MAX_URL_BYTES => {
-                        return Err(format!(
-                            "{here} is {} bytes; ZIM media URLs are at most {MAX_URL_BYTES}",
-                            s.len()
-                        ))
+                    ("Url" | "Thumbnail", Value::String(s)) => {
+                        PlanError::check_len(here, s, MAX_URL_BYTES, "ZIM media URLs")?
                     }
-                    ("FileName", Value::String(s)) if s.len() > MAX_FILE_NAME_BYTES => {
-                        return Err(format!(
-                            "{here} is {} bytes; ZIM file names are at most {MAX_FILE_NAME_BYTES}",
-                            s.len()
-                        ))
+                    ("FileName", Value::String(s)) => {
+                        PlanError::check_len(here, s, MAX_FILE_NAME_BYTES, "ZIM file names")?
                     }
                     _ => check_media_json(v, &here)?,
                 }
@@ -457,7 +455,7 @@ fn check_media_json(v: &Value, path: &str) -> Result<(), String> {
 /// A media `Message` (or a multi item's `Msg`) given as it is: a JSON
 /// object in a string with the keys ZEGO marks required
 /// (messagebody-introduction.md), URLs and file names within their limits.
-fn check_native_media(message_type: u32, text: &str, path: &str) -> Result<(), String> {
+fn check_native_media(message_type: u32, text: &str, path: &str) -> Result<(), PlanError> {
     let inner: Value = serde_json::from_str(text)
         .ok()
         .filter(Value::is_object)
@@ -468,21 +466,17 @@ fn check_native_media(message_type: u32, text: &str, path: &str) -> Result<(), S
         &["Uid", "Url", "FileName"]
     };
     if let Some(k) = required.iter().find(|k| inner.get(**k).is_none()) {
-        return Err(format!(
-            "{path}.{k} is missing; ZIM requires it for MessageType {message_type}"
-        ));
+        return Err(format!("{path}.{k} is missing; ZIM requires it for MessageType {message_type}").into());
     }
     if message_type == 11 && !inner["Origin"].get("Url").is_some_and(Value::is_string) {
-        return Err(format!(
-            "{path}.Origin.Url is missing; ZIM requires it for an image"
-        ));
+        return Err(format!("{path}.Origin.Url is missing; ZIM requires it for an image").into());
     }
     check_media_json(&inner, path)
 }
 
 /// A multi-item `Message` given as it is: `{"MultiMsg": [..]}` as ZEGO
 /// documents it, at most 20 items of the item types.
-fn check_native_multi(text: &str) -> Result<(), String> {
+fn check_native_multi(text: &str) -> Result<(), PlanError> {
     let v: Value = serde_json::from_str(text)
         .map_err(|_| "native.Message of MessageType 10 must be a JSON object in a string".to_string())?;
     let items = v.get("MultiMsg").and_then(Value::as_array).ok_or(
@@ -492,14 +486,15 @@ fn check_native_multi(text: &str) -> Result<(), String> {
         return Err(format!(
             "native.Message.MultiMsg has {} items; ZIM takes 1 to {MAX_MULTI_ITEMS}",
             items.len()
-        ));
+        )
+        .into());
     }
     for (i, item) in items.iter().enumerate() {
         let at = format!("native.Message.MultiMsg[{i}]");
         let t = item.get("MsgType").and_then(Value::as_i64);
         let msg = item.get("Msg").and_then(Value::as_str).unwrap_or("");
         if msg.is_empty() {
-            return Err(format!("{at}.Msg is missing or empty"));
+            return Err(format!("{at}.Msg is missing or empty").into());
         }
         match t {
             Some(1) => {}
@@ -508,9 +503,9 @@ fn check_native_multi(text: &str) -> Result<(), String> {
                     .get("SubMsgType")
                     .and_then(Value::as_i64)
                     .is_some_and(|s| (0..=200).contains(&s)) => {}
-            Some(200) => return Err(format!("{at}.SubMsgType is required for MsgType 200 (0..=200)")),
+            Some(200) => return Err(format!("{at}.SubMsgType is required for MsgType 200 (0..=200)").into()),
             Some(t @ 11..=14) => check_native_media(t as u32, msg, &format!("{at}.Msg"))?,
-            _ => return Err(format!("{at}.MsgType must be 1, 11, 12, 13, 14 or 200")),
+            _ => return Err(format!("{at}.MsgType must be 1, 11, 12, 13, 14 or 200").into()),
         }
     }
     Ok(())
@@ -524,7 +519,9 @@ struct Content<'a> {
     searched: Option<&'a str>,
 }
 
-fn native(m: &InputMessage) -> Result<Content<'_>, String> {
+/// A `native` message: `{"MessageType", "Message", "SubMsgType"?}` used as
+/// it is, once checked against ZEGO's layouts.
+fn native(m: &InputMessage) -> Result<Content<'_>, PlanError> {
     let v = m.native.as_ref().ok_or(
         "a native message needs `native`: {\"MessageType\": n, \"Message\": \"...\", \"SubMsgType\"?: n}",
     )?;
@@ -538,21 +535,10 @@ fn native(m: &InputMessage) -> Result<Content<'_>, String> {
         return Err(format!(
             "native has the key {k:?}; for ZIM it takes MessageType, Message and SubMsgType only \
              (ExtendedData comes from `ext`, SearchedContent from `search_text`)"
-        ));
+        )
+        .into());
     }
-    let t = o
-        .get("MessageType")
-        .and_then(Value::as_i64)
-        .ok_or("native.MessageType is missing or not an integer")?;
-    let message_type = match t {
-        2 => return Err("signalling messages (MessageType 2) cannot be imported into ZIM".into()),
-        1 | 10 | 11 | 12 | 13 | 14 | 200 => t as u32,
-        other => {
-            return Err(format!(
-                "native.MessageType {other} is not one ZIM imports (1, 10, 11, 12, 13, 14, 200)"
-            ))
-        }
-    };
+    let message_type = native_type(o)?;
     let message = o
         .get("Message")
         .and_then(Value::as_str)
@@ -565,15 +551,7 @@ fn native(m: &InputMessage) -> Result<Content<'_>, String> {
         11..=14 => check_native_media(message_type, message, "native.Message")?,
         _ => {}
     }
-    let sub_msg_type = match (message_type, o.get("SubMsgType")) {
-        (200, Some(s)) => Some(check_sub_type(
-            "native.SubMsgType",
-            s.as_i64().ok_or("native.SubMsgType is not an integer")?,
-        )?),
-        (200, None) => return Err("native.SubMsgType is required for MessageType 200 (0..=200)".into()),
-        (_, Some(_)) => return Err("native.SubMsgType applies to MessageType 200 only".into()),
-        (_, None) => None,
-    };
+    let sub_msg_type = native_sub_type(message_type, o)?;
     if message_type != 200 && m.search_text.is_some() {
         return Err("search_text is only allowed on custom messages (MessageType 200)".into());
     }
@@ -585,38 +563,59 @@ fn native(m: &InputMessage) -> Result<Content<'_>, String> {
     })
 }
 
-fn content<'a>(m: &'a InputMessage, conversation: &str) -> Result<Content<'a>, String> {
+/// A native `MessageType` ZIM imports.
+fn native_type(o: &Map<String, Value>) -> Result<u32, PlanError> {
+    let t = o
+        .get("MessageType")
+        .and_then(Value::as_i64)
+        .ok_or("native.MessageType is missing or not an integer")?;
+    match t {
+        2 => Err("signalling messages (MessageType 2) cannot be imported into ZIM".into()),
+        1 | 10 | 11 | 12 | 13 | 14 | 200 => Ok(t as u32),
+        other => Err(format!(
+            "native.MessageType {other} is not one ZIM imports (1, 10, 11, 12, 13, 14, 200)"
+        )
+        .into()),
+    }
+}
+
+/// A native `SubMsgType`: required for custom (200), refused otherwise.
+fn native_sub_type(message_type: u32, o: &Map<String, Value>) -> Result<Option<i64>, PlanError> {
+    match (message_type, o.get("SubMsgType")) {
+        (200, Some(s)) => Ok(Some(check_sub_type(
+            "native.SubMsgType",
+            s.as_i64().ok_or("native.SubMsgType is not an integer")?,
+        )?)),
+        (200, None) => Err("native.SubMsgType is required for MessageType 200 (0..=200)".into()),
+        (_, Some(_)) => Err("native.SubMsgType applies to MessageType 200 only".into()),
+        (_, None) => Ok(None),
+    }
+}
+
+impl<'a> Content<'a> {
+    /// Content of `message_type` that is only its `Message`.
+    fn plain(message_type: u32, message: Cow<'a, str>) -> Self {
+        Content {
+            message_type,
+            message,
+            sub_msg_type: None,
+            searched: None,
+        }
+    }
+}
+
+/// What a message of each type imports as (README, "Input").
+fn content<'a>(m: &'a InputMessage, conversation: &str) -> Result<Content<'a>, PlanError> {
     if m.search_text.is_some() && !matches!(m.kind.as_str(), "custom" | "native") {
         return Err("search_text is only allowed on custom messages".into());
     }
     let c = match m.kind.as_str() {
-        "text" => {
-            let text = non_empty(m.text.as_deref(), "text", "a text message")?;
-            Content {
-                message_type: 1,
-                message: Cow::Borrowed(text),
-                sub_msg_type: None,
-                searched: None,
-            }
-        }
-        "custom" => {
-            let data = non_empty(m.data.as_deref(), "data", "a custom message")?;
-            let sub = m
-                .sub_type
-                .ok_or("a custom message for ZIM needs `sub_type` (SubMsgType, 0..=200)")?;
-            Content {
-                message_type: 200,
-                message: Cow::Borrowed(data),
-                sub_msg_type: Some(check_sub_type("sub_type", sub)?),
-                searched: m.search_text.as_deref(),
-            }
-        }
-        "multi" => Content {
-            message_type: 10,
-            message: Cow::Owned(multi(m, conversation)?.to_string()),
-            sub_msg_type: None,
-            searched: None,
-        },
+        "text" => Content::plain(
+            1,
+            Cow::Borrowed(non_empty(m.text.as_deref(), "text", "a text message")?),
+        ),
+        "custom" => custom(m)?,
+        "multi" => Content::plain(10, Cow::Owned(multi(m, conversation)?.to_string())),
         "native" => native(m)?,
         "signalling" | "signaling" | "command" => {
             return Err("signalling messages cannot be imported into ZIM".into())
@@ -626,20 +625,20 @@ fn content<'a>(m: &'a InputMessage, conversation: &str) -> Result<Content<'a>, S
                 "type {:?} exists in Tencent IM only; ZIM has no such message (use native to send \
                  it as a custom message)",
                 m.kind
-            ))
+            )
+            .into())
         }
         other => match media_type(other) {
-            Some(t) => Content {
-                message_type: t,
-                message: Cow::Owned(Media::of_message(m, conversation).object(t)?.to_string()),
-                sub_msg_type: None,
-                searched: None,
-            },
+            Some(t) => Content::plain(
+                t,
+                Cow::Owned(Media::of_message(m, conversation).object(t)?.to_string()),
+            ),
             None => {
                 return Err(format!(
                     "type {other:?} is not supported for ZIM targets (supported: text, custom, image, \
                      file, audio, video, multi, native)"
-                ))
+                )
+                .into())
             }
         },
     };
@@ -647,15 +646,30 @@ fn content<'a>(m: &'a InputMessage, conversation: &str) -> Result<Content<'a>, S
     Ok(c)
 }
 
-/// Derives one job per user whose view holds the message.
-pub fn plan(z: &ZimTarget, m: &InputMessage, ctx: PlanContext) -> Result<Vec<PlannedJob>, String> {
+/// A custom message (200): its data, `SubMsgType` and `SearchedContent`.
+fn custom(m: &InputMessage) -> Result<Content<'_>, PlanError> {
+    let data = non_empty(m.data.as_deref(), "data", "a custom message")?;
+    let sub = m
+        .sub_type
+        .ok_or("a custom message for ZIM needs `sub_type` (SubMsgType, 0..=200)")?;
+    Ok(Content {
+        message_type: 200,
+        message: Cow::Borrowed(data),
+        sub_msg_type: Some(check_sub_type("sub_type", sub)?),
+        searched: m.search_text.as_deref(),
+    })
+}
+
+/// The checks of a message that do not depend on its type: its users,
+/// its time within the plan's history window.
+fn check_message(z: &ZimTarget, m: &InputMessage, ctx: PlanContext) -> Result<(), PlanError> {
     check_user_id("from", &m.from)?;
     check_user_id("to", &m.to)?;
     if m.from == m.to {
         return Err("from and to are the same user; ZIM imports one-to-one conversations only".into());
     }
     if m.sent_at_ms > ctx.now_ms {
-        return Err(format!("sent_at_ms {} is in the future", m.sent_at_ms));
+        return Err(PlanError::InFuture(m.sent_at_ms));
     }
     let oldest = ctx.now_ms - i64::from(z.retention_days) * DAY_MS;
     if m.sent_at_ms < oldest {
@@ -663,15 +677,23 @@ pub fn plan(z: &ZimTarget, m: &InputMessage, ctx: PlanContext) -> Result<Vec<Pla
             "sent_at_ms {} is older than the plan's {}-day history window (retention_days); \
              ZIM refuses it",
             m.sent_at_ms, z.retention_days
-        ));
+        )
+        .into());
     }
-    let priority = match m.priority {
-        None => z.priority,
-        Some(p @ 1..=3) => p as u8,
-        Some(p) => return Err(format!("priority {p} must be 1 (low), 2 (mid) or 3 (high)")),
-    };
-    let conversation = conversation_id(&m.from, &m.to);
-    let c = content(m, &conversation)?;
+    Ok(())
+}
+
+/// The message's `Priority`: its own, else the target's.
+fn priority(z: &ZimTarget, m: &InputMessage) -> Result<u8, PlanError> {
+    match m.priority {
+        None => Ok(z.priority),
+        Some(p @ 1..=3) => Ok(p as u8),
+        Some(p) => Err(format!("priority {p} must be 1 (low), 2 (mid) or 3 (high)").into()),
+    }
+}
+
+/// The `Message` and the `ExtendedData` within the target's limits.
+fn check_sizes(z: &ZimTarget, m: &InputMessage, c: &Content<'_>) -> Result<(), PlanError> {
     let (limit, key) = if c.message_type == 10 {
         (z.max_multi_message_bytes, "max_multi_message_bytes")
     } else {
@@ -685,34 +707,45 @@ pub fn plan(z: &ZimTarget, m: &InputMessage, ctx: PlanContext) -> Result<Vec<Pla
         return Err(format!(
             "{what} is {} bytes; this ZIM target allows {limit} ({key})",
             c.message.len()
-        ));
+        )
+        .into());
     }
-    if let Some(ext) = m.ext.as_deref() {
-        if ext.len() > z.max_extended_bytes {
-            return Err(format!(
-                "ext is {} bytes; ZIM ExtendedData allows {} (max_extended_bytes)",
-                ext.len(),
-                z.max_extended_bytes
-            ));
-        }
+    match m.ext.as_deref() {
+        Some(ext) if ext.len() > z.max_extended_bytes => Err(format!(
+            "ext is {} bytes; ZIM ExtendedData allows {} (max_extended_bytes)",
+            ext.len(),
+            z.max_extended_bytes
+        )
+        .into()),
+        _ => Ok(()),
     }
-    let views: Vec<&str> = match &m.visible_to {
-        None => vec![m.from.as_str(), m.to.as_str()],
-        Some(v) => {
-            let mut out = Vec::with_capacity(2);
-            for u in v {
-                if u != &m.from && u != &m.to {
-                    return Err(format!(
-                        "visible_to names {u:?}, who is neither from nor to of this message"
-                    ));
-                }
-                if !out.contains(&u.as_str()) {
-                    out.push(u.as_str());
-                }
-            }
-            out
-        }
+}
+
+/// Whose views get the message: both users, or those of `visible_to`.
+fn views(m: &InputMessage) -> Result<Vec<&str>, PlanError> {
+    let Some(v) = &m.visible_to else {
+        return Ok(vec![m.from.as_str(), m.to.as_str()]);
     };
+    let mut out = Vec::with_capacity(2);
+    for u in v {
+        if u != &m.from && u != &m.to {
+            return Err(format!("visible_to names {u:?}, who is neither from nor to of this message").into());
+        }
+        if !out.contains(&u.as_str()) {
+            out.push(u.as_str());
+        }
+    }
+    Ok(out)
+}
+
+/// Derives one job per user whose view holds the message.
+pub fn plan(z: &ZimTarget, m: &InputMessage, ctx: PlanContext) -> Result<Vec<PlannedJob>, PlanError> {
+    check_message(z, m, ctx)?;
+    let priority = priority(z, m)?;
+    let conversation = LaneKey::conversation(&m.from, &m.to);
+    let c = content(m, conversation.as_str())?;
+    check_sizes(z, m, &c)?;
+    let views = views(m)?;
     let mut jobs = Vec::with_capacity(views.len());
     for view in views {
         let peer = if view == m.from { &m.to } else { &m.from };
@@ -731,54 +764,29 @@ pub fn plan(z: &ZimTarget, m: &InputMessage, ctx: PlanContext) -> Result<Vec<Pla
             imported_user_id: view,
         };
         jobs.push(PlannedJob {
-            lane_key: format!("{view}\u{1f}{peer}"),
-            conversation: conversation.clone(),
+            lane_key: LaneKey::view(view, peer).as_str().to_owned(),
+            conversation: conversation.as_str().to_owned(),
             view_user: Some(view.to_string()),
-            body: serde_json::to_string(&body).map_err(|e| format!("cannot encode body: {e}"))?,
+            body: serde_json::to_string(&body).map_err(|e| PlanError::Encode(e.to_string()))?,
         });
     }
-    let _ = ctx.same_ms_index;
     Ok(jobs)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, TargetConfig};
-
-    const NOW: i64 = 1_700_000_000_000;
-
-    fn target(extra: &str) -> ZimTarget {
-        let c = Config::from_toml(&format!(
-            "[targets.z]\nkind = \"zim\"\nendpoint = \"http://127.0.0.1:9/\"\napp_id = 1\n\
-             server_secret = \"s\"\n{extra}"
-        ))
-        .unwrap();
-        match c.targets["z"].clone() {
-            TargetConfig::Zim(z) => z,
-            _ => unreachable!(),
-        }
-    }
-
-    fn msg(fields: Value) -> InputMessage {
-        let mut v = json!({"id": "m1", "from": "alice", "to": "bob", "sent_at_ms": NOW - 1000});
-        v.as_object_mut()
-            .unwrap()
-            .extend(fields.as_object().unwrap().clone());
-        crate::load::input::parse_line(v.to_string().as_bytes()).unwrap()
-    }
+    use crate::providers::testing::{self, zim_target as target, NOW};
 
     fn plan_with(z: &ZimTarget, fields: Value) -> Result<Vec<Value>, String> {
-        let ctx = PlanContext {
-            now_ms: NOW,
-            same_ms_index: 0,
-            live: false,
-        };
-        plan(z, &msg(fields), ctx).map(|jobs| {
-            jobs.iter()
-                .map(|j| serde_json::from_str(&j.body).unwrap())
-                .collect()
-        })
+        let m = testing::message(NOW - 1000, fields);
+        plan(z, &m, testing::context())
+            .map(|jobs| {
+                jobs.iter()
+                    .map(|j| serde_json::from_str(&j.body).unwrap())
+                    .collect()
+            })
+            .map_err(|e| e.to_string())
     }
 
     /// The first job's body.
@@ -803,7 +811,7 @@ mod tests {
     }
 
     fn uid() -> String {
-        default_media_uid(&conversation_id("alice", "bob"), "m1")
+        default_media_uid(LaneKey::conversation("alice", "bob").as_str(), "m1")
     }
 
     #[test]
@@ -829,9 +837,18 @@ mod tests {
         let u = uid();
         assert_eq!(u.len(), 32);
         assert!(u.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_eq!(u, default_media_uid(&conversation_id("bob", "alice"), "m1"));
-        assert_ne!(u, default_media_uid(&conversation_id("alice", "bob"), "m2"));
-        assert_ne!(u, default_media_uid(&conversation_id("alice", "carol"), "m1"));
+        assert_eq!(
+            u,
+            default_media_uid(LaneKey::conversation("bob", "alice").as_str(), "m1")
+        );
+        assert_ne!(
+            u,
+            default_media_uid(LaneKey::conversation("alice", "bob").as_str(), "m2")
+        );
+        assert_ne!(
+            u,
+            default_media_uid(LaneKey::conversation("alice", "carol").as_str(), "m1")
+        );
     }
 
     #[test]

@@ -211,7 +211,7 @@ pub enum Class {
 
 /// Classifies one code.
 pub fn classify(code: i64) -> Class {
-    let tables: [(&[i64], Class); 7] = [
+    let tables = [
         (RATE_LIMITED, Class::RateLimited),
         (SERVER_ERRORS, Class::ServerError),
         (AUTH, Class::Auth),
@@ -223,16 +223,14 @@ pub fn classify(code: i64) -> Class {
     match code {
         SUCCESS => Class::Success,
         SIGNATURE_EXPIRED => Class::ClockSkew,
-        _ => tables
-            .iter()
-            .find(|(codes, _)| codes.contains(&code))
-            .map_or(Class::Unrecognized, |(_, class)| *class),
+        _ => crate::providers::class_in(code, &tables).unwrap_or(Class::Unrecognized),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::testing::{assert_classes, assert_disjoint};
 
     /// providers.md's corrected table, written out as numbers, so a wrong
     /// constant shows up here and not only in a renamed list.
@@ -273,16 +271,12 @@ mod tests {
             ),
             (&[424242, 660500009, -1], Class::Unrecognized),
         ];
-        for (codes, class) in table {
-            for c in *codes {
-                assert_eq!(classify(*c), *class, "{c}");
-            }
-        }
+        assert_classes(table, classify);
     }
 
     #[test]
     fn no_code_sits_in_two_classes() {
-        let all: Vec<i64> = [
+        assert_disjoint(&[
             RATE_LIMITED,
             SERVER_ERRORS,
             AUTH,
@@ -290,12 +284,7 @@ mod tests {
             BAD_MESSAGE,
             MODERATION,
             USER_MISSING,
-        ]
-        .concat();
-        let mut seen = std::collections::HashSet::new();
-        for c in all {
-            assert!(seen.insert(c), "{c} is listed twice");
-        }
+        ]);
     }
 }
 

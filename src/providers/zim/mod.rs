@@ -6,14 +6,18 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::Retryable;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
+use super::http::{self, snippet};
 use super::{
-    read_capped, snippet, transport_outcome, Accepted, LaneReadBack, Outcome, Provider, ReadBack, Reconciled,
+    id_field, int_field, Accepted, LaneReadBack, Outcome, Provider, ProviderError, ReadBack, Reconciled,
     Registered, SendJob, UserProfile,
 };
+use crate::backoff::Backoff;
 use crate::config::{zim_base_url, ZimTarget};
+use crate::lane_key::LaneKey;
 use crate::probe::MsgTimeMode;
 use crate::ratelimit;
 use readback::Expected;
@@ -23,9 +27,6 @@ pub mod codes;
 pub mod probe;
 pub mod readback;
 pub mod sign;
-
-/// Largest answer we read; ZIM answers are small.
-const MAX_ANSWER: usize = 1 << 20;
 
 /// A ZIM server-API client for one app.
 pub struct ZimClient {
@@ -51,6 +52,10 @@ pub struct ZimClient {
 const REGISTER_BATCH: usize = 100;
 /// QueryPeerMsg page size.
 const QUERY_PAGE: u32 = 100;
+/// Retries of a QueryPeerMsg page (a read): 200 ms, doubling, five at most.
+const QUERY_RETRIES: Backoff = http::idempotent_retries(Duration::from_millis(200));
+/// Retries of a UserRegister call (idempotent): 400 ms, doubling, five at most.
+const REGISTER_RETRIES: Backoff = http::idempotent_retries(Duration::from_millis(400));
 
 impl ZimClient {
     /// Builds a client from a target's configuration.
@@ -74,10 +79,7 @@ impl ZimClient {
 
     /// The signed URL of one call to `action`.
     fn url(&self, action: &str) -> reqwest::Url {
-        let ts = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let ts = super::unix_ms() / 1000;
         let nonce = sign::nonce();
         let sig = sign::signature(self.app_id, &nonce, self.secret.expose_secret(), ts);
         let mut url = self.base.clone();
@@ -93,16 +95,7 @@ impl ZimClient {
 
     /// Posts a body to `action` and returns the parsed answer object.
     async fn call(&self, action: &str, body: &str) -> Result<Value, Outcome> {
-        let resp = self
-            .http
-            .post(self.url(action))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(|e| transport_outcome(&e))?;
-        let status = resp.status();
-        let bytes = read_capped(resp, MAX_ANSWER).await?;
+        let (status, bytes) = http::post_json(&self.http, self.url(action), body).await?;
         parse_answer(status.as_u16(), &bytes)
     }
 
@@ -115,37 +108,7 @@ impl ZimClient {
 /// Parses a ZIM answer (HTTP status and body) into its JSON object, or
 /// the outcome that an unusable answer means. Never panics.
 pub fn parse_answer(status: u16, bytes: &[u8]) -> Result<Value, Outcome> {
-    let status = reqwest::StatusCode::from_u16(status).unwrap_or(reqwest::StatusCode::BAD_GATEWAY);
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(v @ Value::Object(_)) if v.get("Code").is_some() => Ok(v),
-        _ if !status.is_success() => Err(super::http_status_outcome(status, bytes)),
-        _ => Err(Outcome::Unknown {
-            code: None,
-            reason: format!(
-                "HTTP {} with an answer that is not ZIM's JSON: {}",
-                status.as_u16(),
-                snippet(bytes)
-            ),
-        }),
-    }
-}
-
-/// Reads an integer that may come as a number or a string.
-pub(crate) fn int_field(v: &Value, key: &str) -> Option<i64> {
-    match v.get(key)? {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_u64().map(|u| u as i64)),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-/// Reads an id that may come as a string or a (u64) number, as text.
-pub(crate) fn id_field(v: &Value, key: &str) -> Option<String> {
-    match v.get(key)? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
+    http::json_answer(status, bytes, "ZIM", |v| v.get("Code").is_some())
 }
 
 /// Classifies a parsed ZIM answer as an `ImportPeerMsg` outcome.
@@ -305,16 +268,10 @@ impl ZimClient {
     /// One page of a user's view, newest first, and the next cursor (0: done).
     /// A query only reads, so a transient failure is retried a few times.
     async fn query_page(&self, view: &str, peer: &str, next: u64) -> Result<(Vec<Value>, u64), Outcome> {
-        let mut attempt = 0u32;
-        loop {
-            match self.query_page_once(view, peer, next).await {
-                Err(Outcome::RetryLater { .. } | Outcome::Unknown { .. }) if attempt < 5 => {
-                    attempt += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
-                }
-                other => return other,
-            }
-        }
+        (|| self.query_page_once(view, peer, next))
+            .retry(QUERY_RETRIES.iter())
+            .when(http::worth_retrying)
+            .await
     }
 
     async fn query_page_once(&self, view: &str, peer: &str, next: u64) -> Result<(Vec<Value>, u64), Outcome> {
@@ -340,32 +297,37 @@ impl ZimClient {
     /// Registers users (UserRegister), 100 per call, with their profiles.
     /// Registering is idempotent, so an in-doubt or rate-limited call is
     /// retried; a user who exists already counts as registered.
-    async fn register(&self, users: &[UserProfile]) -> Result<Registered, String> {
+    async fn register(&self, users: &[UserProfile]) -> Result<Registered, ProviderError> {
         let mut out = Registered::default();
         for chunk in users.chunks(REGISTER_BATCH) {
-            let infos: Vec<Value> = chunk.iter().map(user_info).collect();
-            let body = json!({"UserInfo": infos}).to_string();
-            let ids: Vec<&str> = chunk.iter().map(|u| u.id.as_str()).collect();
-            let mut attempt = 0u32;
-            let (ok, failed) = loop {
-                self.register_bucket.until_ready().await;
-                let step = match self.call("UserRegister", &body).await {
-                    Ok(v) => judge_register(&ids, &v),
-                    Err(o) => RegisterStep::Retry(describe_outcome(&o)),
-                };
-                match step {
-                    RegisterStep::Done { ok, failed } => break (ok, failed),
-                    RegisterStep::Retry(_) if attempt < 5 => {
-                        attempt += 1;
-                        tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
-                    }
-                    RegisterStep::Retry(why) | RegisterStep::Fail(why) => return Err(why),
-                }
-            };
+            let (ok, failed) = self.register_chunk(chunk).await?;
             out.ok += ok;
             out.failed.extend(failed);
         }
         Ok(out)
+    }
+
+    /// One UserRegister call, retried while its answer leaves it open
+    /// (any failed call included): the users registered, and those refused.
+    async fn register_chunk(&self, chunk: &[UserProfile]) -> Result<(usize, Vec<(String, String)>), Outcome> {
+        let infos: Vec<Value> = chunk.iter().map(user_info).collect();
+        let body = json!({"UserInfo": infos}).to_string();
+        let ids: Vec<&str> = chunk.iter().map(|u| u.id.as_str()).collect();
+        let once = || async {
+            self.register_bucket.until_ready().await;
+            match self.call("UserRegister", &body).await {
+                Ok(v) => judge_register(&ids, &v).into_result(),
+                Err(o) => Err(RegisterStep::Retry(o)),
+            }
+        };
+        let step = once
+            .retry(REGISTER_RETRIES.iter())
+            .when(|step| matches!(step, RegisterStep::Retry(_)))
+            .await;
+        step.map_err(|step| match step {
+            RegisterStep::Retry(o) | RegisterStep::Fail(o) => o,
+            RegisterStep::Done { .. } => unreachable!("into_result keeps Done as Ok"),
+        })
     }
 }
 
@@ -390,9 +352,19 @@ pub enum RegisterStep {
         failed: Vec<(String, String)>,
     },
     /// Nothing learnt (rate limit, server error, unreadable): call again.
-    Retry(String),
+    Retry(Outcome),
     /// The call cannot work (credentials, app): stop.
-    Fail(String),
+    Fail(Outcome),
+}
+
+impl RegisterStep {
+    /// `Done` as its counts; any other step as the error a retry judges.
+    fn into_result(self) -> Result<(usize, Vec<(String, String)>), RegisterStep> {
+        match self {
+            RegisterStep::Done { ok, failed } => Ok((ok, failed)),
+            other => Err(other),
+        }
+    }
 }
 
 /// Judges a UserRegister answer for the users `ids` of the call.
@@ -406,7 +378,10 @@ pub enum RegisterStep {
 /// safely. A non-zero `Code` with an empty list is a refusal of the call.
 pub fn judge_register(ids: &[&str], v: &Value) -> RegisterStep {
     let Some(code) = int_field(v, "Code") else {
-        return RegisterStep::Retry("UserRegister answer has no numeric Code".into());
+        return RegisterStep::Retry(Outcome::Unknown {
+            code: None,
+            reason: "UserRegister answer has no numeric Code".into(),
+        });
     };
     let listed: Vec<&Value> = v
         .get("ErrorList")
@@ -416,16 +391,11 @@ pub fn judge_register(ids: &[&str], v: &Value) -> RegisterStep {
         .collect();
     if code != codes::SUCCESS && code != codes::USER_EXISTS && listed.is_empty() {
         return match classify_answer(v) {
-            Outcome::RetryLater { .. } | Outcome::Unknown { .. } => {
-                RegisterStep::Retry(describe_outcome(&classify_answer(v)))
-            }
-            o @ Outcome::Halt { .. } => RegisterStep::Fail(describe_outcome(&o)),
+            o if http::worth_retrying(&o) => RegisterStep::Retry(o),
+            o @ Outcome::Halt { .. } => RegisterStep::Fail(o),
             o => RegisterStep::Done {
                 ok: 0,
-                failed: ids
-                    .iter()
-                    .map(|u| (u.to_string(), describe_outcome(&o)))
-                    .collect(),
+                failed: ids.iter().map(|u| (u.to_string(), o.to_string())).collect(),
             },
         };
     }
@@ -442,24 +412,6 @@ pub fn judge_register(ids: &[&str], v: &Value) -> RegisterStep {
     RegisterStep::Done {
         ok: ids.len().saturating_sub(failed.len()),
         failed,
-    }
-}
-
-/// An outcome as one line for an error message.
-pub(crate) fn describe_outcome(o: &Outcome) -> String {
-    match o {
-        Outcome::Accepted(_) => "accepted".into(),
-        Outcome::RetryLater { code, reason, .. }
-        | Outcome::Permanent { code, reason }
-        | Outcome::Halt { code, reason } => match code {
-            Some(c) => format!("code {c}: {reason}"),
-            None => reason.clone(),
-        },
-        Outcome::Unknown {
-            code: Some(c),
-            reason,
-        } => format!("code {c}: {reason}"),
-        Outcome::Unknown { reason, .. } => reason.clone(),
     }
 }
 
@@ -517,7 +469,7 @@ impl Provider for ZimClient {
             Ok(None) => Reconciled::NotApplied,
             Err(Outcome::Halt { code, reason }) => Reconciled::Halt { code, reason },
             Err(o) => Reconciled::Unknown {
-                reason: format!("QueryPeerMsg: {}", describe_outcome(&o)),
+                reason: format!("QueryPeerMsg: {o}"),
             },
         }
     }
@@ -530,11 +482,11 @@ impl Provider for ZimClient {
         *self.msg_time.lock() = findings.msg_time;
     }
 
-    async fn probe(&self, users: [&str; 2]) -> Result<crate::probe::Findings, String> {
+    async fn probe(&self, users: [&str; 2]) -> Result<crate::probe::Findings, ProviderError> {
         probe::run(self, users).await
     }
 
-    async fn register_users(&self, users: &[UserProfile]) -> Result<Registered, String> {
+    async fn register_users(&self, users: &[UserProfile]) -> Result<Registered, ProviderError> {
         self.register(users).await
     }
 
@@ -548,28 +500,13 @@ impl Provider for ZimClient {
         Some(Expected::of_body(body)?.fingerprint())
     }
 
-    async fn read_back(&self, lane_key: &str) -> Result<LaneReadBack, String> {
-        let (view, peer) = lane_key.split_once('\u{1f}').ok_or("not a ZIM lane")?;
+    async fn read_back(&self, lane: &LaneKey) -> Result<LaneReadBack, ProviderError> {
+        let (view, peer) = lane.users().ok_or(ProviderError::NotALane("ZIM"))?;
         let mut out = Vec::new();
         let mut next = 0u64;
         loop {
-            let (list, n) = self
-                .query_page(view, peer, next)
-                .await
-                .map_err(|o| describe_outcome(&o))?;
-            for raw in &list {
-                // An item without sender or type still counts (as extra).
-                out.push(match readback::parse_item(raw) {
-                    Some(item) => ReadBack {
-                        fingerprint: item.fingerprint(),
-                        msg_id: item.msg_id,
-                    },
-                    None => ReadBack {
-                        fingerprint: format!("unreadable list item {raw}"),
-                        msg_id: None,
-                    },
-                });
-            }
+            let (list, n) = self.query_page(view, peer, next).await?;
+            out.extend(list.iter().map(read_back_item));
             if n == 0 || list.is_empty() {
                 break;
             }
@@ -580,5 +517,20 @@ impl Provider for ZimClient {
             messages: out,
             readable_from_ms: None,
         })
+    }
+}
+
+/// One QueryPeerMsg list item for `verify`; an item without sender or type
+/// still counts (as extra).
+fn read_back_item(raw: &Value) -> ReadBack {
+    match readback::parse_item(raw) {
+        Some(item) => ReadBack {
+            fingerprint: item.fingerprint(),
+            msg_id: item.msg_id,
+        },
+        None => ReadBack {
+            fingerprint: format!("unreadable list item {raw}"),
+            msg_id: None,
+        },
     }
 }

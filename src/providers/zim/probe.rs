@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{classify_answer, describe_outcome, id_field, int_field, ZimClient};
+use super::{classify_answer, ZimClient};
 use crate::probe::{Findings, MsgTimeMode};
-use crate::providers::{unix_ms, Outcome, UserProfile};
+use crate::providers::{id_field, int_field, unix_ms, Outcome, ProviderError, UserProfile};
 
 /// How long the probe waits for its imports to become readable.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(30);
@@ -25,11 +25,14 @@ struct Sent {
     msg_id: Option<String>,
 }
 
-pub(super) async fn run(c: &ZimClient, users: [&str; 2]) -> Result<Findings, String> {
+pub(super) async fn run(c: &ZimClient, users: [&str; 2]) -> Result<Findings, ProviderError> {
     let [a, b] = users;
     let reg = c.register(&[UserProfile::bare(a), UserProfile::bare(b)]).await?;
     if !reg.failed.is_empty() {
-        return Err(format!("cannot register the probe users: {:?}", reg.failed));
+        return Err(ProviderError::ProbeUsers {
+            what: "register the probe users",
+            failed: reg.failed,
+        });
     }
     let mut f = Findings {
         provider: "zim".into(),
@@ -56,12 +59,7 @@ pub(super) async fn run(c: &ZimClient, users: [&str; 2]) -> Result<Findings, Str
                 send_time,
                 msg_id: acc.msg_id,
             }),
-            Ok(o) | Err(o) => {
-                return Err(format!(
-                    "probe import of type {msg_type} failed: {}",
-                    describe_outcome(&o)
-                ))
-            }
+            Ok(outcome) | Err(outcome) => return Err(ProviderError::ProbeImport { msg_type, outcome }),
         }
         f.import_ms = Some(started.elapsed().as_millis() as u64);
     }
@@ -97,10 +95,10 @@ fn probe_body(a: &str, b: &str, msg_type: i64, marker: &str, send_time: i64) -> 
 /// Reads the first page of the view until every probe message is there
 /// (matched by the marker in `Payload`, which QueryPeerMsg returns as the
 /// ExtendedData), or gives up.
-async fn wait_visible(c: &ZimClient, a: &str, b: &str, sent: &[Sent]) -> Result<Vec<Value>, String> {
+async fn wait_visible(c: &ZimClient, a: &str, b: &str, sent: &[Sent]) -> Result<Vec<Value>, ProviderError> {
     let started = Instant::now();
     loop {
-        let (list, _) = c.query_page(a, b, 0).await.map_err(|o| describe_outcome(&o))?;
+        let (list, _) = c.query_page(a, b, 0).await?;
         let found: Vec<Value> = sent
             .iter()
             .filter_map(|s| {
@@ -113,12 +111,11 @@ async fn wait_visible(c: &ZimClient, a: &str, b: &str, sent: &[Sent]) -> Result<
             return Ok(found);
         }
         if started.elapsed() > VISIBLE_WITHIN {
-            return Err(format!(
-                "only {} of {} probe messages were readable after {} s",
-                found.len(),
-                sent.len(),
-                VISIBLE_WITHIN.as_secs()
-            ));
+            return Err(ProviderError::ProbePartlyVisible {
+                found: found.len(),
+                sent: sent.len(),
+                secs: VISIBLE_WITHIN.as_secs(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

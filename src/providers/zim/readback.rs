@@ -28,7 +28,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{id_field, int_field};
+use crate::providers::{id_field, int_field};
 
 /// One part of a message's content as it survives the round trip.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -401,18 +401,13 @@ mod tests {
             &e,
             &item(200, "hello world", json!({"SubMsgType": 110, "Payload": "s"})),
         );
-        assert_differs(
-            &e,
-            &item(200, "hello world", json!({"SubMsgType": 111, "Payload": "s"})),
-        );
-        assert_differs(
-            &e,
-            &item(200, "hello world", json!({"SubMsgType": 110, "Payload": ""})),
-        );
-        assert_differs(
-            &e,
-            &item(200, "hello", json!({"SubMsgType": 110, "Payload": "s"})),
-        );
+        for (data, extra) in [
+            ("hello world", json!({"SubMsgType": 111, "Payload": "s"})),
+            ("hello world", json!({"SubMsgType": 110, "Payload": ""})),
+            ("hello", json!({"SubMsgType": 110, "Payload": "s"})),
+        ] {
+            assert_differs(&e, &item(200, data, extra));
+        }
         // A text's SubMsgType means nothing; absent ExtendedData is an empty Payload.
         let e = Expected::of_body(&import(1, "hi", json!({}))).unwrap();
         assert_same(&e, &item(1, "hi", json!({"SubMsgType": 0, "Payload": ""})));
