@@ -42,8 +42,13 @@ fuzz_target!(|data: &[u8]| {
     // history window and the "future" check pass and the body is built).
     // The second same-ms index spreads over all of u32, past Tencent's cap.
     let index = (data.len() as u32).wrapping_mul(2_654_435_761);
-    for (now_ms, same_ms_index) in [(NOW_MS, 0), (msg.sent_at_ms, index)] {
-        let ctx = PlanContext { now_ms, same_ms_index };
+    // Both kinds of batch: history, and live (the cut-over's sync mode).
+    for (now_ms, same_ms_index, live) in [(NOW_MS, 0, false), (msg.sent_at_ms, index, true)] {
+        let ctx = PlanContext {
+            now_ms,
+            same_ms_index,
+            live,
+        };
         for target in [zim, tim] {
             if let Ok(jobs) = plan(target, &msg, ctx) {
                 for job in &jobs {
