@@ -181,10 +181,7 @@ pub(crate) struct TimApp {
 }
 
 fn fail(code: i64, info: &str) -> Answer {
-    Answer::json(
-        200,
-        json!({"ActionStatus": "FAIL", "ErrorCode": code, "ErrorInfo": info}).to_string(),
-    )
+    Answer::ok(json!({"ActionStatus": "FAIL", "ErrorCode": code, "ErrorInfo": info}).to_string())
 }
 
 /// The answer of a fault-injected transient error.
@@ -413,12 +410,12 @@ pub(crate) fn handle(apps: &HashMap<u32, TimApp>, api: Api, q: &Query, body: &[u
         _ => app.multiaccount_import(body),
     };
     match result {
-        Ok(Reply::Text(text)) => Answer::json(200, text),
+        Ok(Reply::Text(text)) => Answer::ok(text),
         Ok(Reply::Fields(mut v)) => {
             v["ActionStatus"] = json!("OK");
             v["ErrorCode"] = json!(0);
             v["ErrorInfo"] = json!("");
-            Answer::json(200, v.to_string())
+            Answer::ok(v.to_string())
         }
         Err((code, msg)) => {
             stats.validation_failure(code);

@@ -316,10 +316,7 @@ fn seed_live_view(next_msg_id: &mut u64, key: &(String, String), cx: &Ctx) -> Vi
 }
 
 fn error(code: i64, message: &str, rid: u64) -> Answer {
-    Answer::json(
-        200,
-        json!({"Code": code, "Message": message, "RequestId": rid.to_string()}).to_string(),
-    )
+    Answer::ok(json!({"Code": code, "Message": message, "RequestId": rid.to_string()}).to_string())
 }
 
 /// The answer of a fault-injected transient error.
@@ -382,9 +379,9 @@ pub(crate) fn handle(apps: &HashMap<u32, ZimApp>, api: Api, q: &Query, body: &[u
                 v["Message"] = json!("success");
             }
             v["RequestId"] = json!(cx.rid.to_string());
-            Answer::json(200, v.to_string())
+            Answer::ok(v.to_string())
         }
-        Ok(Reply::Text(text)) => Answer::json(200, text),
+        Ok(Reply::Text(text)) => Answer::ok(text),
         Err((code, msg)) => {
             stats.validation_failure(code);
             error(code, &msg, cx.rid)
@@ -938,7 +935,7 @@ impl ZimApp {
             let view = st.views.get_mut(&key).expect("inserted above");
             let m = ZimMsg::live(view, &key.0, &key.1, id, cx.now_ms);
             view.msgs.push(m);
-            stats.fault(super::faults::F_LIVE);
+            stats.fault(super::faults::FaultKind::Live);
         }
         drop(st);
         if let Some(lane) = lane {
