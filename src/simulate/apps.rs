@@ -4,14 +4,14 @@
 
 use std::collections::HashMap;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use super::tencent::TimApp;
 use super::zim::ZimApp;
 use super::SimOptions;
-use crate::config::{Config, ConfigError, TargetConfig, TencentTarget, ZimTarget};
+use crate::config::{Config, ConfigError, TargetConfig};
 
 /// Every simulated app, by app id.
 pub(crate) struct Apps {
@@ -29,56 +29,24 @@ impl Apps {
         };
         for (name, target) in &config.targets {
             match target {
-                TargetConfig::Zim(z) => apps.add_zim(name, z, opts, users)?,
-                TargetConfig::Tencent(t) => apps.add_tencent(name, t, opts, users)?,
+                TargetConfig::Zim(z) => {
+                    let secret = secret(name, z.server_secret.as_ref(), "server_secret")?;
+                    let app = ZimApp::new(z, secret, opts.rate_override, users);
+                    if !add_once(&mut apps.zim, z.app_id, app, ZimApp::same_credentials) {
+                        return Err(conflict(name, "ZIM", z.app_id, "server secrets"));
+                    }
+                }
+                TargetConfig::Tencent(t) => {
+                    let key = secret(name, t.secret_key.as_ref(), "secret_key")?;
+                    let app = TimApp::new(t, key, opts.rate_override, opts.roaming_days, users);
+                    if !add_once(&mut apps.tencent, t.sdk_app_id, app, TimApp::same_credentials) {
+                        let what = "admin_identifier or secret_key";
+                        return Err(conflict(name, "Tencent", t.sdk_app_id, what));
+                    }
+                }
             }
         }
         Ok(apps)
-    }
-
-    fn add_zim(
-        &mut self,
-        name: &str,
-        z: &ZimTarget,
-        opts: &SimOptions,
-        users: &[String],
-    ) -> anyhow::Result<()> {
-        let secret = secret(name, z.server_secret.as_ref(), "server_secret")?;
-        match self.zim.get(&z.app_id) {
-            Some(existing) if existing.same_secret(&secret) => {}
-            Some(_) => bail!(ConfigError(format!(
-                "targets.{name}: ZIM app {} is configured twice with different server secrets",
-                z.app_id
-            ))),
-            None => {
-                let app = ZimApp::new(z, secret, opts.rate_override, users);
-                self.zim.insert(z.app_id, app);
-            }
-        }
-        Ok(())
-    }
-
-    fn add_tencent(
-        &mut self,
-        name: &str,
-        t: &TencentTarget,
-        opts: &SimOptions,
-        users: &[String],
-    ) -> anyhow::Result<()> {
-        let key = secret(name, t.secret_key.as_ref(), "secret_key")?;
-        match self.tencent.get(&t.sdk_app_id) {
-            Some(existing) if existing.same_credentials(&t.admin_identifier, &key) => {}
-            Some(_) => bail!(ConfigError(format!(
-                "targets.{name}: Tencent app {} is configured twice with different \
-                 admin_identifier or secret_key",
-                t.sdk_app_id
-            ))),
-            None => {
-                let app = TimApp::new(t, key, opts.rate_override, opts.roaming_days, users);
-                self.tencent.insert(t.sdk_app_id, app);
-            }
-        }
-        Ok(())
     }
 
     /// Forgets every message, user and rate window; the apps start again
@@ -93,6 +61,31 @@ impl Apps {
     }
 }
 
+/// Adds `app` as app `id`, unless two targets share the id: then the app
+/// is already there, and false when its credentials differ.
+fn add_once<A>(
+    apps: &mut HashMap<u32, A>,
+    id: u32,
+    app: A,
+    same_credentials: impl FnOnce(&A, &A) -> bool,
+) -> bool {
+    match apps.get(&id) {
+        Some(existing) => same_credentials(existing, &app),
+        None => {
+            apps.insert(id, app);
+            true
+        }
+    }
+}
+
+/// Two targets name the same app with different credentials.
+fn conflict(target: &str, provider: &str, id: u32, what: &str) -> anyhow::Error {
+    ConfigError(format!(
+        "targets.{target}: {provider} app {id} is configured twice with different {what}"
+    ))
+    .into()
+}
+
 /// A target's secret, which the simulator needs in clear to check
 /// signatures.
 fn secret(target: &str, secret: Option<&SecretString>, field: &str) -> anyhow::Result<String> {
@@ -103,11 +96,16 @@ fn secret(target: &str, secret: Option<&SecretString>, field: &str) -> anyhow::R
 
 /// `f` of each app (only app `only` when given), in app id order.
 pub(crate) fn listed<A>(apps: &HashMap<u32, A>, only: Option<u32>, f: impl Fn(&A) -> Value) -> Vec<Value> {
-    let mut ids: Vec<u32> = apps
-        .keys()
-        .copied()
-        .filter(|id| only.map_or(true, |o| o == *id))
-        .collect();
-    ids.sort_unstable();
-    ids.iter().map(|id| f(&apps[id])).collect()
+    sorted(apps)
+        .filter(|(id, _)| only.map_or(true, |o| o == **id))
+        .map(|(_, a)| f(a))
+        .collect()
+}
+
+/// A map's entries in key order (for answers that must not depend on
+/// hashing).
+pub(crate) fn sorted<K: Ord, V>(map: &HashMap<K, V>) -> impl Iterator<Item = (&K, &V)> {
+    let mut entries: Vec<(&K, &V)> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    entries.into_iter()
 }

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use super::apps::listed;
 use super::faults::FaultConfig;
 use super::server::MAX_BODY;
+use super::zim::ZimApp;
 use super::{Answer, Query, Shared};
 
 /// What a control handler answers: an object (200), or an error answer.
@@ -160,52 +161,71 @@ fn one_app<'a, A>(
     }
 }
 
+/// What `/_sim/messages` calls one provider, its views and their users.
+struct ViewNames {
+    provider: &'static str,
+    label: &'static str,
+    user: &'static str,
+    peer: &'static str,
+    give_both: &'static str,
+}
+
+const ZIM_VIEWS: ViewNames = ViewNames {
+    provider: "zim",
+    label: "ZIM",
+    user: "user",
+    peer: "peer",
+    give_both: "give both user and peer (one view), or neither (every view)",
+};
+
+const TENCENT_VIEWS: ViewNames = ViewNames {
+    provider: "tencent",
+    label: "Tencent",
+    user: "a",
+    peer: "b",
+    give_both: "give both a and b (one conversation), or neither (every conversation)",
+};
+
 /// `GET /_sim/messages`: one view (conversation), or every one with its size.
 async fn messages(State(sh): State<Arc<Shared>>, uri: Uri) -> Answer {
     let q = Query::parse(uri.query().unwrap_or(""));
+    let arrival = q.get("order") == Some("arrival");
     answer(app_param(&q).and_then(|app| match q.get("provider") {
-        Some("zim") => zim_messages(&sh, &q, app),
-        Some("tencent") => tencent_messages(&sh, &q, app),
+        Some("zim") => views(&sh.apps.zim, &q, app, &ZIM_VIEWS, ZimApp::view_json, |a| {
+            a.views_json(false)
+        }),
+        Some("tencent") => views(
+            &sh.apps.tencent,
+            &q,
+            app,
+            &TENCENT_VIEWS,
+            |t, a, b| t.conv_json(a, b, arrival),
+            |t| t.convs_json(false),
+        ),
         _ => Err(bad_request("provider must be zim or tencent")),
     }))
 }
 
-fn zim_messages(sh: &Shared, q: &Query, app: Option<u32>) -> Reply {
-    match (q.get("user"), q.get("peer")) {
+/// The view of the two users the query names (`one`), or every view of
+/// each app with its size (`all`).
+fn views<A>(
+    apps: &HashMap<u32, A>,
+    q: &Query,
+    app: Option<u32>,
+    names: &ViewNames,
+    one: impl Fn(&A, &str, &str) -> Option<Value>,
+    all: impl Fn(&A) -> Value,
+) -> Reply {
+    match (q.get(names.user), q.get(names.peer)) {
         (Some(user), Some(peer)) => {
-            let (id, a) = one_app(&sh.apps.zim, app, "ZIM")?;
-            Ok(a.view_json(user, peer).unwrap_or_else(|| {
-                json!({"provider": "zim", "app": id, "user": user, "peer": peer,
+            let (id, a) = one_app(apps, app, names.label)?;
+            Ok(one(a, user, peer).unwrap_or_else(|| {
+                json!({"provider": names.provider, "app": id, names.user: user, names.peer: peer,
                        "count": 0, "order_inversions": 0, "messages": []})
             }))
         }
-        (None, None) => {
-            let apps = listed(&sh.apps.zim, app, |a| a.views_json(false));
-            Ok(json!({ "provider": "zim", "apps": apps }))
-        }
-        _ => Err(bad_request(
-            "give both user and peer (one view), or neither (every view)",
-        )),
-    }
-}
-
-fn tencent_messages(sh: &Shared, q: &Query, app: Option<u32>) -> Reply {
-    match (q.get("a"), q.get("b")) {
-        (Some(a), Some(b)) => {
-            let (id, t) = one_app(&sh.apps.tencent, app, "Tencent")?;
-            let arrival = q.get("order") == Some("arrival");
-            Ok(t.conv_json(a, b, arrival).unwrap_or_else(|| {
-                json!({"provider": "tencent", "app": id, "a": a, "b": b,
-                       "count": 0, "order_inversions": 0, "messages": []})
-            }))
-        }
-        (None, None) => {
-            let apps = listed(&sh.apps.tencent, app, |t| t.convs_json(false));
-            Ok(json!({ "provider": "tencent", "apps": apps }))
-        }
-        _ => Err(bad_request(
-            "give both a and b (one conversation), or neither (every conversation)",
-        )),
+        (None, None) => Ok(json!({ "provider": names.provider, "apps": listed(apps, app, all) })),
+        _ => Err(bad_request(names.give_both)),
     }
 }
 

@@ -192,6 +192,21 @@ pub(crate) enum Reply {
     Fields(Value),
 }
 
+/// A call the provider refuses: its code and message.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub code: i64,
+    pub message: String,
+}
+
+/// A refusal with `code`.
+pub(crate) fn bad(code: i64, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}
+
 /// A running simulator.
 pub struct Simulator {
     addr: SocketAddr,
