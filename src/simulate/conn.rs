@@ -74,6 +74,7 @@ pub(crate) struct SimListener {
 }
 
 impl SimListener {
+    /// Wraps a bound listener.
     pub(crate) fn new(tcp: TcpListener) -> Self {
         Self { tcp }
     }

@@ -477,6 +477,7 @@ pub(crate) struct Faults {
 }
 
 impl Faults {
+    /// Checked settings; outage windows count from `start_ns`.
     pub(crate) fn new(cfg: FaultConfig, start_ns: i64) -> anyhow::Result<Self> {
         cfg.validate()?;
         let f = Faults {
@@ -493,6 +494,7 @@ impl Faults {
         Ok(f)
     }
 
+    /// The settings now.
     pub(crate) fn config(&self) -> FaultConfig {
         self.inner.lock().cfg.clone()
     }

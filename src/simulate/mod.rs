@@ -31,6 +31,10 @@
 //!   exit with `--dump FILE`).
 //! - `GET /_sim/health`.
 //!
+//! The server is one axum `Router` (`server`), served by `axum::serve`
+//! until [`Simulator::shutdown`]; `conn` is how a fault drops a
+//! connection without an answer.
+//!
 //! Rate limits are per app and API at the target's configured rates
 //! (`rate_per_sec`, `query_rate_per_sec`, `register_rate_per_sec` /
 //! `account_rate_per_sec`), or `--rate N` for every API (0: unlimited);

@@ -52,6 +52,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .layer(middleware::map_request(trim_trailing_slashes))
 }
 
+/// `/v4/openim/importmsg/` is `/v4/openim/importmsg` (`/` stays `/`).
 async fn trim_trailing_slashes(mut req: Request) -> Request {
     let path = req.uri().path();
     let trimmed = path.trim_end_matches('/');
@@ -286,5 +287,84 @@ fn apply(shared: &Shared, api: Api, q: &Query, body: &[u8], live: bool) -> Answe
     match side {
         Side::Zim => zim::handle(&shared.apps.zim, api, q, body, &cx),
         Side::Tencent => tencent::handle(&shared.apps.tencent, api, q, body, &cx),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::{Method, StatusCode};
+    use serde_json::Value;
+
+    use crate::config::Config;
+    use crate::providers::{tencent, zim};
+    use crate::simulate::{SimOptions, Simulator};
+
+    async fn sim() -> Simulator {
+        let config = Config::from_toml(
+            r#"
+[targets.zim]
+kind = "zim"
+endpoint = "http://127.0.0.1:9/"
+app_id = 1
+server_secret = "s"
+
+[targets.tim]
+kind = "tencent"
+endpoint = "http://127.0.0.1:9/"
+sdk_app_id = 2
+admin_identifier = "admin"
+secret_key = "k"
+"#,
+        )
+        .unwrap();
+        Simulator::start(&config, SimOptions::default()).await.unwrap()
+    }
+
+    async fn call(sim: &Simulator, method: Method, path: &str) -> (StatusCode, Option<String>, String) {
+        let url = format!("http://{}{path}", sim.addr());
+        let r = reqwest::Client::new().request(method, url).send().await.unwrap();
+        let allow = r.headers().get("allow").map(|v| v.to_str().unwrap().to_string());
+        (r.status(), allow, r.text().await.unwrap())
+    }
+
+    fn code(body: &str) -> i64 {
+        let v: Value = serde_json::from_str(body).unwrap();
+        v.get("Code")
+            .or_else(|| v.get("ErrorCode"))
+            .and_then(Value::as_i64)
+            .unwrap()
+    }
+
+    /// Paths match without trailing slashes; a wrong method is the same
+    /// 404 as an unknown endpoint, with no `Allow` header; each provider
+    /// answers an unknown API its own way.
+    #[tokio::test]
+    async fn routes_answer_as_the_providers_and_the_contract_say() {
+        let sim = sim().await;
+        let (status, _, body) = call(&sim, Method::GET, "/_sim/health/").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"ok":true}"#));
+        for (method, path) in [
+            (Method::DELETE, "/_sim/stats"),
+            (Method::HEAD, "/_sim/stats"),
+            (Method::GET, "/_sim/reset"),
+            (Method::GET, "/_sim/nope"),
+            (Method::GET, "/_sim"),
+        ] {
+            let (status, allow, _) = call(&sim, method.clone(), path).await;
+            assert_eq!((status, allow), (StatusCode::NOT_FOUND, None), "{method} {path}");
+        }
+        let (status, _, body) = call(&sim, Method::POST, "/v4/openim/importmsg//").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(code(&body), tencent::codes::SDKAPPID_MISSING, "{body}");
+        let (_, _, body) = call(&sim, Method::GET, "/v4/openim/nope").await;
+        assert_eq!(code(&body), tencent::codes::UNKNOWN_API, "{body}");
+        let (_, _, body) = call(&sim, Method::POST, "/?Action=Nope").await;
+        assert_eq!(code(&body), zim::codes::ACTION_UNSUPPORTED, "{body}");
+        let (_, _, body) = call(&sim, Method::GET, "/").await;
+        assert_eq!(code(&body), zim::codes::ACTION_MISSING, "{body}");
+        let (status, _, body) = call(&sim, Method::GET, "//").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("not a ZIM or Tencent IM API path"), "{body}");
+        sim.shutdown().await;
     }
 }

@@ -23,6 +23,7 @@ pub(crate) enum Api {
     MultiAccountImport = 6,
 }
 
+/// Every API, in the stats' order.
 pub(crate) const APIS: [Api; 7] = [
     Api::ImportPeerMsg,
     Api::QueryPeerMsg,
@@ -90,24 +91,29 @@ pub(crate) struct ProviderStats {
 }
 
 impl ProviderStats {
+    /// Counts a call to `api`.
     pub(crate) fn call(&self, api: Api) {
         self.calls[api as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts an injected fault.
     pub(crate) fn fault(&self, kind: FaultKind) {
         self.faults[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a refused signature or UserSig, by code.
     pub(crate) fn auth_failure(&self, code: i64) {
         self.auth_failures.fetch_add(1, Ordering::Relaxed);
         *self.auth_by_code.lock().entry(code).or_default() += 1;
     }
 
+    /// Counts a refused request, by code.
     pub(crate) fn validation_failure(&self, code: i64) {
         self.validation_failures.fetch_add(1, Ordering::Relaxed);
         *self.validation_by_code.lock().entry(code).or_default() += 1;
     }
 
+    /// Counts a message that arrived before an older one, by lane.
     pub(crate) fn inversion(&self, lane: String) {
         self.order_inversions.fetch_add(1, Ordering::Relaxed);
         *self.inversions_by_lane.lock().entry(lane).or_default() += 1;
@@ -243,6 +249,7 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
+    /// One provider's counters.
     pub(crate) fn side(&self, side: Side) -> &ProviderStats {
         match side {
             Side::Zim => &self.zim,
@@ -250,6 +257,7 @@ impl Stats {
         }
     }
 
+    /// Zeroes every counter.
     pub(crate) fn reset(&self) {
         self.zim.reset();
         self.tencent.reset();

@@ -209,6 +209,7 @@ pub(crate) fn unknown_api() -> Answer {
 }
 
 impl TimApp {
+    /// The app of target `t`, with `users` imported.
     pub(crate) fn new(
         t: &TencentTarget,
         key: String,
@@ -239,6 +240,7 @@ impl TimApp {
         self.admin == other.admin && self.key == other.key
     }
 
+    /// Forgets everything; `users` are imported again.
     pub(crate) fn reset(&self, users: &[String]) {
         *self.state.lock() = TimState::new(users);
         let l = &self.limits;

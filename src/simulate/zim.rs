@@ -268,6 +268,7 @@ pub(crate) struct ZimApp {
 type ViewKey = (String, String);
 
 impl ZimApp {
+    /// The app of target `t`, with `users` registered.
     pub(crate) fn new(t: &ZimTarget, secret: String, rate_override: Option<f64>, users: &[String]) -> Self {
         let rate = |r: f64| rate_override.unwrap_or(r);
         Self {
@@ -291,6 +292,7 @@ impl ZimApp {
         self.secret == other.secret
     }
 
+    /// Forgets everything; `users` are registered again.
     pub(crate) fn reset(&self, users: &[String]) {
         *self.state.lock() = ZimState::new(users);
         for l in [&self.limits.import, &self.limits.query, &self.limits.register] {
