@@ -32,8 +32,9 @@
 //!      slow backend behind a proxy that already answered 504 does this;
 //!    - `apply_then_error_rate`: the call is handled (and applied when
 //!      valid), then the answer is a server-side error code from
-//!      `apply_then_error_codes` (empty: ZIM's `1`, `105001`,
-//!      `100000015`, `660000001`, `660000003`; Tencent's transient codes).
+//!      `apply_then_error_codes` (empty: the same codes as
+//!      `transient_codes`, [`ZIM_TRANSIENT_CODES`] and
+//!      [`TENCENT_TRANSIENT_CODES`]).
 //!      ZEGO's return-code page lists these as server failures without
 //!      saying whether the write happened, so a client must reconcile.
 //! 4. **Live users** (ZIM only, `ImportPeerMsg`): `live_per_view` messages
@@ -60,6 +61,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use axum::http::StatusCode;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -69,20 +71,12 @@ use serde_json::Value;
 /// errors (ZEGO: zim-server/return-codes.md). The fault applies nothing,
 /// which is one thing such an answer can mean; the client must still
 /// treat them as in doubt, since the real service may have written.
-pub const ZIM_TRANSIENT_CODES: &[i64] = {
-    use crate::providers::zim::codes::*;
-    &[
-        SERVER_BUSY,
-        DB_REQUEST_FAILED,
-        GATEWAY_INTERNAL,
-        BUSINESS_ERROR,
-        LOGIC_ERROR,
-        SERVER_DB_ERROR,
-    ]
-};
+pub const ZIM_TRANSIENT_CODES: &[i64] = crate::providers::zim::codes::SIMULATED_SERVER_ERRORS;
 /// The codes a `transient` fault answers on Tencent: its documented
 /// transient class (REST API 公共错误码), safe to resend since it dedups.
 pub const TENCENT_TRANSIENT_CODES: &[i64] = crate::providers::tencent::codes::TRANSIENT;
+/// The statuses an `http_5xx` fault answers when none are configured.
+const DEFAULT_5XX_STATUSES: &[u16] = &[500, 502, 503, 504];
 
 /// What an outage looks like to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -177,14 +171,41 @@ impl ProviderFaults {
             || self.live_rate > 0.0
     }
 
+    /// The rates of the modes, in the order they slice `[0, 1)` (see the
+    /// module doc, 3).
+    fn mode_rates(&self) -> [f64; 7] {
+        [
+            self.reset_rate,
+            self.http_5xx_rate,
+            self.transient_rate,
+            self.apply_then_drop_rate,
+            self.slow_rate,
+            self.late_rate,
+            self.apply_then_error_rate,
+        ]
+    }
+
     fn mode_rate_sum(&self) -> f64 {
-        self.reset_rate
-            + self.http_5xx_rate
-            + self.transient_rate
-            + self.apply_then_drop_rate
-            + self.slow_rate
-            + self.late_rate
-            + self.apply_then_error_rate
+        self.mode_rates().iter().sum()
+    }
+
+    /// Whether an outage covers `offset_s` seconds after the start.
+    fn down_at(&self, offset_s: f64) -> bool {
+        self.down || self.outages.iter().any(|[a, b]| offset_s >= *a && offset_s < *b)
+    }
+
+    /// Whether latency and the modes apply to `api` (`apis`).
+    fn covers(&self, api: &str) -> bool {
+        self.apis.is_empty() || self.apis.iter().any(|a| a.eq_ignore_ascii_case(api))
+    }
+
+    /// The codes a `transient` or `apply_then_error` fault picks from when
+    /// none are configured.
+    fn default_codes(side: Side) -> &'static [i64] {
+        match side {
+            Side::Zim => ZIM_TRANSIENT_CODES,
+            Side::Tencent => TENCENT_TRANSIENT_CODES,
+        }
     }
 
     fn validate(&self, side: &str) -> anyhow::Result<()> {
@@ -356,36 +377,59 @@ pub(crate) enum Side {
     Tencent = 1,
 }
 
-/// The fault kinds counted in the stats, by index.
-pub(crate) const FAULT_KINDS: [&str; 10] = [
-    "latency",
-    "transient",
-    "http_5xx",
-    "reset",
-    "apply_then_drop",
-    "slow",
-    "outage",
-    "late",
-    "apply_then_error",
-    "live",
-];
-pub(crate) const F_LATENCY: usize = 0;
-pub(crate) const F_TRANSIENT: usize = 1;
-pub(crate) const F_HTTP_5XX: usize = 2;
-pub(crate) const F_RESET: usize = 3;
-pub(crate) const F_APPLY_THEN_DROP: usize = 4;
-pub(crate) const F_SLOW: usize = 5;
-pub(crate) const F_OUTAGE: usize = 6;
-pub(crate) const F_LATE: usize = 7;
-pub(crate) const F_APPLY_THEN_ERROR: usize = 8;
-pub(crate) const F_LIVE: usize = 9;
+/// The fault kinds counted in the stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FaultKind {
+    Latency,
+    Transient,
+    Http5xx,
+    Reset,
+    ApplyThenDrop,
+    Slow,
+    Outage,
+    Late,
+    ApplyThenError,
+    Live,
+}
+
+impl FaultKind {
+    /// Every kind, in the stats' order.
+    pub(crate) const ALL: [FaultKind; 10] = [
+        FaultKind::Latency,
+        FaultKind::Transient,
+        FaultKind::Http5xx,
+        FaultKind::Reset,
+        FaultKind::ApplyThenDrop,
+        FaultKind::Slow,
+        FaultKind::Outage,
+        FaultKind::Late,
+        FaultKind::ApplyThenError,
+        FaultKind::Live,
+    ];
+
+    /// The name in the stats.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            FaultKind::Latency => "latency",
+            FaultKind::Transient => "transient",
+            FaultKind::Http5xx => "http_5xx",
+            FaultKind::Reset => "reset",
+            FaultKind::ApplyThenDrop => "apply_then_drop",
+            FaultKind::Slow => "slow",
+            FaultKind::Outage => "outage",
+            FaultKind::Late => "late",
+            FaultKind::ApplyThenError => "apply_then_error",
+            FaultKind::Live => "live",
+        }
+    }
+}
 
 /// What to do to one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Action {
     Outage(OutageMode),
     Reset,
-    Http5xx(u16),
+    Http5xx(StatusCode),
     Transient(i64),
     ApplyThenDrop,
     Slow(Duration),
@@ -393,8 +437,8 @@ pub(crate) enum Action {
     ApplyThenError(i64),
 }
 
-/// The faults drawn for one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The faults drawn for one call; the default is no fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Plan {
     /// Slept before the call is handled (and counted).
     pub latency: Duration,
@@ -433,6 +477,7 @@ pub(crate) struct Faults {
 }
 
 impl Faults {
+    /// Checked settings; outage windows count from `start_ns`.
     pub(crate) fn new(cfg: FaultConfig, start_ns: i64) -> anyhow::Result<Self> {
         cfg.validate()?;
         let f = Faults {
@@ -449,6 +494,7 @@ impl Faults {
         Ok(f)
     }
 
+    /// The settings now.
     pub(crate) fn config(&self) -> FaultConfig {
         self.inner.lock().cfg.clone()
     }
@@ -479,70 +525,18 @@ impl Faults {
             Side::Tencent => &cfg.tencent,
         };
         let offset_s = now_ns.saturating_sub(self.start_ns) as f64 / 1e9;
-        if pf.down || pf.outages.iter().any(|[a, b]| offset_s >= *a && offset_s < *b) {
+        if pf.down_at(offset_s) {
             return Some(Plan {
-                latency: Duration::ZERO,
-                latency_after: Duration::ZERO,
                 action: Some(Action::Outage(pf.outage_mode)),
-                live: false,
+                ..Plan::default()
             });
         }
-        if !pf.apis.is_empty() && !pf.apis.iter().any(|a| a.eq_ignore_ascii_case(api)) {
+        if !pf.covers(api) {
             return None;
         }
         let rng = &mut rngs[side as usize];
         let (latency, latency_after) = draw_latency(pf, rng);
-        let u: f64 = rng.gen();
-        let mut edge = 0.0;
-        let slot = [
-            pf.reset_rate,
-            pf.http_5xx_rate,
-            pf.transient_rate,
-            pf.apply_then_drop_rate,
-            pf.slow_rate,
-            pf.late_rate,
-            pf.apply_then_error_rate,
-        ]
-        .iter()
-        .position(|r| {
-            edge += r;
-            u < edge
-        });
-        let action = match slot {
-            Some(0) => Some(Action::Reset),
-            Some(1) => {
-                let statuses: &[u16] = if pf.http_5xx_statuses.is_empty() {
-                    &[500, 502, 503, 504]
-                } else {
-                    &pf.http_5xx_statuses
-                };
-                Some(Action::Http5xx(statuses[rng.gen_range(0..statuses.len())]))
-            }
-            Some(2) => {
-                let codes: &[i64] = if !pf.transient_codes.is_empty() {
-                    &pf.transient_codes
-                } else if side == Side::Zim {
-                    ZIM_TRANSIENT_CODES
-                } else {
-                    TENCENT_TRANSIENT_CODES
-                };
-                Some(Action::Transient(codes[rng.gen_range(0..codes.len())]))
-            }
-            Some(3) => Some(Action::ApplyThenDrop),
-            Some(4) => Some(Action::Slow(Duration::from_millis(pf.slow_ms))),
-            Some(5) => Some(Action::Late(Duration::from_millis(pf.late_ms))),
-            Some(_) => {
-                let codes: &[i64] = if !pf.apply_then_error_codes.is_empty() {
-                    &pf.apply_then_error_codes
-                } else if side == Side::Zim {
-                    ZIM_TRANSIENT_CODES
-                } else {
-                    TENCENT_TRANSIENT_CODES
-                };
-                Some(Action::ApplyThenError(codes[rng.gen_range(0..codes.len())]))
-            }
-            None => None,
-        };
+        let action = draw_action(pf, side, rng);
         let live = pf.live_rate > 0.0 && rng.gen::<f64>() < pf.live_rate;
         Some(Plan {
             latency,
@@ -560,6 +554,47 @@ impl Faults {
             msg_time: inner.cfg.zim.msg_time,
         }
     }
+}
+
+/// One mode, drawn from a single uniform number (see the module doc, 3).
+fn draw_action(pf: &ProviderFaults, side: Side, rng: &mut StdRng) -> Option<Action> {
+    let u: f64 = rng.gen();
+    let mut edge = 0.0;
+    let slot = pf.mode_rates().iter().position(|r| {
+        edge += r;
+        u < edge
+    })?;
+    let action = match slot {
+        0 => Action::Reset,
+        1 => {
+            let status = pick(rng, &pf.http_5xx_statuses, DEFAULT_5XX_STATUSES);
+            Action::Http5xx(StatusCode::from_u16(status).expect("http_5xx_statuses are validated as 5xx"))
+        }
+        2 => Action::Transient(pick(
+            rng,
+            &pf.transient_codes,
+            ProviderFaults::default_codes(side),
+        )),
+        3 => Action::ApplyThenDrop,
+        4 => Action::Slow(Duration::from_millis(pf.slow_ms)),
+        5 => Action::Late(Duration::from_millis(pf.late_ms)),
+        _ => Action::ApplyThenError(pick(
+            rng,
+            &pf.apply_then_error_codes,
+            ProviderFaults::default_codes(side),
+        )),
+    };
+    Some(action)
+}
+
+/// One of `configured`, or of `default` when none is configured.
+fn pick<T: Copy>(rng: &mut StdRng, configured: &[T], default: &[T]) -> T {
+    let from = if configured.is_empty() {
+        default
+    } else {
+        configured
+    };
+    from[rng.gen_range(0..from.len())]
 }
 
 /// One call's latency: (before handling, after handling). See the module

@@ -31,46 +31,50 @@
 //!   exit with `--dump FILE`).
 //! - `GET /_sim/health`.
 //!
+//! The server is one axum `Router` (`server`), served by `axum::serve`
+//! until [`Simulator::shutdown`]; `conn` is how a fault drops a
+//! connection without an answer.
+//!
 //! Rate limits are per app and API at the target's configured rates
 //! (`rate_per_sec`, `query_rate_per_sec`, `register_rate_per_sec` /
 //! `account_rate_per_sec`), or `--rate N` for every API (0: unlimited);
 //! see [`ratelimit`] for the exact rule.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use bytes::Bytes;
-use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ConfigError, TargetConfig};
+use crate::config::{Config, ConfigError};
 
+mod apps;
 pub mod clock;
+mod conn;
 mod control;
 pub mod faults;
+mod http;
 pub mod ratelimit;
 mod server;
 mod state;
 mod tencent;
+mod users;
 pub mod zim;
 
 pub use clock::Clock;
 pub use faults::{FaultConfig, OutageMode, ProviderFaults};
 
+use apps::{listed, Apps};
+use conn::{Conn, SimListener};
 use faults::Faults;
+use http::{Answer, Query};
 use state::{ProviderStats, Stats};
-use tencent::TimApp;
-use zim::ZimApp;
 
 /// How to run the simulator.
 #[derive(Debug, Clone)]
@@ -113,8 +117,7 @@ impl Default for SimOptions {
 
 /// What every request handler shares.
 pub(crate) struct Shared {
-    zim: HashMap<u32, ZimApp>,
-    tencent: HashMap<u32, TimApp>,
+    apps: Apps,
     stats: Stats,
     faults: Faults,
     clock: Clock,
@@ -127,6 +130,28 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    fn new(apps: Apps, opts: SimOptions, users: Vec<String>) -> anyhow::Result<Shared> {
+        let start_ns = opts.clock.mono_ns();
+        let faults = Faults::new(opts.faults, start_ns).map_err(|e| ConfigError(format!("{e:#}")))?;
+        Ok(Shared {
+            apps,
+            stats: Stats::default(),
+            faults,
+            clock: opts.clock,
+            auto_register: opts.auto_register,
+            no_auth: opts.no_auth,
+            users,
+            request_ids: AtomicU64::new(1),
+            cancel: CancellationToken::new(),
+            start_ns,
+        })
+    }
+
+    /// A fresh request id, as ZIM's answers carry.
+    fn next_request_id(&self) -> u64 {
+        self.request_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
     fn stats_json(&self) -> Value {
         let mut v = self.stats.json();
         v["uptime_ms"] = json!((self.clock.mono_ns() - self.start_ns) / 1_000_000);
@@ -135,25 +160,16 @@ impl Shared {
     }
 
     fn dump_json(&self) -> Value {
-        let mut zim: Vec<&ZimApp> = self.zim.values().collect();
-        zim.sort_by_key(|a| a.app_id);
-        let mut tim: Vec<&TimApp> = self.tencent.values().collect();
-        tim.sort_by_key(|a| a.sdk_app_id);
         json!({
             "stats": self.stats_json(),
             "faults": self.faults.config(),
-            "zim": zim.iter().map(|a| a.views_json(true)).collect::<Vec<_>>(),
-            "tencent": tim.iter().map(|a| a.convs_json(true)).collect::<Vec<_>>(),
+            "zim": listed(&self.apps.zim, None, |a| a.views_json(true)),
+            "tencent": listed(&self.apps.tencent, None, |a| a.convs_json(true)),
         })
     }
 
     fn reset(&self) {
-        for a in self.zim.values() {
-            a.reset(&self.users);
-        }
-        for a in self.tencent.values() {
-            a.reset(&self.users);
-        }
+        self.apps.reset(&self.users);
         self.stats.reset();
     }
 }
@@ -180,112 +196,26 @@ pub(crate) enum Reply {
     Fields(Value),
 }
 
-/// A finished answer.
-pub(crate) struct Answer {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: Bytes,
+/// A call the provider refuses: its code and message.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub code: i64,
+    pub message: String,
 }
 
-impl Answer {
-    pub(crate) fn json(status: u16, body: String) -> Self {
-        Self {
-            status,
-            content_type: "application/json",
-            body: Bytes::from(body),
-        }
+/// A refusal with `code`.
+pub(crate) fn bad(code: i64, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
     }
-
-    /// A gateway-style HTML error page: not JSON, on purpose.
-    pub(crate) fn html(status: u16) -> Self {
-        let reason = hyper::StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("Server Error");
-        Self {
-            status,
-            content_type: "text/html",
-            body: Bytes::from(format!(
-                "<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n\
-                 <center><h1>{status} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n\
-                 </body>\r\n</html>\r\n"
-            )),
-        }
-    }
-}
-
-/// A URL query, percent-decoded.
-pub(crate) struct Query<'a> {
-    pairs: Vec<(Cow<'a, str>, Cow<'a, str>)>,
-}
-
-impl<'a> Query<'a> {
-    pub(crate) fn parse(q: &'a str) -> Self {
-        let pairs = q
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                (percent_decode(k), percent_decode(v))
-            })
-            .collect();
-        Self { pairs }
-    }
-
-    /// The first value of `name`.
-    pub(crate) fn get(&self, name: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_ref())
-    }
-}
-
-fn percent_decode(s: &str) -> Cow<'_, str> {
-    if !s.bytes().any(|b| b == b'%' || b == b'+') {
-        return Cow::Borrowed(s);
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
-}
-
-/// Reads `--users FILE`: one id per line; blank lines and `#` comments skipped.
-fn read_users(path: &Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the users file {}", path.display()))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect())
 }
 
 /// A running simulator.
 pub struct Simulator {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    tracker: TaskTracker,
-    accept: Option<JoinHandle<()>>,
+    server: Option<JoinHandle<()>>,
     dump_on_exit: Option<PathBuf>,
 }
 
@@ -293,93 +223,30 @@ impl Simulator {
     /// Binds and starts serving in the background; returns once listening.
     pub async fn start(config: &Config, opts: SimOptions) -> anyhow::Result<Simulator> {
         let users = match &opts.users_file {
-            Some(p) => read_users(p)?,
+            Some(p) => users::read_users(p)?,
             None => Vec::new(),
         };
-        let mut zim: HashMap<u32, ZimApp> = HashMap::new();
-        let mut tencent: HashMap<u32, TimApp> = HashMap::new();
-        for (name, t) in &config.targets {
-            match t {
-                TargetConfig::Zim(z) => {
-                    let secret = z
-                        .server_secret
-                        .as_ref()
-                        .map(|s| s.expose_secret().to_string())
-                        .with_context(|| format!("targets.{name} has no server_secret"))?;
-                    if let Some(existing) = zim.get(&z.app_id) {
-                        if !existing.same_secret(&secret) {
-                            bail!(ConfigError(format!(
-                                "targets.{name}: ZIM app {} is configured twice with different server secrets",
-                                z.app_id
-                            )));
-                        }
-                        continue;
-                    }
-                    zim.insert(z.app_id, ZimApp::new(z, secret, opts.rate_override, &users));
-                }
-                TargetConfig::Tencent(t) => {
-                    let key = t
-                        .secret_key
-                        .as_ref()
-                        .map(|s| s.expose_secret().to_string())
-                        .with_context(|| format!("targets.{name} has no secret_key"))?;
-                    if let Some(existing) = tencent.get(&t.sdk_app_id) {
-                        if !existing.same_credentials(&t.admin_identifier, &key) {
-                            bail!(ConfigError(format!(
-                                "targets.{name}: Tencent app {} is configured twice with different \
-                                 admin_identifier or secret_key",
-                                t.sdk_app_id
-                            )));
-                        }
-                        continue;
-                    }
-                    tencent.insert(
-                        t.sdk_app_id,
-                        TimApp::new(t, key, opts.rate_override, opts.roaming_days, &users),
-                    );
-                }
-            }
-        }
+        let apps = Apps::from_config(config, &opts, &users)?;
         let listener = TcpListener::bind(opts.listen)
             .await
             .with_context(|| format!("simulator: cannot listen on {}", opts.listen))?;
         let addr = listener.local_addr()?;
-        let start_ns = opts.clock.mono_ns();
-        let cancel = CancellationToken::new();
-        let shared = Arc::new(Shared {
-            zim,
-            tencent,
-            stats: Stats::default(),
-            faults: Faults::new(opts.faults, start_ns).map_err(|e| ConfigError(format!("{e:#}")))?,
-            clock: opts.clock,
-            auto_register: opts.auto_register,
-            no_auth: opts.no_auth,
-            users,
-            request_ids: AtomicU64::new(1),
-            cancel: cancel.clone(),
-            start_ns,
-        });
+        let dump_on_exit = opts.dump_on_exit.clone();
+        let shared = Arc::new(Shared::new(apps, opts, users)?);
         tracing::info!(
             %addr,
-            zim_apps = shared.zim.len(),
-            tencent_apps = shared.tencent.len(),
+            zim_apps = shared.apps.zim.len(),
+            tencent_apps = shared.apps.tencent.len(),
             users = shared.users.len(),
             auto_register = shared.auto_register,
             "simulator started"
         );
-        let tracker = TaskTracker::new();
-        let accept = tokio::spawn(server::accept_loop(
-            listener,
-            shared.clone(),
-            tracker.clone(),
-            cancel,
-        ));
+        let server = tokio::spawn(serve(listener, shared.clone()));
         Ok(Simulator {
             addr,
             shared,
-            tracker,
-            accept: Some(accept),
-            dump_on_exit: opts.dump_on_exit,
+            server: Some(server),
+            dump_on_exit,
         })
     }
 
@@ -422,26 +289,41 @@ impl Simulator {
     /// and writes the dump if one was asked for.
     pub async fn shutdown(mut self) {
         self.shared.cancel.cancel();
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.await;
-        }
-        self.tracker.close();
-        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("simulator: some connections were still open after 5 s; leaving them");
-        }
-        if let Some(path) = self.dump_on_exit.take() {
-            let dump = self.shared.dump_json();
-            let text = serde_json::to_string_pretty(&dump).expect("dump serializes");
-            match std::fs::write(&path, text) {
-                Ok(()) => tracing::info!(path = %path.display(), "simulator state dumped"),
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot write the simulator dump")
-                }
+        if let Some(server) = self.server.take() {
+            if tokio::time::timeout(Duration::from_secs(5), server)
+                .await
+                .is_err()
+            {
+                tracing::warn!("simulator: some connections were still open after 5 s; leaving them");
             }
         }
+        if let Some(path) = self.dump_on_exit.take() {
+            self.write_dump(&path);
+        }
+    }
+
+    fn write_dump(&self, path: &Path) {
+        let dump = self.shared.dump_json();
+        let text = serde_json::to_string_pretty(&dump).expect("dump serializes");
+        match std::fs::write(path, text) {
+            Ok(()) => tracing::info!(path = %path.display(), "simulator state dumped"),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot write the simulator dump")
+            }
+        }
+    }
+}
+
+/// Serves every route until the simulator is cancelled, then lets open
+/// connections finish.
+async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let stop = shared.cancel.clone().cancelled_owned();
+    let app = server::router(shared).into_make_service_with_connect_info::<Conn>();
+    if let Err(e) = axum::serve(SimListener::new(listener), app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(error = %e, "simulator: the server failed");
     }
 }
 
@@ -547,18 +429,6 @@ async fn wait_for_stop() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_decodes_like_a_form() {
-        let q = Query::parse("a=1&b=x%2By+z&usersig=eJ*-_&c&d=%zz&e=%4");
-        assert_eq!(q.get("a"), Some("1"));
-        assert_eq!(q.get("b"), Some("x+y z"));
-        assert_eq!(q.get("usersig"), Some("eJ*-_"));
-        assert_eq!(q.get("c"), Some(""));
-        assert_eq!(q.get("d"), Some("%zz"));
-        assert_eq!(q.get("e"), Some("%4"));
-        assert_eq!(q.get("f"), None);
-    }
 
     #[test]
     fn args_build_options() {

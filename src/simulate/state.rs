@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{json, Map, Value};
 
-use super::faults::{Side, FAULT_KINDS};
+use super::faults::{FaultKind, Side};
 
 /// The provider APIs the simulator serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +23,7 @@ pub(crate) enum Api {
     MultiAccountImport = 6,
 }
 
+/// Every API, in the stats' order.
 pub(crate) const APIS: [Api; 7] = [
     Api::ImportPeerMsg,
     Api::QueryPeerMsg,
@@ -47,6 +48,17 @@ impl Api {
         }
     }
 
+    /// The ZIM API an `Action` names.
+    pub(crate) fn from_zim_action(action: &str) -> Option<Api> {
+        match action {
+            "ImportPeerMsg" => Some(Api::ImportPeerMsg),
+            "QueryPeerMsg" => Some(Api::QueryPeerMsg),
+            "UserRegister" => Some(Api::UserRegister),
+            _ => None,
+        }
+    }
+
+    /// The provider that serves it.
     pub(crate) fn side(self) -> Side {
         match self {
             Api::ImportPeerMsg | Api::QueryPeerMsg | Api::UserRegister => Side::Zim,
@@ -72,31 +84,36 @@ pub(crate) struct ProviderStats {
     pub auth_failures: AtomicU64,
     pub validation_failures: AtomicU64,
     pub order_inversions: AtomicU64,
-    pub faults: [AtomicU64; super::faults::FAULT_KINDS.len()],
+    pub faults: [AtomicU64; FaultKind::ALL.len()],
     auth_by_code: Mutex<BTreeMap<i64, u64>>,
     validation_by_code: Mutex<BTreeMap<i64, u64>>,
     inversions_by_lane: Mutex<BTreeMap<String, u64>>,
 }
 
 impl ProviderStats {
+    /// Counts a call to `api`.
     pub(crate) fn call(&self, api: Api) {
         self.calls[api as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn fault(&self, kind: usize) {
-        self.faults[kind].fetch_add(1, Ordering::Relaxed);
+    /// Counts an injected fault.
+    pub(crate) fn fault(&self, kind: FaultKind) {
+        self.faults[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a refused signature or UserSig, by code.
     pub(crate) fn auth_failure(&self, code: i64) {
         self.auth_failures.fetch_add(1, Ordering::Relaxed);
         *self.auth_by_code.lock().entry(code).or_default() += 1;
     }
 
+    /// Counts a refused request, by code.
     pub(crate) fn validation_failure(&self, code: i64) {
         self.validation_failures.fetch_add(1, Ordering::Relaxed);
         *self.validation_by_code.lock().entry(code).or_default() += 1;
     }
 
+    /// Counts a message that arrived before an older one, by lane.
     pub(crate) fn inversion(&self, lane: String) {
         self.order_inversions.fetch_add(1, Ordering::Relaxed);
         *self.inversions_by_lane.lock().entry(lane).or_default() += 1;
@@ -159,7 +176,7 @@ struct Snapshot {
     auth_failures: u64,
     validation_failures: u64,
     order_inversions: u64,
-    faults: [u64; FAULT_KINDS.len()],
+    faults: [u64; FaultKind::ALL.len()],
     auth_by_code: BTreeMap<i64, u64>,
     validation_by_code: BTreeMap<i64, u64>,
     inversions_by_lane: BTreeMap<String, u64>,
@@ -200,10 +217,10 @@ impl Snapshot {
                     .collect::<Map<_, _>>(),
             )
         };
-        let faults: Map<String, Value> = FAULT_KINDS
+        let faults: Map<String, Value> = FaultKind::ALL
             .iter()
             .zip(self.faults)
-            .map(|(k, v)| (k.to_string(), json!(v)))
+            .map(|(k, v)| (k.name().to_string(), json!(v)))
             .collect();
         json!({
             "calls": self.calls.values().sum::<u64>(),
@@ -232,6 +249,7 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
+    /// One provider's counters.
     pub(crate) fn side(&self, side: Side) -> &ProviderStats {
         match side {
             Side::Zim => &self.zim,
@@ -239,6 +257,7 @@ impl Stats {
         }
     }
 
+    /// Zeroes every counter.
     pub(crate) fn reset(&self) {
         self.zim.reset();
         self.tencent.reset();
@@ -265,15 +284,18 @@ mod tests {
         s.zim.call(Api::ImportPeerMsg);
         s.tencent.call(Api::ImportMsg);
         s.tencent.call(Api::ImportMsg);
-        s.zim
-            .validation_failure(crate::providers::zim::codes::MESSAGE_TOO_LARGE);
+        let too_large = crate::providers::zim::codes::MESSAGE_TOO_LARGE;
+        s.zim.validation_failure(too_large);
         s.tencent.inversion("1/a\u{1f}b".into());
-        s.zim.fault(super::super::faults::F_RESET);
+        s.zim.fault(FaultKind::Reset);
         let v = s.json();
         assert_eq!(v["total"]["calls"], 3);
         assert_eq!(v["zim"]["calls_by_api"]["ImportPeerMsg"], 1);
         assert!(v["zim"]["calls_by_api"].get("importmsg").is_none());
-        assert_eq!(v["total"]["validation_failures_by_code"]["660400001"], 1);
+        assert_eq!(
+            v["total"]["validation_failures_by_code"][too_large.to_string()],
+            1
+        );
         assert_eq!(v["total"]["order_inversions_by_lane"]["1/a\u{1f}b"], 1);
         assert_eq!(v["total"]["faults"]["reset"], 1);
         s.reset();

@@ -40,13 +40,17 @@ use std::hash::{Hash, Hasher};
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::apps::sorted;
 use super::ratelimit::RateWindow;
 use super::state::Api;
-use super::{Answer, Ctx, Query, Reply};
+use super::users::{Directory, Profile};
+use super::{bad, Answer, Ctx, Query, Refusal, Reply};
 use crate::config::TencentTarget;
+use crate::lane_key::LaneKey;
 use crate::providers::tencent::codes;
 use crate::providers::tencent::usersig::{self, Fields, UserSigError};
 
@@ -140,9 +144,8 @@ impl Conv {
 
 #[derive(Debug)]
 struct TimState {
-    accounts: HashSet<String>,
-    /// Nick and FaceUrl of imported accounts.
-    profiles: HashMap<String, Profile>,
+    /// With the Nick and FaceUrl of imported accounts.
+    accounts: Directory,
     /// (smaller id, larger id) → conversation.
     convs: HashMap<(String, String), Conv>,
     arrivals: u64,
@@ -151,8 +154,7 @@ struct TimState {
 impl TimState {
     fn new(users: &[String]) -> Self {
         Self {
-            accounts: users.iter().cloned().collect(),
-            profiles: HashMap::new(),
+            accounts: Directory::new(users),
             convs: HashMap::new(),
             arrivals: 0,
         }
@@ -167,6 +169,14 @@ fn conv_key(a: &str, b: &str) -> (String, String) {
     }
 }
 
+/// The rate windows of one app, per API.
+struct Limits {
+    import: RateWindow,
+    roam: RateWindow,
+    account: RateWindow,
+    multiaccount: RateWindow,
+}
+
 /// One simulated Tencent IM app.
 pub(crate) struct TimApp {
     pub sdk_app_id: u32,
@@ -174,17 +184,13 @@ pub(crate) struct TimApp {
     key: String,
     max_message: usize,
     roaming_days: u32,
-    /// importmsg, admin_getroammsg, account_import, multiaccount_import.
-    limits: [RateWindow; 4],
+    limits: Limits,
     sig_cache: Mutex<HashMap<String, Fields>>,
     state: Mutex<TimState>,
 }
 
 fn fail(code: i64, info: &str) -> Answer {
-    Answer::json(
-        200,
-        json!({"ActionStatus": "FAIL", "ErrorCode": code, "ErrorInfo": info}).to_string(),
-    )
+    Answer::ok(json!({"ActionStatus": "FAIL", "ErrorCode": code, "ErrorInfo": info}).to_string())
 }
 
 /// The answer of a fault-injected transient error.
@@ -202,13 +208,8 @@ pub(crate) fn unknown_api() -> Answer {
     fail(codes::UNKNOWN_API, "request resource error: unknown REST API")
 }
 
-type Refusal = (i64, String);
-
-fn bad(code: i64, msg: impl Into<String>) -> Refusal {
-    (code, msg.into())
-}
-
 impl TimApp {
+    /// The app of target `t`, with `users` imported.
     pub(crate) fn new(
         t: &TencentTarget,
         key: String,
@@ -223,25 +224,28 @@ impl TimApp {
             key,
             max_message: t.max_message_bytes,
             roaming_days,
-            limits: [
-                RateWindow::new(rate(t.rate_per_sec)),
-                RateWindow::new(rate(t.query_rate_per_sec)),
-                RateWindow::new(rate(t.account_rate_per_sec)),
-                RateWindow::new(rate(t.account_rate_per_sec)),
-            ],
+            limits: Limits {
+                import: RateWindow::new(rate(t.rate_per_sec)),
+                roam: RateWindow::new(rate(t.query_rate_per_sec)),
+                account: RateWindow::new(rate(t.account_rate_per_sec)),
+                multiaccount: RateWindow::new(rate(t.account_rate_per_sec)),
+            },
             sig_cache: Mutex::new(HashMap::new()),
             state: Mutex::new(TimState::new(users)),
         }
     }
 
-    pub(crate) fn same_credentials(&self, admin: &str, key: &str) -> bool {
-        self.admin == admin && self.key == key
+    /// Whether `other` has the same admin and key.
+    pub(crate) fn same_credentials(&self, other: &TimApp) -> bool {
+        self.admin == other.admin && self.key == other.key
     }
 
+    /// Forgets everything; `users` are imported again.
     pub(crate) fn reset(&self, users: &[String]) {
         *self.state.lock() = TimState::new(users);
-        for l in &self.limits {
-            l.reset();
+        let l = &self.limits;
+        for w in [&l.import, &l.roam, &l.account, &l.multiaccount] {
+            w.reset();
         }
     }
 
@@ -271,12 +275,8 @@ impl TimApp {
     /// display order too.
     pub(crate) fn convs_json(&self, full: bool) -> Value {
         let st = self.state.lock();
-        let mut keys: Vec<&(String, String)> = st.convs.keys().collect();
-        keys.sort();
-        let convs: Vec<Value> = keys
-            .into_iter()
-            .map(|k| {
-                let c = &st.convs[k];
+        let convs: Vec<Value> = sorted(&st.convs)
+            .map(|(k, c)| {
                 let mut o = json!({
                     "a": k.0,
                     "b": k.1,
@@ -293,7 +293,7 @@ impl TimApp {
         json!({
             "provider": "tencent",
             "app": self.sdk_app_id,
-            "accounts": st.accounts.len(),
+            "accounts": st.accounts.count(),
             "conversations": convs,
         })
     }
@@ -366,7 +366,7 @@ fn sig_refusal(e: &UserSigError) -> Refusal {
         UserSigError::WrongIdentifier => codes::USERSIG_WRONG_IDENTIFIER,
         UserSigError::WrongApp => codes::USERSIG_WRONG_APP,
     };
-    (code, e.to_string())
+    bad(code, e.to_string())
 }
 
 /// Handles one Tencent call to `api`.
@@ -389,15 +389,15 @@ pub(crate) fn handle(apps: &HashMap<u32, TimApp>, api: Api, q: &Query, body: &[u
         );
     };
     if !cx.no_auth {
-        if let Err((code, msg)) = app.authenticate(q, cx.now_ms / 1000) {
-            return auth_fail(code, &msg);
+        if let Err(r) = app.authenticate(q, cx.now_ms / 1000) {
+            return auth_fail(r.code, &r.message);
         }
     }
     let limit = match api {
-        Api::ImportMsg => &app.limits[0],
-        Api::GetRoamMsg => &app.limits[1],
-        Api::AccountImport => &app.limits[2],
-        _ => &app.limits[3],
+        Api::ImportMsg => &app.limits.import,
+        Api::GetRoamMsg => &app.limits.roam,
+        Api::AccountImport => &app.limits.account,
+        _ => &app.limits.multiaccount,
     };
     if !limit.try_acquire(cx.mono_ns) {
         stats.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -413,16 +413,16 @@ pub(crate) fn handle(apps: &HashMap<u32, TimApp>, api: Api, q: &Query, body: &[u
         _ => app.multiaccount_import(body),
     };
     match result {
-        Ok(Reply::Text(text)) => Answer::json(200, text),
+        Ok(Reply::Text(text)) => Answer::ok(text),
         Ok(Reply::Fields(mut v)) => {
             v["ActionStatus"] = json!("OK");
-            v["ErrorCode"] = json!(0);
+            v["ErrorCode"] = json!(codes::SUCCESS);
             v["ErrorInfo"] = json!("");
-            Answer::json(200, v.to_string())
+            Answer::ok(v.to_string())
         }
-        Err((code, msg)) => {
-            stats.validation_failure(code);
-            fail(code, &msg)
+        Err(r) => {
+            stats.validation_failure(r.code);
+            fail(r.code, &r.message)
         }
     }
 }
@@ -430,8 +430,6 @@ pub(crate) fn handle(apps: &HashMap<u32, TimApp>, api: Api, q: &Query, body: &[u
 fn u32_field(v: &Value) -> Option<u32> {
     v.as_u64().and_then(|n| u32::try_from(n).ok())
 }
-
-type Profile = (Option<String>, Option<String>);
 
 /// One account to import: `UserID` (1 to 32 bytes), `Nick` and `FaceUrl`
 /// at most 500 bytes each (导入单个账号: 40601).
@@ -455,7 +453,11 @@ fn account_entry(v: &Value) -> Result<(String, Profile), Refusal> {
             ));
         }
     }
-    Ok((id, (nick, face)))
+    let profile = Profile {
+        name: nick,
+        avatar: face,
+    };
+    Ok((id, profile))
 }
 
 fn account(v: Option<Value>) -> Option<String> {
@@ -549,6 +551,8 @@ fn content_hash(from: &str, ts: i64, body: &str, custom: &Option<String>) -> u64
 }
 
 impl TimApp {
+    /// importmsg: validated, then stored in the conversation unless its
+    /// (MsgSeq, MsgRandom, MsgTimeStamp) is there already.
     fn import(&self, raw: &[u8], cx: &Ctx) -> Result<Reply, Refusal> {
         if raw.len() > self.max_message {
             return Err(bad(
@@ -556,190 +560,88 @@ impl TimApp {
                 format!("the JSON packet is longer than {} bytes", self.max_message),
             ));
         }
-        let b: ImportBody = serde_json::from_slice(raw)
-            .map_err(|e| bad(codes::JSON_INVALID, format!("JSON parse failed: {e}")))?;
-        let sync = b.sync.as_ref().and_then(Value::as_i64).unwrap_or(-1);
-        if ![1, 2, 5].contains(&sync) {
-            return Err(bad(
-                codes::SYNC_MODE_INVALID,
-                "SyncFromOldSystem must be 2 (history) or 5 (live)",
-            ));
-        }
-        let from = account(b.from).ok_or_else(|| {
-            bad(
-                codes::FROM_ACCOUNT_INVALID,
-                "From_Account is missing or not a valid account",
-            )
-        })?;
-        let to = account(b.to).ok_or_else(|| {
-            bad(
-                codes::TO_ACCOUNT_INVALID,
-                "To_Account is missing or not a valid account",
-            )
-        })?;
-        let seq = match &b.seq {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(u32_field(v).ok_or_else(|| bad(codes::FIELD_INVALID, "MsgSeq is not a u32"))?),
-        };
-        let random = b
-            .random
-            .as_ref()
-            .and_then(u32_field)
-            .ok_or_else(|| bad(codes::MSG_RANDOM_INVALID, "MsgRandom is missing or not a u32"))?;
-        let ts =
-            b.ts.as_ref()
-                .and_then(Value::as_i64)
-                .filter(|t| *t > 0)
-                .ok_or_else(|| {
-                    bad(
-                        codes::MSG_TIMESTAMP_INVALID,
-                        "MsgTimeStamp is missing or not Unix seconds",
-                    )
-                })?;
-        let custom = match b.custom {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s),
-            Some(_) => return Err(bad(codes::FIELD_INVALID, "CloudCustomData is not a string")),
-        };
-        let body = b
-            .body
-            .ok_or_else(|| bad(codes::MSG_BODY_NOT_ARRAY, "MsgBody is missing"))?;
-        check_body(&body)?;
-        // serde_json's maps are ordered, so equal bodies give equal text.
-        let body: Box<str> = body.to_string().into_boxed_str();
-
-        let (seq, seq_assigned) = match seq {
-            Some(s) => (s, false),
-            None => (rand::random::<u32>(), true),
-        };
-        let mut st = self.state.lock();
-        if !st.accounts.contains(&from) {
-            if cx.auto_register {
-                st.accounts.insert(from.clone());
-            } else {
-                return Err(bad(
-                    codes::SENDER_NOT_IMPORTED,
-                    "the sender's account has not been imported",
-                ));
-            }
-        }
-        if !st.accounts.contains(&to) {
-            if cx.auto_register {
-                st.accounts.insert(to.clone());
-            } else {
-                return Err(bad(
-                    codes::TO_ACCOUNT_NOT_IMPORTED,
-                    "To_Account has not been imported",
-                ));
-            }
-        }
+        let msg = check_import(parse_json(raw)?)?;
+        let msg_key = msg.key();
+        let stored = self.store(msg, cx)?;
         let stats = cx.stats;
-        let msg_key = format!("{seq}_{random}_{ts}");
-        let triple = (ts, seq, random);
-        let arrival = st.arrivals;
-        let key = conv_key(&from, &to);
-        let conv = st.convs.entry(key).or_default();
-        if conv.order.contains_key(&triple) {
-            drop(st);
-            stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        if !stored {
             stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Reply::Fields(json!({ "MsgKey": msg_key })));
         }
-        if !conv.content.insert(content_hash(&from, ts, &body, &custom)) {
-            stats.duplicates_stored.fetch_add(1, Ordering::Relaxed);
-        }
-        let lane = if conv.msgs.last().is_some_and(|last| ts < last.ts) {
-            conv.inversions += 1;
-            let (a, b) = conv_key(&from, &to);
-            Some(format!("{}/{a}\u{1f}{b}", self.sdk_app_id))
-        } else {
-            None
-        };
-        conv.order.insert(triple, conv.msgs.len());
-        conv.msgs.push(TimMsg {
-            from,
-            to,
-            seq,
-            random,
-            ts,
-            body,
-            custom,
-            sync,
-            seq_assigned,
-            arrival,
-        });
-        st.arrivals += 1;
-        drop(st);
-        if let Some(lane) = lane {
-            stats.inversion(lane);
-        }
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
         stats.stored.fetch_add(1, Ordering::Relaxed);
         Ok(Reply::Text(format!(
-            r#"{{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":"","MsgKey":"{msg_key}"}}"#
+            r#"{{"ActionStatus":"OK","ErrorCode":{},"ErrorInfo":"","MsgKey":"{msg_key}"}}"#,
+            codes::SUCCESS
         )))
     }
 
-    fn roam(&self, raw: &[u8], cx: &Ctx) -> Result<Reply, Refusal> {
-        let b: RoamBody = serde_json::from_slice(raw)
-            .map_err(|e| bad(codes::JSON_INVALID, format!("JSON parse failed: {e}")))?;
-        let (Some(op), Some(peer)) = (b.operator, b.peer) else {
+    /// Stores `m` in its conversation; false when its dedup triple was
+    /// stored before (the first import wins).
+    fn store(&self, m: TimMsg, cx: &Ctx) -> Result<bool, Refusal> {
+        let mut st = self.state.lock();
+        if !st.accounts.admit(&m.from, cx.auto_register) {
             return Err(bad(
-                codes::JSON_INVALID,
-                "Operator_Account and Peer_Account are required",
+                codes::SENDER_NOT_IMPORTED,
+                "the sender's account has not been imported",
             ));
-        };
-        let max_cnt = b
-            .max_cnt
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| bad(codes::JSON_INVALID, "MaxCnt must be at least 1"))?;
-        let (Some(min_t), Some(max_t)) = (b.min_time, b.max_time) else {
-            return Err(bad(codes::JSON_INVALID, "MinTime and MaxTime are required"));
-        };
-        let last = match b.last_key.as_deref() {
-            None | Some("") => None,
-            Some(k) => Some(
-                parse_key(k).ok_or_else(|| bad(codes::JSON_INVALID, "LastMsgKey is not a message key"))?,
-            ),
-        };
-        let lo = min_t.max(cx.now_ms / 1000 - i64::from(self.roaming_days) * 86_400);
-        let hi_key = (max_t, u32::MAX, u32::MAX);
-        let upper = match last {
+        }
+        if !st.accounts.admit(&m.to, cx.auto_register) {
+            return Err(bad(
+                codes::TO_ACCOUNT_NOT_IMPORTED,
+                "To_Account has not been imported",
+            ));
+        }
+        let stats = cx.stats;
+        let triple = (m.ts, m.seq, m.random);
+        let arrival = st.arrivals;
+        let conv = st.convs.entry(conv_key(&m.from, &m.to)).or_default();
+        if conv.order.contains_key(&triple) {
+            return Ok(false);
+        }
+        if !conv
+            .content
+            .insert(content_hash(&m.from, m.ts, &m.body, &m.custom))
+        {
+            stats.duplicates_stored.fetch_add(1, Ordering::Relaxed);
+        }
+        let inverted = conv.msgs.last().is_some_and(|last| m.ts < last.ts);
+        if inverted {
+            conv.inversions += 1;
+        }
+        let lane = LaneKey::conversation(&m.from, &m.to);
+        conv.order.insert(triple, conv.msgs.len());
+        conv.msgs.push(TimMsg { arrival, ..m });
+        st.arrivals += 1;
+        drop(st);
+        if inverted {
+            stats.inversion(format!("{}/{}", self.sdk_app_id, lane.as_str()));
+        }
+        Ok(true)
+    }
+
+    /// admin_getroammsg: one page of a conversation, newest first (see the
+    /// module doc).
+    fn roam(&self, raw: &[u8], cx: &Ctx) -> Result<Reply, Refusal> {
+        let r = RoamRequest::check(parse_json(raw)?)?;
+        let lo = r
+            .min_time
+            .max(cx.now_ms / 1000 - i64::from(self.roaming_days) * 86_400);
+        let hi_key = (r.max_time, u32::MAX, u32::MAX);
+        let upper = match r.last {
             Some(k) if k <= hi_key => Bound::Excluded(k),
             _ => Bound::Included(hi_key),
         };
         let st = self.state.lock();
-        let mut page: Vec<Value> = Vec::new();
-        let mut complete = 1;
-        let mut last_time = 0;
-        let mut last_key = String::new();
-        if let Some(conv) = st.convs.get(&conv_key(&op, &peer)).filter(|_| lo <= max_t) {
-            let mut bytes = 0;
-            let mut iter = conv.order.range((Bound::Included((lo, 0, 0)), upper)).rev();
-            for (_, &i) in iter.by_ref() {
-                let m = &conv.msgs[i];
-                let v = m.roam_json();
-                let len = v.to_string().len();
-                if !page.is_empty() && (page.len() as i64 >= max_cnt || bytes + len > ROAM_ANSWER_CAP) {
-                    complete = 0;
-                    break;
-                }
-                bytes += len;
-                last_time = m.ts;
-                last_key = m.key();
-                page.push(v);
+        let conv = st.convs.get(&conv_key(&r.operator, &r.peer));
+        let page = match conv.filter(|_| lo <= r.max_time) {
+            Some(conv) => {
+                let newest_first = conv.order.range((Bound::Included((lo, 0, 0)), upper)).rev();
+                RoamPage::fill(newest_first.map(|(_, &i)| &conv.msgs[i]), r.max_cnt)
             }
-            if complete == 1 && page.len() as i64 >= max_cnt && iter.next().is_some() {
-                complete = 0;
-            }
-        }
-        Ok(Reply::Fields(json!({
-            "Complete": complete,
-            "MsgCnt": page.len(),
-            "LastMsgTime": last_time,
-            "LastMsgKey": last_key,
-            "MsgList": page,
-        })))
+            None => RoamPage::default(),
+        };
+        Ok(Reply::Fields(page.json()))
     }
 
     /// Tencent: 导入单个账号. Importing again is harmless; an account
@@ -747,12 +649,9 @@ impl TimApp {
     /// calls (the single-account page is silent: either way is safe for
     /// a re-run that carries the same profile).
     fn account_import(&self, raw: &[u8]) -> Result<Reply, Refusal> {
-        let v: Value = serde_json::from_slice(raw)
-            .map_err(|e| bad(codes::JSON_INVALID, format!("JSON parse failed: {e}")))?;
+        let v: Value = parse_json(raw)?;
         let (id, profile) = account_entry(&v)?;
-        let mut st = self.state.lock();
-        st.profiles.insert(id.clone(), profile);
-        st.accounts.insert(id);
+        self.state.lock().accounts.register(id, profile);
         Ok(Reply::Fields(json!({})))
     }
 
@@ -760,8 +659,7 @@ impl TimApp {
     /// old form `Accounts[id]` too), 1 to 100; an existing account is
     /// updated with the new profile; refused entries in `FailAccounts`.
     fn multiaccount_import(&self, raw: &[u8]) -> Result<Reply, Refusal> {
-        let v: Value = serde_json::from_slice(raw)
-            .map_err(|e| bad(codes::JSON_INVALID, format!("JSON parse failed: {e}")))?;
+        let v: Value = parse_json(raw)?;
         let entries: Vec<Value> = match (v.get("AccountList"), v.get("Accounts")) {
             (Some(Value::Array(a)), _) => a.clone(),
             (None, Some(Value::Array(a))) => a.iter().map(|id| json!({ "UserID": id })).collect(),
@@ -777,10 +675,7 @@ impl TimApp {
         let mut st = self.state.lock();
         for e in &entries {
             match account_entry(e) {
-                Ok((id, profile)) => {
-                    st.profiles.insert(id.clone(), profile);
-                    st.accounts.insert(id);
-                }
+                Ok((id, profile)) => st.accounts.register(id, profile),
                 Err(_) => failed.push(e.get("UserID").cloned().unwrap_or(Value::Null)),
             }
         }
@@ -789,17 +684,187 @@ impl TimApp {
 
     /// Every account of this app, with its profile (`GET /_sim/users`).
     pub(crate) fn users_json(&self) -> Value {
-        let st = self.state.lock();
-        let mut ids: Vec<&String> = st.accounts.iter().collect();
-        ids.sort();
-        let users: Vec<Value> = ids
-            .into_iter()
-            .map(|id| {
-                let (name, avatar) = st.profiles.get(id).cloned().unwrap_or_default();
-                json!({"id": id, "name": name, "avatar": avatar})
-            })
-            .collect();
-        json!({"app": self.sdk_app_id, "users": users})
+        self.state.lock().accounts.json(self.sdk_app_id)
+    }
+}
+
+/// A body as `T`; anything else is a JSON parse failure.
+fn parse_json<T: DeserializeOwned>(raw: &[u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(raw).map_err(|e| bad(codes::JSON_INVALID, format!("JSON parse failed: {e}")))
+}
+
+/// An importmsg's checks, in the order the module doc lists them; the
+/// message to store (its arrival is set when stored).
+fn check_import(b: ImportBody) -> Result<TimMsg, Refusal> {
+    let sync = b.sync.as_ref().and_then(Value::as_i64).unwrap_or(-1);
+    if ![1, 2, 5].contains(&sync) {
+        return Err(bad(
+            codes::SYNC_MODE_INVALID,
+            "SyncFromOldSystem must be 2 (history) or 5 (live)",
+        ));
+    }
+    let from = account(b.from).ok_or_else(|| {
+        bad(
+            codes::FROM_ACCOUNT_INVALID,
+            "From_Account is missing or not a valid account",
+        )
+    })?;
+    let to = account(b.to).ok_or_else(|| {
+        bad(
+            codes::TO_ACCOUNT_INVALID,
+            "To_Account is missing or not a valid account",
+        )
+    })?;
+    let seq = match &b.seq {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(u32_field(v).ok_or_else(|| bad(codes::FIELD_INVALID, "MsgSeq is not a u32"))?),
+    };
+    let (random, ts) = check_random_and_time(&b.random, &b.ts)?;
+    let custom = match b.custom {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return Err(bad(codes::FIELD_INVALID, "CloudCustomData is not a string")),
+    };
+    let body = b
+        .body
+        .ok_or_else(|| bad(codes::MSG_BODY_NOT_ARRAY, "MsgBody is missing"))?;
+    check_body(&body)?;
+    // A missing MsgSeq gets a random one.
+    let (seq, seq_assigned) = match seq {
+        Some(s) => (s, false),
+        None => (rand::random::<u32>(), true),
+    };
+    Ok(TimMsg {
+        from,
+        to,
+        seq,
+        random,
+        ts,
+        // serde_json's maps are ordered, so equal bodies give equal text.
+        body: body.to_string().into_boxed_str(),
+        custom,
+        sync,
+        seq_assigned,
+        arrival: 0,
+    })
+}
+
+/// `MsgRandom` (a u32) and `MsgTimeStamp` (positive Unix seconds).
+fn check_random_and_time(random: &Option<Value>, ts: &Option<Value>) -> Result<(u32, i64), Refusal> {
+    let random = random
+        .as_ref()
+        .and_then(u32_field)
+        .ok_or_else(|| bad(codes::MSG_RANDOM_INVALID, "MsgRandom is missing or not a u32"))?;
+    let ts = ts
+        .as_ref()
+        .and_then(Value::as_i64)
+        .filter(|t| *t > 0)
+        .ok_or_else(|| {
+            bad(
+                codes::MSG_TIMESTAMP_INVALID,
+                "MsgTimeStamp is missing or not Unix seconds",
+            )
+        })?;
+    Ok((random, ts))
+}
+
+/// A checked admin_getroammsg request.
+struct RoamRequest {
+    operator: String,
+    peer: String,
+    max_cnt: i64,
+    min_time: i64,
+    max_time: i64,
+    /// The page starts below this (MsgTimeStamp, MsgSeq, MsgRandom).
+    last: Option<(i64, u32, u32)>,
+}
+
+impl RoamRequest {
+    fn check(b: RoamBody) -> Result<RoamRequest, Refusal> {
+        let (Some(operator), Some(peer)) = (b.operator, b.peer) else {
+            return Err(bad(
+                codes::JSON_INVALID,
+                "Operator_Account and Peer_Account are required",
+            ));
+        };
+        let max_cnt = b
+            .max_cnt
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| bad(codes::JSON_INVALID, "MaxCnt must be at least 1"))?;
+        let (Some(min_time), Some(max_time)) = (b.min_time, b.max_time) else {
+            return Err(bad(codes::JSON_INVALID, "MinTime and MaxTime are required"));
+        };
+        let last = match b.last_key.as_deref() {
+            None | Some("") => None,
+            Some(k) => Some(
+                parse_key(k).ok_or_else(|| bad(codes::JSON_INVALID, "LastMsgKey is not a message key"))?,
+            ),
+        };
+        Ok(RoamRequest {
+            operator,
+            peer,
+            max_cnt,
+            min_time,
+            max_time,
+            last,
+        })
+    }
+}
+
+/// One admin_getroammsg page.
+struct RoamPage {
+    msgs: Vec<Value>,
+    complete: bool,
+    last_time: i64,
+    last_key: String,
+}
+
+impl Default for RoamPage {
+    /// An empty page: nothing (older) is left.
+    fn default() -> Self {
+        Self {
+            msgs: Vec::new(),
+            complete: true,
+            last_time: 0,
+            last_key: String::new(),
+        }
+    }
+}
+
+impl RoamPage {
+    /// Takes messages, newest first, while the page holds fewer than
+    /// `max_cnt` and stays within [`ROAM_ANSWER_CAP`] (the first one always
+    /// fits); incomplete when any message is left.
+    fn fill<'a>(mut newest_first: impl Iterator<Item = &'a TimMsg>, max_cnt: i64) -> RoamPage {
+        let mut page = RoamPage::default();
+        let mut bytes = 0;
+        for m in newest_first.by_ref() {
+            let v = m.roam_json();
+            let len = v.to_string().len();
+            let full = page.msgs.len() as i64 >= max_cnt || bytes + len > ROAM_ANSWER_CAP;
+            if !page.msgs.is_empty() && full {
+                page.complete = false;
+                return page;
+            }
+            bytes += len;
+            page.last_time = m.ts;
+            page.last_key = m.key();
+            page.msgs.push(v);
+        }
+        if page.msgs.len() as i64 >= max_cnt && newest_first.next().is_some() {
+            page.complete = false;
+        }
+        page
+    }
+
+    fn json(self) -> Value {
+        json!({
+            "Complete": i32::from(self.complete),
+            "MsgCnt": self.msgs.len(),
+            "LastMsgTime": self.last_time,
+            "LastMsgKey": self.last_key,
+            "MsgList": self.msgs,
+        })
     }
 }
 
@@ -825,18 +890,21 @@ mod tests {
 
     #[test]
     fn body_rules() {
-        assert_eq!(check_body(&json!({})).unwrap_err().0, codes::MSG_BODY_NOT_ARRAY);
-        assert_eq!(check_body(&json!([])).unwrap_err().0, codes::MSG_BODY_INVALID);
+        assert_eq!(
+            check_body(&json!({})).unwrap_err().code,
+            codes::MSG_BODY_NOT_ARRAY
+        );
+        assert_eq!(check_body(&json!([])).unwrap_err().code, codes::MSG_BODY_INVALID);
         assert_eq!(
             check_body(&json!([{"MsgType": "TIMTextElem", "MsgContent": {}}]))
                 .unwrap_err()
-                .0,
+                .code,
             codes::MSG_BODY_INVALID
         );
         let custom = json!({"MsgType": "TIMCustomElem", "MsgContent": {"Data": "x"}});
         assert!(check_body(&json!([custom.clone()])).is_ok());
         assert_eq!(
-            check_body(&json!([custom.clone(), custom])).unwrap_err().0,
+            check_body(&json!([custom.clone(), custom])).unwrap_err().code,
             codes::MSG_BODY_INVALID
         );
     }

@@ -49,14 +49,18 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::faults::MsgTime;
+use super::apps::sorted;
+use super::faults::{FaultKind, MsgTime};
 use super::ratelimit::RateWindow;
-use super::state::{Api, ProviderStats};
-use super::{Answer, Ctx, Query, Reply};
+use super::state::Api;
+use super::users::{Directory, Profile};
+use super::{bad, Answer, Ctx, Query, Refusal, Reply};
 use crate::config::ZimTarget;
+use crate::lane_key::LaneKey;
 use crate::providers::zim::codes;
 
 /// How far a signature's `Timestamp` may be from now, in seconds.
@@ -99,11 +103,9 @@ pub fn check_signature(
     Ok(())
 }
 
-/// One stored message of a view.
+/// What an import says about a message.
 #[derive(Debug, Clone)]
-pub(crate) struct ZimMsg {
-    msg_id: u64,
-    seq: u64,
+struct Content {
     from: String,
     to: String,
     msg_type: i64,
@@ -114,55 +116,10 @@ pub(crate) struct ZimMsg {
     searched: Option<String>,
     /// `SendMessageTime` as imported (the history's order).
     time: i64,
-    /// What QueryPeerMsg reports as `MsgTime` (see faults.rs, `msg_time`).
-    msg_time: i64,
-    /// Written by a user chatting on ZIM, not by an import.
-    live: bool,
 }
 
-impl ZimMsg {
-    fn json(&self, imported: &str) -> Value {
-        json!({
-            "MsgId": self.msg_id,
-            "MsgSeq": self.seq,
-            "Sender": self.from,
-            "FromUserId": self.from,
-            "ToUserId": self.to,
-            "ImportedUserId": imported,
-            "MsgType": self.msg_type,
-            "SubMsgType": self.sub_type,
-            "Priority": self.priority,
-            "MsgBody": self.body,
-            "ExtendedData": self.ext,
-            "SearchedContent": self.searched,
-            "SendMessageTime": self.time,
-            "MsgTime": self.msg_time,
-            "Live": self.live,
-        })
-    }
-
-    /// A message a user sent on ZIM itself, received now.
-    fn live(view: &View, user: &str, peer: &str, msg_id: u64, now_ms: i64) -> ZimMsg {
-        let n = view.msgs.len() as u64 + 1;
-        let (from, to) = if n % 2 == 0 { (user, peer) } else { (peer, user) };
-        ZimMsg {
-            msg_id,
-            seq: n,
-            from: from.to_string(),
-            to: to.to_string(),
-            msg_type: 1,
-            sub_type: None,
-            priority: 2,
-            body: format!("live message {n} of {user}/{peer}"),
-            ext: None,
-            searched: None,
-            time: now_ms,
-            msg_time: now_ms,
-            live: true,
-        }
-    }
-
-    fn content_hash(&self) -> u64 {
+impl Content {
+    fn hash(&self) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (
             &self.from,
@@ -177,6 +134,65 @@ impl ZimMsg {
     }
 }
 
+/// One stored message of a view.
+#[derive(Debug, Clone)]
+pub(crate) struct ZimMsg {
+    msg_id: u64,
+    seq: u64,
+    content: Content,
+    /// What QueryPeerMsg reports as `MsgTime` (see faults.rs, `msg_time`).
+    msg_time: i64,
+    /// Written by a user chatting on ZIM, not by an import.
+    live: bool,
+}
+
+impl ZimMsg {
+    fn json(&self, imported: &str) -> Value {
+        let c = &self.content;
+        json!({
+            "MsgId": self.msg_id,
+            "MsgSeq": self.seq,
+            "Sender": c.from,
+            "FromUserId": c.from,
+            "ToUserId": c.to,
+            "ImportedUserId": imported,
+            "MsgType": c.msg_type,
+            "SubMsgType": c.sub_type,
+            "Priority": c.priority,
+            "MsgBody": c.body,
+            "ExtendedData": c.ext,
+            "SearchedContent": c.searched,
+            "SendMessageTime": c.time,
+            "MsgTime": self.msg_time,
+            "Live": self.live,
+        })
+    }
+
+    /// A message a user sent on ZIM itself, received now.
+    fn live(view: &View, user: &str, peer: &str, msg_id: u64, now_ms: i64) -> ZimMsg {
+        let n = view.msgs.len() as u64 + 1;
+        let (from, to) = if n % 2 == 0 { (user, peer) } else { (peer, user) };
+        let content = Content {
+            from: from.to_string(),
+            to: to.to_string(),
+            msg_type: 1,
+            sub_type: None,
+            priority: 2,
+            body: format!("live message {n} of {user}/{peer}"),
+            ext: None,
+            searched: None,
+            time: now_ms,
+        };
+        ZimMsg {
+            msg_id,
+            seq: n,
+            content,
+            msg_time: now_ms,
+            live: true,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct View {
     msgs: Vec<ZimMsg>,
@@ -186,11 +202,11 @@ struct View {
 
 #[derive(Debug)]
 struct ZimState {
-    users: HashSet<String>,
-    /// UserName and UserAvatar of users registered through UserRegister.
-    profiles: HashMap<String, (Option<String>, Option<String>)>,
+    /// With the UserName and UserAvatar of users registered through
+    /// UserRegister.
+    users: Directory,
     /// (ImportedUserId, peer) → that user's view.
-    views: HashMap<(String, String), View>,
+    views: HashMap<ViewKey, View>,
     nonces: HashSet<String>,
     nonce_expiry: VecDeque<(i64, String)>,
     next_msg_id: u64,
@@ -199,14 +215,41 @@ struct ZimState {
 impl ZimState {
     fn new(users: &[String]) -> Self {
         Self {
-            users: users.iter().cloned().collect(),
-            profiles: HashMap::new(),
+            users: Directory::new(users),
             views: HashMap::new(),
             nonces: HashSet::new(),
             nonce_expiry: VecDeque::new(),
             next_msg_id: FIRST_MSG_ID,
         }
     }
+
+    fn take_msg_id(&mut self) -> u64 {
+        let id = self.next_msg_id;
+        self.next_msg_id += 1;
+        id
+    }
+
+    /// The view of `key`, created as chatferry first finds it:
+    /// `live_per_view` messages users already exchanged on ZIM (faults.rs,
+    /// live users).
+    fn view(&mut self, key: &ViewKey, cx: &Ctx) -> &mut View {
+        if !self.views.contains_key(key) {
+            let mut view = View::default();
+            for _ in 0..cx.view.live_per_view {
+                let id = self.take_msg_id();
+                view.msgs.push(ZimMsg::live(&view, &key.0, &key.1, id, cx.now_ms));
+            }
+            self.views.insert(key.clone(), view);
+        }
+        self.views.get_mut(key).expect("inserted above")
+    }
+}
+
+/// The rate windows of one app, per API.
+struct Limits {
+    import: RateWindow,
+    query: RateWindow,
+    register: RateWindow,
 }
 
 /// One simulated ZIM app.
@@ -217,18 +260,15 @@ pub(crate) struct ZimApp {
     max_message: usize,
     max_multi: usize,
     max_ext: usize,
-    /// ImportPeerMsg, QueryPeerMsg, UserRegister.
-    limits: [RateWindow; 3],
+    limits: Limits,
     state: Mutex<ZimState>,
 }
 
-type Refusal = (i64, String);
-
-fn bad(code: i64, msg: impl Into<String>) -> Refusal {
-    (code, msg.into())
-}
+/// (ImportedUserId, peer): one user's view of a conversation.
+type ViewKey = (String, String);
 
 impl ZimApp {
+    /// The app of target `t`, with `users` registered.
     pub(crate) fn new(t: &ZimTarget, secret: String, rate_override: Option<f64>, users: &[String]) -> Self {
         let rate = |r: f64| rate_override.unwrap_or(r);
         Self {
@@ -238,22 +278,24 @@ impl ZimApp {
             max_message: t.max_message_bytes,
             max_multi: t.max_multi_message_bytes,
             max_ext: t.max_extended_bytes,
-            limits: [
-                RateWindow::new(rate(t.rate_per_sec)),
-                RateWindow::new(rate(t.query_rate_per_sec)),
-                RateWindow::new(rate(t.register_rate_per_sec)),
-            ],
+            limits: Limits {
+                import: RateWindow::new(rate(t.rate_per_sec)),
+                query: RateWindow::new(rate(t.query_rate_per_sec)),
+                register: RateWindow::new(rate(t.register_rate_per_sec)),
+            },
             state: Mutex::new(ZimState::new(users)),
         }
     }
 
-    pub(crate) fn same_secret(&self, secret: &str) -> bool {
-        self.secret == secret
+    /// Whether `other` is the same app with the same secret.
+    pub(crate) fn same_credentials(&self, other: &ZimApp) -> bool {
+        self.secret == other.secret
     }
 
+    /// Forgets everything; `users` are registered again.
     pub(crate) fn reset(&self, users: &[String]) {
         *self.state.lock() = ZimState::new(users);
-        for l in &self.limits {
+        for l in [&self.limits.import, &self.limits.query, &self.limits.register] {
             l.reset();
         }
     }
@@ -276,12 +318,8 @@ impl ZimApp {
     /// Every view with its size; with `full`, with its messages too.
     pub(crate) fn views_json(&self, full: bool) -> Value {
         let st = self.state.lock();
-        let mut keys: Vec<&(String, String)> = st.views.keys().collect();
-        keys.sort();
-        let views: Vec<Value> = keys
-            .into_iter()
-            .map(|k| {
-                let v = &st.views[k];
+        let views: Vec<Value> = sorted(&st.views)
+            .map(|(k, v)| {
                 let mut o = json!({
                     "user": k.0,
                     "peer": k.1,
@@ -297,29 +335,14 @@ impl ZimApp {
         json!({
             "provider": "zim",
             "app": self.app_id,
-            "users": st.users.len(),
+            "users": st.users.count(),
             "views": views,
         })
     }
 }
 
-/// A view as chatferry first finds it: `live_per_view` messages users
-/// already exchanged on ZIM (faults.rs, live users).
-fn seed_live_view(next_msg_id: &mut u64, key: &(String, String), cx: &Ctx) -> View {
-    let mut view = View::default();
-    for _ in 0..cx.view.live_per_view {
-        let m = ZimMsg::live(&view, &key.0, &key.1, *next_msg_id, cx.now_ms);
-        *next_msg_id += 1;
-        view.msgs.push(m);
-    }
-    view
-}
-
 fn error(code: i64, message: &str, rid: u64) -> Answer {
-    Answer::json(
-        200,
-        json!({"Code": code, "Message": message, "RequestId": rid.to_string()}).to_string(),
-    )
+    Answer::ok(json!({"Code": code, "Message": message, "RequestId": rid.to_string()}).to_string())
 }
 
 /// The answer of a fault-injected transient error.
@@ -357,9 +380,9 @@ pub(crate) fn handle(apps: &HashMap<u32, ZimApp>, api: Api, q: &Query, body: &[u
         }
     }
     let (limit, limited_code) = match api {
-        Api::ImportPeerMsg => (&app.limits[0], codes::APP_RATE_LIMITED),
-        Api::QueryPeerMsg => (&app.limits[1], codes::APP_RATE_LIMITED),
-        _ => (&app.limits[2], codes::REGISTER_RATE_LIMITED),
+        Api::ImportPeerMsg => (&app.limits.import, codes::APP_RATE_LIMITED),
+        Api::QueryPeerMsg => (&app.limits.query, codes::APP_RATE_LIMITED),
+        _ => (&app.limits.register, codes::REGISTER_RATE_LIMITED),
     };
     if !limit.try_acquire(cx.mono_ns) {
         stats.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -378,16 +401,16 @@ pub(crate) fn handle(apps: &HashMap<u32, ZimApp>, api: Api, q: &Query, body: &[u
         Ok(Reply::Fields(mut v)) => {
             // A call whose every user exists answers its own Code.
             if v.get("Code").is_none() {
-                v["Code"] = json!(0);
+                v["Code"] = json!(codes::SUCCESS);
                 v["Message"] = json!("success");
             }
             v["RequestId"] = json!(cx.rid.to_string());
-            Answer::json(200, v.to_string())
+            Answer::ok(v.to_string())
         }
-        Ok(Reply::Text(text)) => Answer::json(200, text),
-        Err((code, msg)) => {
-            stats.validation_failure(code);
-            error(code, &msg, cx.rid)
+        Ok(Reply::Text(text)) => Answer::ok(text),
+        Err(r) => {
+            stats.validation_failure(r.code);
+            error(r.code, &r.message, cx.rid)
         }
     }
 }
@@ -429,6 +452,108 @@ struct ImportBody {
     searched_content: Option<String>,
     send_message_time: Option<i64>,
     imported_user_id: Option<String>,
+}
+
+/// An ImportPeerMsg that passed its checks.
+struct NewMsg {
+    content: Content,
+    /// `ImportedUserId` is the sender (else the recipient).
+    imported_is_from: bool,
+}
+
+impl NewMsg {
+    /// The view it goes to: `ImportedUserId`'s, with the other user.
+    fn view_key(&self) -> ViewKey {
+        let c = &self.content;
+        if self.imported_is_from {
+            (c.from.clone(), c.to.clone())
+        } else {
+            (c.to.clone(), c.from.clone())
+        }
+    }
+
+    fn into_stored(self, msg_id: u64, seq: u64, cx: &Ctx) -> ZimMsg {
+        let msg_time = match cx.view.msg_time {
+            MsgTime::Receive => cx.now_ms,
+            MsgTime::Echo => self.content.time,
+        };
+        ZimMsg {
+            msg_id,
+            seq,
+            content: self.content,
+            msg_time,
+            live: false,
+        }
+    }
+}
+
+/// A body as `T`; not JSON, or not its shape, is bad input.
+fn parse_body<T: DeserializeOwned>(body: &[u8], api: &str) -> Result<T, Refusal> {
+    serde_json::from_slice(body).map_err(|e| {
+        bad(
+            codes::INVALID_INPUT,
+            format!("the body is not a valid {api}: {e}"),
+        )
+    })
+}
+
+/// `FromUserId`, `ToUserId` (two different users) and `ImportedUserId`
+/// (one of them); whether the imported user is the sender.
+fn import_users(b: &ImportBody) -> Result<(String, String, bool), Refusal> {
+    let from = user_id("FromUserId", &b.from_user_id)?;
+    let to = user_id("ToUserId", &b.to_user_id)?;
+    if from == to {
+        return Err(bad(
+            codes::FROM_EQUALS_TO,
+            "FromUserId and ToUserId are the same user",
+        ));
+    }
+    let imported = user_id("ImportedUserId", &b.imported_user_id)?;
+    if imported != from && imported != to {
+        return Err(bad(
+            codes::INVALID_INPUT,
+            "ImportedUserId must be FromUserId or ToUserId",
+        ));
+    }
+    let imported_is_from = imported == from;
+    Ok((from, to, imported_is_from))
+}
+
+/// `MessageType`: text, multi-item, media or custom; never signalling.
+fn check_msg_type(msg_type: Option<i64>) -> Result<i64, Refusal> {
+    let msg_type = msg_type.ok_or_else(|| bad(codes::INVALID_INPUT, "MessageType is missing"))?;
+    match msg_type {
+        1 | 10 | 11 | 12 | 13 | 14 | 200 => Ok(msg_type),
+        2 => Err(bad(
+            codes::INVALID_INPUT,
+            "signalling messages (MessageType 2) cannot be imported",
+        )),
+        _ => Err(bad(codes::INVALID_INPUT, "unsupported MessageType")),
+    }
+}
+
+/// A custom message's `SubMsgType` (required, 0..=200) and
+/// `SearchedContent` (at most 64 bytes); other types carry neither.
+fn check_custom(
+    msg_type: i64,
+    sub_type: Option<i64>,
+    searched: Option<String>,
+) -> Result<(Option<i64>, Option<String>), Refusal> {
+    if msg_type != 200 {
+        return Ok((None, None));
+    }
+    let sub =
+        sub_type.ok_or_else(|| bad(codes::INVALID_INPUT, "SubMsgType is required for MessageType 200"))?;
+    if !(0..=200).contains(&sub) {
+        return Err(bad(codes::INVALID_INPUT, "SubMsgType must be within 0..=200"));
+    }
+    if searched.as_ref().is_some_and(|s| s.len() > 64) {
+        return Err(bad(
+            codes::MESSAGE_TOO_LARGE,
+            "SearchedContent is longer than 64 bytes",
+        ));
+    }
+    Ok((Some(sub), searched))
 }
 
 #[derive(Deserialize)]
@@ -691,23 +816,24 @@ fn read_back_body(msg_type: i64, body: &str) -> String {
 /// `UserAvatar` at most 500 (ZEGO: zim-server/user/batch-register-users.md).
 fn check_register_user(u: &RegisterUser) -> Result<String, Refusal> {
     let id = user_id("UserId", &u.user_id)?;
-    if u.user_name
-        .as_ref()
-        .is_some_and(|n| n.len() > codes::MAX_USER_NAME_BYTES)
-    {
-        return Err(bad(
+    let limits = [
+        (
+            "UserName",
+            &u.user_name,
+            codes::MAX_USER_NAME_BYTES,
             codes::USER_NAME_TOO_LONG,
-            "UserName is longer than 256 bytes",
-        ));
-    }
-    if u.user_avatar
-        .as_ref()
-        .is_some_and(|a| a.len() > codes::MAX_USER_AVATAR_BYTES)
-    {
-        return Err(bad(
+        ),
+        (
+            "UserAvatar",
+            &u.user_avatar,
+            codes::MAX_USER_AVATAR_BYTES,
             codes::USER_AVATAR_TOO_LONG,
-            "UserAvatar is longer than 500 bytes",
-        ));
+        ),
+    ];
+    for (field, value, max, code) in limits {
+        if value.as_ref().is_some_and(|v| v.len() > max) {
+            return Err(bad(code, format!("{field} is longer than {max} bytes")));
+        }
     }
     Ok(id)
 }
@@ -755,7 +881,7 @@ impl ZimApp {
         }
         if !st.nonces.insert(nonce.to_string()) {
             return Err(refuse(
-                codes::NONCE_MISSING,
+                codes::NONCE_REPLAYED,
                 "SignatureNonce was already used within the signature window (replay)",
             ));
         }
@@ -763,50 +889,58 @@ impl ZimApp {
         Ok(())
     }
 
+    /// ImportPeerMsg: validated, then stored in the view of
+    /// `ImportedUserId`.
     fn import(&self, body: &[u8], cx: &Ctx) -> Result<Reply, Refusal> {
-        let b: ImportBody = serde_json::from_slice(body).map_err(|e| {
-            bad(
-                codes::INVALID_INPUT,
-                format!("the body is not a valid ImportPeerMsg: {e}"),
-            )
-        })?;
-        let from = user_id("FromUserId", &b.from_user_id)?;
-        let to = user_id("ToUserId", &b.to_user_id)?;
-        if from == to {
-            return Err(bad(
-                codes::FROM_EQUALS_TO,
-                "FromUserId and ToUserId are the same user",
-            ));
-        }
-        let imported = user_id("ImportedUserId", &b.imported_user_id)?;
-        if imported != from && imported != to {
-            return Err(bad(
-                codes::INVALID_INPUT,
-                "ImportedUserId must be FromUserId or ToUserId",
-            ));
-        }
-        let msg_type = b
-            .message_type
-            .ok_or_else(|| bad(codes::INVALID_INPUT, "MessageType is missing"))?;
-        match msg_type {
-            1 | 10 | 11 | 12 | 13 | 14 | 200 => {}
-            2 => {
-                return Err(bad(
-                    codes::INVALID_INPUT,
-                    "signalling messages (MessageType 2) cannot be imported",
-                ))
-            }
-            _ => return Err(bad(codes::INVALID_INPUT, "unsupported MessageType")),
-        }
+        let msg = self.check_import(parse_body(body, "ImportPeerMsg")?, cx.now_ms)?;
+        let (msg_id, seq) = self.store(msg, cx)?;
+        Ok(Reply::Text(format!(
+            r#"{{"Code":{},"Message":"success","RequestId":"{}","MsgId":"{msg_id}","MsgSeq":{seq}}}"#,
+            codes::SUCCESS,
+            cx.rid
+        )))
+    }
+
+    /// The import's checks, in the order ZIM answers them (see the module
+    /// doc).
+    fn check_import(&self, b: ImportBody, now_ms: i64) -> Result<NewMsg, Refusal> {
+        let (from, to, imported_is_from) = import_users(&b)?;
+        let msg_type = check_msg_type(b.message_type)?;
         let priority = b
             .priority
             .ok_or_else(|| bad(codes::INVALID_INPUT, "Priority is missing"))?;
         if !(1..=3).contains(&priority) {
             return Err(bad(codes::INVALID_INPUT, "Priority must be 1, 2 or 3"));
         }
-        let mb = b
-            .message_body
-            .ok_or_else(|| bad(codes::INVALID_INPUT, "MessageBody is missing"))?;
+        let (body, ext) = self.check_message_body(msg_type, b.message_body)?;
+        let (sub_type, searched) = check_custom(msg_type, b.sub_msg_type, b.searched_content)?;
+        let time = self.check_send_time(b.send_message_time, now_ms)?;
+        let content = Content {
+            from,
+            to,
+            msg_type,
+            sub_type,
+            priority,
+            body,
+            ext,
+            searched,
+            time,
+        };
+        Ok(NewMsg {
+            content,
+            imported_is_from,
+        })
+    }
+
+    /// `MessageBody`: a non-empty `Message` within the type's limit, an
+    /// `ExtendedData` within its own, and a media or multi-item `Message`
+    /// in its documented form.
+    fn check_message_body(
+        &self,
+        msg_type: i64,
+        mb: Option<MessageBody>,
+    ) -> Result<(String, Option<String>), Refusal> {
+        let mb = mb.ok_or_else(|| bad(codes::INVALID_INPUT, "MessageBody is missing"))?;
         let message = mb
             .message
             .ok_or_else(|| bad(codes::INVALID_INPUT, "MessageBody.Message is missing"))?;
@@ -825,140 +959,87 @@ impl ZimApp {
                 format!("Message is longer than {limit} bytes"),
             ));
         }
-        if let Some(ext) = &mb.extended_data {
-            if ext.len() > self.max_ext {
-                return Err(bad(
-                    codes::MESSAGE_TOO_LARGE,
-                    format!("ExtendedData is longer than {} bytes", self.max_ext),
-                ));
-            }
+        if mb
+            .extended_data
+            .as_ref()
+            .is_some_and(|ext| ext.len() > self.max_ext)
+        {
+            return Err(bad(
+                codes::MESSAGE_TOO_LARGE,
+                format!("ExtendedData is longer than {} bytes", self.max_ext),
+            ));
         }
         match msg_type {
             11..=14 => check_media(msg_type, &message)?,
             10 => check_multi(&message)?,
             _ => {}
         }
-        let (sub_type, searched) = if msg_type == 200 {
-            let sub = b
-                .sub_msg_type
-                .ok_or_else(|| bad(codes::INVALID_INPUT, "SubMsgType is required for MessageType 200"))?;
-            if !(0..=200).contains(&sub) {
-                return Err(bad(codes::INVALID_INPUT, "SubMsgType must be within 0..=200"));
-            }
-            if b.searched_content.as_ref().is_some_and(|s| s.len() > 64) {
-                return Err(bad(
-                    codes::MESSAGE_TOO_LARGE,
-                    "SearchedContent is longer than 64 bytes",
-                ));
-            }
-            (Some(sub), b.searched_content)
-        } else {
-            (None, None)
-        };
-        let time = match b.send_message_time {
-            None | Some(0) => cx.now_ms,
-            Some(t) if t > cx.now_ms => {
-                return Err(bad(codes::TIME_IN_FUTURE, "SendMessageTime is in the future"));
-            }
-            Some(t) if t < cx.now_ms - i64::from(self.retention_days) * DAY_MS => {
-                return Err(bad(
-                    codes::MESSAGE_LENGTH_EXCEEDED,
-                    "SendMessageTime is older than the plan's history retention",
-                ));
-            }
-            Some(t) => t,
-        };
+        Ok((message, mb.extended_data))
+    }
 
+    /// `SendMessageTime`: 0 or absent is now; never in the future, nor
+    /// older than the plan's history retention.
+    fn check_send_time(&self, time: Option<i64>, now_ms: i64) -> Result<i64, Refusal> {
+        match time {
+            None | Some(0) => Ok(now_ms),
+            Some(t) if t > now_ms => Err(bad(codes::TIME_IN_FUTURE, "SendMessageTime is in the future")),
+            Some(t) if t < now_ms - i64::from(self.retention_days) * DAY_MS => Err(bad(
+                codes::SEND_TIME_BEYOND_RETENTION,
+                "SendMessageTime is older than the plan's history retention",
+            )),
+            Some(t) => Ok(t),
+        }
+    }
+
+    /// Appends `m` to its view (after a live user's message when one is
+    /// due); returns its `MsgId` and `MsgSeq`.
+    fn store(&self, m: NewMsg, cx: &Ctx) -> Result<(u64, u64), Refusal> {
         let mut st = self.state.lock();
-        for u in [&from, &to] {
-            if !st.users.contains(u.as_str()) {
-                if cx.auto_register {
-                    st.users.insert(u.clone());
-                } else {
-                    return Err(bad(
-                        codes::OPERATOR_NOT_REGISTERED,
-                        format!("user {u} is not registered"),
-                    ));
-                }
+        for u in [&m.content.from, &m.content.to] {
+            if !st.users.admit(u, cx.auto_register) {
+                return Err(bad(
+                    codes::OPERATOR_NOT_REGISTERED,
+                    format!("user {u} is not registered"),
+                ));
             }
         }
-        let msg_id = st.next_msg_id;
-        st.next_msg_id += 1;
-        let imported_is_from = imported == from;
-        let peer = if imported_is_from {
-            to.clone()
-        } else {
-            from.clone()
-        };
-        let key = (imported, peer);
-        if !st.views.contains_key(&key) {
-            let view = seed_live_view(&mut st.next_msg_id, &key, cx);
-            st.views.insert(key.clone(), view);
-        }
-        let view = st.views.get_mut(&key).expect("inserted above");
+        let msg_id = st.take_msg_id();
+        let key = m.view_key();
+        let view = st.view(&key, cx);
         let seq = view.msgs.len() as u64 + 1;
-        let msg = ZimMsg {
-            msg_id,
-            seq,
-            from,
-            to,
-            msg_type,
-            sub_type,
-            priority,
-            body: message,
-            ext: mb.extended_data,
-            searched,
-            time,
-            msg_time: match cx.view.msg_time {
-                MsgTime::Receive => cx.now_ms,
-                MsgTime::Echo => time,
-            },
-            live: false,
-        };
-        let stats: &ProviderStats = cx.stats;
-        if !view.content.insert(msg.content_hash()) {
+        let msg = m.into_stored(msg_id, seq, cx);
+        let stats = cx.stats;
+        if !view.content.insert(msg.content.hash()) {
             stats.duplicates_stored.fetch_add(1, Ordering::Relaxed);
         }
         let last_history = view.msgs.iter().rev().find(|m| !m.live);
-        let lane = if last_history.is_some_and(|last| time < last.time) {
+        let inverted = last_history.is_some_and(|last| msg.content.time < last.content.time);
+        if inverted {
             view.inversions += 1;
-            let (u, p) = if imported_is_from {
-                (&msg.from, &msg.to)
-            } else {
-                (&msg.to, &msg.from)
-            };
-            Some(format!("{}/{u}\u{1f}{p}", self.app_id))
-        } else {
-            None
-        };
+        }
         view.msgs.push(msg);
         if cx.live {
-            let id = st.next_msg_id;
-            st.next_msg_id += 1;
-            let view = st.views.get_mut(&key).expect("inserted above");
-            let m = ZimMsg::live(view, &key.0, &key.1, id, cx.now_ms);
-            view.msgs.push(m);
-            stats.fault(super::faults::F_LIVE);
+            let id = st.take_msg_id();
+            let view = st.views.get_mut(&key).expect("stored above");
+            let live = ZimMsg::live(view, &key.0, &key.1, id, cx.now_ms);
+            view.msgs.push(live);
+            stats.fault(FaultKind::Live);
         }
         drop(st);
-        if let Some(lane) = lane {
-            stats.inversion(lane);
+        if inverted {
+            stats.inversion(format!(
+                "{}/{}",
+                self.app_id,
+                LaneKey::view(&key.0, &key.1).as_str()
+            ));
         }
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         stats.stored.fetch_add(1, Ordering::Relaxed);
-        Ok(Reply::Text(format!(
-            r#"{{"Code":0,"Message":"success","RequestId":"{}","MsgId":"{msg_id}","MsgSeq":{seq}}}"#,
-            cx.rid
-        )))
+        Ok((msg_id, seq))
     }
 
     fn query(&self, body: &[u8]) -> Result<Reply, Refusal> {
-        let b: QueryBody = serde_json::from_slice(body).map_err(|e| {
-            bad(
-                codes::INVALID_INPUT,
-                format!("the body is not a valid QueryPeerMsg: {e}"),
-            )
-        })?;
+        let b: QueryBody = parse_body(body, "QueryPeerMsg")?;
         let from = user_id("FromUserId", &b.from_user_id)?;
         let to = user_id("ToUserId", &b.to_user_id)?;
         let limit = b.limit.unwrap_or(0);
@@ -992,16 +1073,17 @@ impl ZimApp {
         let list: Vec<Value> = page
             .iter()
             .map(|m| {
+                let c = &m.content;
                 // query-the-message-list-of-one-on-one-chats.md: the List
                 // item's fields; MsgId a number, IsEmpty a number (0: normal).
                 json!({
-                    "Sender": m.from,
-                    "MsgType": m.msg_type,
-                    "SubMsgType": m.sub_type.unwrap_or(0),
-                    "MsgBody": read_back_body(m.msg_type, &m.body),
+                    "Sender": c.from,
+                    "MsgType": c.msg_type,
+                    "SubMsgType": c.sub_type.unwrap_or(0),
+                    "MsgBody": read_back_body(c.msg_type, &c.body),
                     "MsgId": m.msg_id,
                     "MsgSeq": m.seq,
-                    "Payload": m.ext.as_deref().unwrap_or(""),
+                    "Payload": c.ext.as_deref().unwrap_or(""),
                     "MsgTime": m.msg_time,
                     "IsEmpty": 0,
                 })
@@ -1019,63 +1101,58 @@ impl ZimApp {
     /// ("ErrorList 为空，表示参数错误…"). An existing user keeps its profile:
     /// the page documents no update.
     fn register_call(&self, body: &[u8]) -> Result<Reply, Refusal> {
-        let b: RegisterBody = serde_json::from_slice(body).map_err(|e| {
-            bad(
-                codes::INVALID_INPUT,
-                format!("the body is not a valid UserRegister: {e}"),
-            )
-        })?;
+        let b: RegisterBody = parse_body(body, "UserRegister")?;
         let users = b.user_info.unwrap_or_default();
         if users.is_empty() || users.len() > 100 {
             return Err(bad(codes::INVALID_INPUT, "UserInfo must hold 1 to 100 users"));
         }
-        let mut errors: Vec<(String, i64, String)> = Vec::new();
+        let (registered, errors) = self.register(users);
+        let list: Vec<Value> = errors
+            .iter()
+            .map(|(u, r)| json!({"UserId": u, "SubCode": r.code, "SubMessage": r.message}))
+            .collect();
+        if registered > 0 {
+            return Ok(Reply::Fields(json!({ "ErrorList": list })));
+        }
+        match errors.into_iter().find(|(_, r)| r.code != codes::USER_EXISTS) {
+            None => Ok(Reply::Fields(json!({
+                "Code": codes::ALL_USERS_EXIST,
+                "Message": "user already exists",
+                "ErrorList": list,
+            }))),
+            Some((_, refusal)) => Err(refusal),
+        }
+    }
+
+    /// Registers each new, valid user; returns how many, and each other
+    /// user with why it was not registered.
+    fn register(&self, users: Vec<RegisterUser>) -> (usize, Vec<(String, Refusal)>) {
+        let mut errors = Vec::new();
         let mut registered = 0;
         let mut st = self.state.lock();
         for u in users {
             let shown = u.user_id.clone().unwrap_or_default();
             match check_register_user(&u) {
-                Err((code, msg)) => errors.push((shown, code, msg)),
+                Err(r) => errors.push((shown, r)),
                 Ok(id) if st.users.contains(&id) => {
-                    errors.push((id, codes::USER_EXISTS, "user already exists".into()))
+                    errors.push((id, bad(codes::USER_EXISTS, "user already exists")))
                 }
                 Ok(id) => {
-                    st.profiles.insert(id.clone(), (u.user_name, u.user_avatar));
-                    st.users.insert(id);
+                    let profile = Profile {
+                        name: u.user_name,
+                        avatar: u.user_avatar,
+                    };
+                    st.users.register(id, profile);
                     registered += 1;
                 }
             }
         }
-        let list: Vec<Value> = errors
-            .iter()
-            .map(|(u, c, m)| json!({"UserId": u, "SubCode": c, "SubMessage": m}))
-            .collect();
-        if registered > 0 {
-            return Ok(Reply::Fields(json!({ "ErrorList": list })));
-        }
-        match errors.iter().find(|(_, c, _)| *c != codes::USER_EXISTS) {
-            None => Ok(Reply::Fields(json!({
-                "Code": codes::USER_EXISTS,
-                "Message": "user already exists",
-                "ErrorList": list,
-            }))),
-            Some((_, code, msg)) => Err(bad(*code, msg.clone())),
-        }
+        (registered, errors)
     }
 
     /// Every user of this app, with the profile registered for it
     /// (`GET /_sim/users`).
     pub(crate) fn users_json(&self) -> Value {
-        let st = self.state.lock();
-        let mut ids: Vec<&String> = st.users.iter().collect();
-        ids.sort();
-        let users: Vec<Value> = ids
-            .into_iter()
-            .map(|id| {
-                let (name, avatar) = st.profiles.get(id).cloned().unwrap_or_default();
-                json!({"id": id, "name": name, "avatar": avatar})
-            })
-            .collect();
-        json!({"app": self.app_id, "users": users})
+        self.state.lock().users.json(self.app_id)
     }
 }

@@ -407,3 +407,34 @@ mod register {
         ));
     }
 }
+
+// ----- Codes the simulator answers with -----
+
+/// The server-side failures the simulator's `transient` and
+/// `apply_then_error` faults answer by default: the general server errors
+/// of ZEGO's zim-server/return-codes.md (请求失败, 请求 DB 时失败, 网关内部错误,
+/// 业务类通用错误, 逻辑处理错误, ZIM 服务端执行 db 操作出错). The page does not
+/// say whether the write happened before such an answer.
+pub const SIMULATED_SERVER_ERRORS: &[i64] = &[
+    SERVER_BUSY,
+    DB_REQUEST_FAILED,
+    GATEWAY_INTERNAL,
+    BUSINESS_ERROR,
+    LOGIC_ERROR,
+    SERVER_DB_ERROR,
+];
+/// A `SignatureNonce` used again within the signature window. ZEGO
+/// documents no code for a replay (zim-server/accessing-server-apis.md
+/// only asks for a new signature on every call); the simulator answers
+/// 100000008 (return-codes.md: SignatureNonce 字段为空).
+pub const NONCE_REPLAYED: i64 = NONCE_MISSING;
+/// A `SendMessageTime` older than the plan's history retention:
+/// zim-server/messaging/import-one-to-one-messages.md says only that it
+/// 不能早于套餐包规定的历史消息保存天数, with no code; the simulator answers
+/// 660600023 (return-codes.md: 消息长度超过限制), its own guess.
+pub const SEND_TIME_BEYOND_RETENTION: i64 = MESSAGE_LENGTH_EXCEEDED;
+/// The whole-call `Code` of a UserRegister whose every user existed:
+/// zim-server/user/batch-register-users.md says such a call fails with a
+/// full `ErrorList` but not with which `Code`; the simulator answers
+/// 660700002 (用户已存在).
+pub const ALL_USERS_EXIST: i64 = USER_EXISTS;
