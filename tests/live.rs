@@ -385,15 +385,8 @@ async fn history_and_live(kind: Kind) {
     })
     .await;
     // Let anything in doubt settle and any duplicate land before judging.
-    let settled = Instant::now();
-    while !app.not_done().await.is_empty() {
-        assert!(
-            settled.elapsed() < Duration::from_secs(60),
-            "jobs left: {:?}",
-            app.not_done().await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let left = poll(Duration::from_secs(60), || app.not_done(), Vec::is_empty).await;
+    assert!(left.is_empty(), "jobs left: {left:?}");
     second.start_kill().unwrap();
     second.wait().await.unwrap();
     // Tencent sorts a conversation by time, so its live messages may pass
@@ -501,6 +494,18 @@ async fn a_higher_priority_batch_is_claimed_first_and_status_shows_mode_and_prio
     );
 }
 
+/// The `q` quantile of `to - from` over the live jobs, in seconds.
+async fn live_seconds(app: &TestApp<TestSim>, q: f64, from: &str, to: &str) -> f64 {
+    sqlx::query_scalar(&format!(
+        "SELECT percentile_cont($1) WITHIN GROUP (ORDER BY extract(epoch FROM j.{to} - j.{from}))::float8
+         FROM chatferry.jobs j JOIN chatferry.batches b ON b.id = j.batch_id WHERE b.mode = 'live'"
+    ))
+    .bind(q)
+    .fetch_one(app.db.store.pool())
+    .await
+    .unwrap()
+}
+
 /// One bench point: live messages at `per_sec` for `secs` to idle
 /// conversations, with or without a backfill of other conversations
 /// running. Returns (p50, p99) of post-to-done in seconds, and the
@@ -518,7 +523,20 @@ async fn live_point(per_sec: f64, secs: u64, backfill: bool) -> (f64, f64, f64, 
     let stop = CancellationToken::new();
     let base = serve_ingest(&app, &cfg, &stop).await;
     let worker = start_worker(&app, &cfg);
-    tokio::time::sleep(Duration::from_secs(3)).await; // the backfill at full speed
+    if backfill {
+        // The backfill at full speed: some seconds' worth sent.
+        let sent = "SELECT count(*) FROM chatferry.jobs WHERE status = 'done'";
+        let worth = poll(
+            Duration::from_secs(30),
+            || app.db.scalar(sent),
+            |n| *n as f64 >= 3.0 * limit,
+        )
+        .await;
+        assert!(
+            worth as f64 >= 3.0 * limit,
+            "the backfill never got going: {worth} sent"
+        );
+    }
     let pairs: Vec<(String, String)> = (0..50)
         .map(|i| (format!("live{i}a"), format!("live{i}b")))
         .collect();
@@ -526,36 +544,18 @@ async fn live_point(per_sec: f64, secs: u64, backfill: bool) -> (f64, f64, f64, 
     let n = (per_sec * secs as f64) as usize;
     post_live(base, "tim", pairs, n, per_sec, true).await;
     let t1 = now_ms();
-    let done = Instant::now();
-    loop {
-        let left = app
-            .db
-            .scalar("SELECT count(*) FROM chatferry.jobs j JOIN chatferry.batches b ON b.id = j.batch_id WHERE b.mode = 'live' AND j.status <> 'done'")
-            .await;
-        if left == 0 {
-            break;
-        }
-        assert!(done.elapsed() < Duration::from_secs(60), "live jobs left: {left}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let open = "SELECT count(*) FROM chatferry.jobs j JOIN chatferry.batches b ON b.id = j.batch_id
+                WHERE b.mode = 'live' AND j.status <> 'done'";
+    let left = poll(Duration::from_secs(60), || app.db.scalar(open), |n| *n == 0).await;
+    assert_eq!(left, 0, "live jobs left: {left}");
     // Post to done: the job row is created at the commit, just before the
     // API answers, so this is the delivery latency a caller sees.
-    let (p50, p99): (f64, f64) = sqlx::query_as(
-        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM j.finished_at - j.created_at))::float8,
-                percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM j.finished_at - j.created_at))::float8
-         FROM chatferry.jobs j JOIN chatferry.batches b ON b.id = j.batch_id WHERE b.mode = 'live'",
-    )
-    .fetch_one(app.db.store.pool())
-    .await
-    .unwrap();
-    let phases: (f64, f64) = sqlx::query_as(
-        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM j.first_in_flight_at - j.created_at))::float8,
-                percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM j.finished_at - j.first_in_flight_at))::float8
-         FROM chatferry.jobs j JOIN chatferry.batches b ON b.id = j.batch_id WHERE b.mode = 'live'",
-    )
-    .fetch_one(app.db.store.pool())
-    .await
-    .unwrap();
+    let p50 = live_seconds(&app, 0.5, "created_at", "finished_at").await;
+    let p99 = live_seconds(&app, 0.99, "created_at", "finished_at").await;
+    let phases = (
+        live_seconds(&app, 0.5, "created_at", "first_in_flight_at").await,
+        live_seconds(&app, 0.5, "first_in_flight_at", "finished_at").await,
+    );
     eprintln!(
         "live p50: commit to in-flight mark {:.3} s, mark to done {:.3} s",
         phases.0, phases.1

@@ -86,6 +86,18 @@ fn lines(p: &str, n: usize) -> Vec<String> {
     out
 }
 
+/// Each job of batch `name`: id, status and body.
+async fn batch_jobs(db: &TestDb, name: &str) -> Vec<(i64, String, String)> {
+    sqlx::query_as(
+        "SELECT j.id, j.status::text, j.body FROM chatferry.jobs j
+         JOIN chatferry.batches b ON b.id = j.batch_id WHERE b.name = $1 ORDER BY j.id",
+    )
+    .bind(name)
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn counters_equal_a_full_count_after_loads_retries_skips_purges_and_crashes() {
     // First attempts: m1 refused for good, m2 refused for now; the rest
@@ -202,13 +214,7 @@ async fn purge_refuses_an_unfinished_batch_and_leaves_other_batches_untouched() 
 
     app.run_until_idle().await;
     app.load("new", &lines("n", 10)).await;
-    let before: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT j.id, j.status::text, j.body FROM chatferry.jobs j
-         JOIN chatferry.batches b ON b.id = j.batch_id WHERE b.name = 'new' ORDER BY j.id",
-    )
-    .fetch_all(db.store.pool())
-    .await
-    .unwrap();
+    let before = batch_jobs(db, "new").await;
     assert_eq!(before.len(), 40);
 
     let out = cli(&cfg_path, &["purge", "--batch", "old", "--dry-run"]).await;
@@ -233,13 +239,7 @@ async fn purge_refuses_an_unfinished_batch_and_leaves_other_batches_untouched() 
         .await,
         0
     );
-    let after: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT j.id, j.status::text, j.body FROM chatferry.jobs j
-         JOIN chatferry.batches b ON b.id = j.batch_id WHERE b.name = 'new' ORDER BY j.id",
-    )
-    .fetch_all(db.store.pool())
-    .await
-    .unwrap();
+    let after = batch_jobs(db, "new").await;
     assert_eq!(after, before, "the other batch is untouched");
 
     let out = cli(&cfg_path, &["purge", "--batch", "new"]).await;

@@ -44,7 +44,7 @@ pub use settings::{
 #[allow(unused_imports)]
 pub use sim::TestSim;
 #[allow(unused_imports)]
-pub use simulated::faults;
+pub use simulated::{assert_every_kind_round_trips, faults};
 
 /// The server tests connect to: DATABASE_URL, else the local default.
 pub fn base_url() -> String {

@@ -9,9 +9,9 @@ use chatferry::providers::Provider;
 use chatferry::simulate::FaultConfig;
 use serde_json::Value;
 
-use super::app::TestApp;
-use super::corpus::{str_of, tim_label, zim_label, Corpus};
-use super::settings::Kind;
+use super::app::{SimSetup, TestApp};
+use super::corpus::{str_of, tim_label, zim_label, Corpus, Shape};
+use super::settings::{Kind, Target};
 use super::sim::TestSim;
 
 /// Labels and stored times per ZIM view or Tencent conversation.
@@ -31,6 +31,28 @@ pub fn faults(kind: Kind, seed: u64, transient: f64, apply_then_drop: f64) -> Fa
     side.transient_rate = transient;
     side.apply_then_drop_rate = apply_then_drop;
     f
+}
+
+/// A corpus of `shape` holds each of `kinds`; sent through a simulator, it
+/// is stored exactly, validated and verified clean.
+pub async fn assert_every_kind_round_trips(shape: &Shape, kinds: &[&str]) {
+    let app = TestApp::simulated(Target::of(shape.kind), SimSetup::registering()).await;
+    let corpus = shape.generate();
+    for kind in kinds {
+        assert!(
+            corpus
+                .msgs
+                .iter()
+                .any(|m| m.line.contains(&format!("\"type\":\"{kind}\""))),
+            "the corpus has no {kind}"
+        );
+    }
+    app.load_corpus(&corpus, "kinds").await;
+    app.send_all().await;
+    assert_eq!(app.not_done().await, vec![]);
+    app.assert_holds_exactly(&corpus);
+    assert_eq!(app.stats()["validation_failures"], 0);
+    app.assert_verify_clean("kinds").await;
 }
 
 impl TestApp<TestSim> {
