@@ -6,16 +6,14 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use serde_json::{json, Value};
 
 /// Runs `chatferry accounts import --target T EXTRA...`; returns the exit
 /// code, stdout and stderr.
-async fn accounts_import(config: &Path, target: &str, extra: &[&str]) -> (i32, String, String) {
+async fn accounts_import(bin: &Binary, target: &str, extra: &[&str]) -> (i32, String, String) {
     let args = [&["accounts", "import", "--target", target], extra].concat();
-    let ran = cli(config, &args).await;
+    let ran = bin.cli(&args).await;
     (ran.code(), ran.stdout, ran.stderr)
 }
 
@@ -39,10 +37,9 @@ async fn import_twice_then_send(kind: Kind) {
     let app = app_of(kind).await;
     let corpus = Shape::new(kind, 3, 30).seed(11).generate();
     app.load_corpus(&corpus, "b").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = app.write_config(dir.path());
+    let bin = app.binary();
     for run in 1..=2 {
-        let (code, out, err) = accounts_import(&config, app.target(), &[]).await;
+        let (code, out, err) = accounts_import(&bin, app.target(), &[]).await;
         assert_eq!(code, 0, "run {run}: {out}{err}");
         assert!(out.contains("6 users registered"), "run {run}: {out}");
         assert!(out.contains("0 refused"), "run {run}: {out}");
@@ -75,9 +72,8 @@ async fn tencent_accounts_import_can_be_run_twice() {
 /// registered with their profiles; a re-run succeeds the same way.
 async fn profiles_arrive(kind: Kind) {
     let app = app_of(kind).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = app.write_config(dir.path());
-    let users = dir.path().join("users.jsonl");
+    let bin = app.binary();
+    let users = bin.dir().join("users.jsonl");
     let long_name = "n".repeat(600);
     let lines = [
         json!({"id": "ann", "name": "Ann", "avatar": "https://cdn.example/ann.png"}).to_string(),
@@ -91,7 +87,7 @@ async fn profiles_arrive(kind: Kind) {
     std::fs::write(&users, lines.join("\n") + "\n").unwrap();
     let users_arg = users.to_str().unwrap();
     for run in 1..=2 {
-        let (code, out, err) = accounts_import(&config, app.target(), &["--users", users_arg]).await;
+        let (code, out, err) = accounts_import(&bin, app.target(), &["--users", users_arg]).await;
         assert_eq!(code, 3, "run {run}: {out}{err}");
         assert!(out.contains("2 users registered"), "run {run}: {out}");
         assert!(out.contains("4 lines rejected"), "run {run}: {out}");
@@ -113,7 +109,7 @@ async fn profiles_arrive(kind: Kind) {
     );
     // Without the bad lines the same file registers cleanly: exit 0.
     std::fs::write(&users, format!("{}\n{}\n", lines[0], lines[1])).unwrap();
-    let (code, out, err) = accounts_import(&config, app.target(), &["--users", users_arg]).await;
+    let (code, out, err) = accounts_import(&bin, app.target(), &["--users", users_arg]).await;
     assert_eq!(code, 0, "{out}{err}");
 }
 

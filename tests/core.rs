@@ -393,12 +393,11 @@ async fn unknown_outcome_is_reconciled_by_resending_for_a_deduplicating_provider
 async fn a_killed_worker_is_taken_over_after_its_lease() {
     let app = TestApp::recording(|_, _| Reply::Slow(Duration::from_millis(3))).await;
     let (db, rec) = (&app.db, &app.provider);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg_path = app.write_config(dir.path());
+    let bin = app.binary();
     let (lines, expected) = corpus(200, now_ms() - 3_600_000);
     let s = app.load("b", &lines).await;
 
-    let mut first = chatferry_with(&cfg_path)
+    let mut first = chatferry_with(&bin.config)
         .arg("run")
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -414,7 +413,7 @@ async fn a_killed_worker_is_taken_over_after_its_lease() {
         .scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'in_flight'")
         .await;
 
-    let out = cli(&cfg_path, &["run", "--exit-when-idle"]).await;
+    let out = bin.cli(&["run", "--exit-when-idle"]).await;
     assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(
         db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status <> 'done'")

@@ -70,7 +70,7 @@ fn output_dir() -> PathBuf {
 }
 
 /// A daemon mid-run: 4 calls/s, 60 good messages, 3 to an unknown user.
-async fn daemon_mid_run(app: &TestApp<TestSim>, dir: &Path, port: u16) -> tokio::process::Child {
+async fn daemon_mid_run(app: &TestApp<TestSim>, port: u16) -> (Binary, tokio::process::Child) {
     let providers = chatferry::providers::build_all(&app.cfg).unwrap();
     let r = providers[0]
         .1
@@ -95,8 +95,9 @@ async fn daemon_mid_run(app: &TestApp<TestSim>, dir: &Path, port: u16) -> tokio:
     };
     let toml = settings.toml();
     assert!(toml.contains("rate_per_sec = 4\n"), "{toml}");
-    let cfg = settings.write(dir);
-    spawn_daemon(&cfg, false, &dir.join("daemon.log"))
+    let bin = Binary::new(&settings);
+    let child = bin.spawn(false);
+    (bin, child)
 }
 
 /// Waits until the API shows progress and the failures, with work left.
@@ -132,9 +133,8 @@ async fn dashboard_shows_the_batch_its_progress_and_failures_in_chromium() {
         return;
     };
     let app = TestApp::simulated(TencentTarget::default(), SimSetup::default()).await;
-    let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = daemon_mid_run(&app, dir.path(), port).await;
+    let (_bin, mut child) = daemon_mid_run(&app, port).await;
     let base = format!("http://127.0.0.1:{port}");
     let status = wait_mid_run(&base).await;
     let code = status["failures"][0]["code"].as_i64().expect("a failure code");

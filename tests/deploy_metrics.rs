@@ -59,11 +59,10 @@ async fn alerts_and_grafana_use_only_exported_metrics() {
         .collect();
     app.load("b", &lines).await;
     let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
     let mut settings = app.settings.clone();
     settings.http.listen = Some(format!("127.0.0.1:{port}"));
-    let cfg = settings.write(dir.path());
-    let mut child = spawn_daemon(&cfg, false, &dir.path().join("daemon.log"));
+    let bin = Binary::new(&settings);
+    let mut child = bin.spawn(false);
 
     // Wait until the sends and the periodic gauges have all been exported.
     let wanted: BTreeSet<String> = names_in(&rules)

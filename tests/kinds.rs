@@ -10,16 +10,14 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use common::{jsonl, now_ms};
 use serde_json::{json, Value};
 
 /// Runs the binary with `args` after `--config`; returns (exit code,
 /// stdout then stderr).
-async fn run(config: &Path, args: &[&str]) -> (i32, String) {
-    let ran = cli(config, args).await;
+async fn run(bin: &Binary, args: &[&str]) -> (i32, String) {
+    let ran = bin.cli(args).await;
     (ran.code(), ran.text())
 }
 
@@ -107,11 +105,10 @@ fn corpus(n: usize, kind: fn(usize, &str) -> Value) -> Corpus {
 /// Loads, runs and verifies `corpus` with the binary; asserts the
 /// simulator holds it exactly and verify says so too.
 async fn round_trip(app: &TestApp<TestSim>, corpus: &Corpus) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = app.write_config(dir.path());
+    let bin = app.binary();
     let input = jsonl(&corpus.lines());
     let (code, out) = run(
-        &config,
+        &bin,
         &[
             "load",
             "--target",
@@ -123,13 +120,13 @@ async fn round_trip(app: &TestApp<TestSim>, corpus: &Corpus) {
     )
     .await;
     assert_eq!(code, 0, "load: {out}");
-    run_to_the_end(&config, &dir.path().join("daemon.log")).await;
+    bin.run_to_the_end().await;
     assert_eq!(app.not_done().await, vec![], "every job is done");
     app.assert_holds_exactly(corpus);
     assert_eq!(app.stats()["validation_failures"], 0, "{}", app.stats());
     // Verify reads the faults' answers too: turn them off first.
     app.provider.clear_faults();
-    let (code, out) = run(&config, &["verify", "--batch", "kinds", "--json"]).await;
+    let (code, out) = run(&bin, &["verify", "--batch", "kinds", "--json"]).await;
     assert_eq!(code, 0, "verify: {out}");
     let r: Value =
         serde_json::from_str(out.lines().next().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {out}"));
@@ -173,12 +170,7 @@ async fn zim_every_kind_is_run_reconciled_and_verified() {
             .await;
         assert_eq!(r.code(), 0, "{body}");
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (code, out) = run(
-        &app.write_config(dir.path()),
-        &["verify", "--batch", "kinds", "--json"],
-    )
-    .await;
+    let (code, out) = run(&app.binary(), &["verify", "--batch", "kinds", "--json"]).await;
     assert_eq!(code, 4, "verify: {out}");
     let r: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(
@@ -235,12 +227,11 @@ async fn zim_load_rejects_what_the_documents_forbid() {
             json!({"type": "multi", "items": [{"type": "image", "url": "https://cdn.example.com"}]}),
         ),
     ];
-    let dir = tempfile::tempdir().unwrap();
-    let config = app.write_config(dir.path());
+    let bin = app.binary();
     let input = jsonl(&lines);
-    let rejects = dir.path().join("rejects.jsonl");
+    let rejects = bin.dir().join("rejects.jsonl");
     let (code, out) = run(
-        &config,
+        &bin,
         &[
             "load",
             "--target",

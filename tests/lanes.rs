@@ -181,10 +181,6 @@ async fn the_daemon_wakes_a_stranded_lane_on_its_own() {
     assert_eq!(rec.received(), 5);
 }
 
-async fn run_binary(cfg: &std::path::Path) -> Ran {
-    cli(cfg, &["run", "--exit-when-idle"]).await
-}
-
 #[tokio::test]
 async fn exit_when_idle_exits_5_and_names_paused_batches_and_blocked_lanes() {
     let app = TestApp::builder()
@@ -201,8 +197,7 @@ async fn exit_when_idle_exits_5_and_names_paused_batches_and_blocked_lanes() {
         .spawn()
         .await;
     let (db, rec) = (&app.db, &app.provider);
-    let dir = tempfile::tempdir().unwrap();
-    let path = app.write_config(dir.path());
+    let bin = app.binary();
     app.load("blocked", &one_conversation(5)).await;
     let now = now_ms() - 600_000;
     let paused: Vec<String> = (0..3)
@@ -211,7 +206,7 @@ async fn exit_when_idle_exits_5_and_names_paused_batches_and_blocked_lanes() {
     app.load("held", &paused).await;
     db.store.set_paused("held", true).await.unwrap();
 
-    let out = run_binary(&path).await;
+    let out = bin.cli(&["run", "--exit-when-idle"]).await;
     let stderr = &out.stderr;
     assert_eq!(out.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("batch held is paused"), "{stderr}");
@@ -227,7 +222,7 @@ async fn exit_when_idle_exits_5_and_names_paused_batches_and_blocked_lanes() {
         .await
         .unwrap();
     db.store.skip_job(job).await.unwrap();
-    let out = run_binary(&path).await;
+    let out = bin.cli(&["run", "--exit-when-idle"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
     assert_eq!(rec.applied().values().map(Vec::len).sum::<usize>(), 7);
 }

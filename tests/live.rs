@@ -352,9 +352,7 @@ async fn history_and_live(kind: Kind) {
     // A real rate, so the backfill is still running when live traffic comes.
     let mut settings = with_ingest(&app, &format!("127.0.0.1:{port}"), None);
     settings.set_rate(kind.target(), 400.0);
-    let dir = tempfile::tempdir().unwrap();
-    let config = settings.write(dir.path());
-    let log = dir.path().join("daemon.log");
+    let bin = Binary::new(&settings);
 
     let mut pairs: Vec<(String, String)> = corpus
         .msgs
@@ -367,8 +365,8 @@ async fn history_and_live(kind: Kind) {
     let poster = tokio::spawn(post_live(base, kind.target(), pairs, 200, 20.0, false));
 
     let history_calls = app.jobs().await as u64;
-    run_and_kill_at(&app, &config, &log, history_calls / 3).await;
-    let mut second = spawn_daemon(&config, false, &log);
+    bin.run_and_kill_at(&app, history_calls / 3).await;
+    let mut second = bin.spawn(false);
     let live = tokio::time::timeout(Duration::from_secs(120), poster)
         .await
         .expect("the live messages are posted")

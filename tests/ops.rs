@@ -76,8 +76,7 @@ fn accepted_calls(text: &str) -> f64 {
 async fn sigterm_drains_within_the_grace_and_a_restart_completes() {
     let app = TestApp::recording(|_, _| Reply::Slow(Duration::from_millis(30))).await;
     let (db, rec) = (&app.db, &app.provider);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg_path = app.write_config(dir.path());
+    let bin = app.binary();
     let lines: Vec<String> = (0..400)
         .map(|i| {
             let (a, b) = (format!("s{}a", i % 40), format!("s{}b", i % 40));
@@ -85,7 +84,7 @@ async fn sigterm_drains_within_the_grace_and_a_restart_completes() {
         })
         .collect();
     app.load("b", &lines).await;
-    let mut child = chatferry_with(&cfg_path)
+    let mut child = chatferry_with(&bin.config)
         .arg("run")
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -117,7 +116,7 @@ async fn sigterm_drains_within_the_grace_and_a_restart_completes() {
         .await;
     assert!(done_before < 400, "stopped part-way");
 
-    let out = cli(&cfg_path, &["run", "--exit-when-idle"]).await;
+    let out = bin.cli(&["run", "--exit-when-idle"]).await;
     assert!(out.status.success());
     assert_eq!(
         db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'done'")
@@ -170,14 +169,13 @@ async fn metrics_parse_and_readyz_follows_the_database() {
     let mut settings = app.settings.clone();
     settings.database_url = Some(via.to_string());
     settings.http.listen = Some(format!("127.0.0.1:{ops}"));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg_path = settings.write(dir.path());
+    let bin = Binary::new(&settings);
     let lines: Vec<String> = (0..30)
         .map(|i| text_line(&format!("m{i}"), "x", "y", now_ms() - 1000 + i, "m"))
         .collect();
     app.load("b", &lines).await;
 
-    let mut child = chatferry_with(&cfg_path)
+    let mut child = chatferry_with(&bin.config)
         .arg("run")
         .stderr(std::process::Stdio::null())
         .spawn()

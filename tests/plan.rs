@@ -15,8 +15,9 @@ fn text(id: &str, from: &str, to: &str, at: i64) -> String {
     text_line(id, from, to, at, "hi")
 }
 
-/// A config whose database cannot be reached: `plan` must not need it.
-fn config(dir: &Path) -> PathBuf {
+/// The binary on a config whose database cannot be reached: `plan` must
+/// not need it.
+fn binary() -> Binary {
     let tim = TencentTarget {
         rate_per_sec: Some(50.0),
         account_rate_per_sec: Some(10.0),
@@ -26,15 +27,14 @@ fn config(dir: &Path) -> PathBuf {
         rate_per_sec: Some(10.0),
         ..Default::default()
     };
-    Settings {
+    let settings = Settings {
         database_url: Some("postgres://nobody@127.0.0.1:1/none".into()),
         ..Default::default()
-    }
-    .with(tim)
-    .with(zim)
-    .write(dir)
+    };
+    Binary::new(&settings.with(tim).with(zim))
 }
 
+/// The plan's input: good lines, a broken one, two from = to, a blank.
 fn input(dir: &Path) -> PathBuf {
     let now = now_ms() - 60_000;
     let lines = [
@@ -55,18 +55,17 @@ fn input(dir: &Path) -> PathBuf {
     p
 }
 
-async fn plan(cfg: &Path, args: &[&str]) -> (i32, String, String) {
-    let ran = cli(cfg, &[&["plan"], args].concat()).await;
+async fn plan(bin: &Binary, args: &[&str]) -> (i32, String, String) {
+    let ran = bin.cli(&[&["plan"], args].concat()).await;
     (ran.code(), ran.stdout, ran.stderr)
 }
 
 #[tokio::test]
 async fn plan_counts_reasons_and_send_time_without_a_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
-    let file = input(dir.path());
+    let bin = binary();
+    let file = input(bin.dir());
     let f = file.to_str().unwrap();
-    let (code, out, err) = plan(&cfg, &["--target", "tim", "--json", f]).await;
+    let (code, out, err) = plan(&bin, &["--target", "tim", "--json", f]).await;
     assert_eq!(code, 3, "some lines are rejected: exit 3; stderr: {err}");
     let r: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(r["lines"], 7);
@@ -98,7 +97,7 @@ async fn plan_counts_reasons_and_send_time_without_a_database() {
     let secs = r["send_secs"].as_f64().unwrap();
     assert!((secs - 4.0 / 49.0).abs() < 1e-9, "{secs}");
 
-    let (_, out, _) = plan(&cfg, &["--target", "tim", "--json", "--replicas", "3", f]).await;
+    let (_, out, _) = plan(&bin, &["--target", "tim", "--json", "--replicas", "3", f]).await;
     let r: Value = serde_json::from_str(&out).unwrap();
     // Three replicas each take a whole number of calls a second, less
     // 0.5 % (ratelimit::share): 3 × floor(50 × 0.98 / 3) / 1.005 together.
@@ -111,10 +110,9 @@ async fn plan_counts_reasons_and_send_time_without_a_database() {
 
 #[tokio::test]
 async fn plan_prints_a_readable_report_and_counts_zim_views() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
-    let file = input(dir.path());
-    let (code, out, _) = plan(&cfg, &["--target", "zim", file.to_str().unwrap()]).await;
+    let bin = binary();
+    let file = input(bin.dir());
+    let (code, out, _) = plan(&bin, &["--target", "zim", file.to_str().unwrap()]).await;
     assert_eq!(code, 3);
     assert!(out.contains("4 accepted, 3 rejected"), "{out}");
     assert!(out.contains("line 3:"), "{out}");
@@ -125,11 +123,11 @@ async fn plan_prints_a_readable_report_and_counts_zim_views() {
     // 8 calls at 10 × 0.98 calls/s.
     assert!(out.contains("send time: 0.8s at 9.8 calls/s"), "{out}");
 
-    let clean = dir.path().join("clean.jsonl");
+    let clean = bin.dir().join("clean.jsonl");
     std::fs::write(&clean, text("1", "a", "b", now_ms() - 1000) + "\n").unwrap();
-    let (code, _, err) = plan(&cfg, &["--target", "zim", clean.to_str().unwrap()]).await;
+    let (code, _, err) = plan(&bin, &["--target", "zim", clean.to_str().unwrap()]).await;
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = plan(&cfg, &["--target", "nope", clean.to_str().unwrap()]).await;
+    let (code, _, err) = plan(&bin, &["--target", "nope", clean.to_str().unwrap()]).await;
     assert_eq!(code, 2);
     assert!(err.contains("unknown target"), "{err}");
 }

@@ -69,17 +69,16 @@ async fn probe_reads_the_tencent_triple_back_and_sees_dedup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_command_prints_json_and_refuses_one_user() {
     let (app, _) = probe_zim(MsgTime::Receive).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = app.write_config(dir.path());
-    let out = cli(
-        &config,
-        &["probe", "--target", "zim", "--users", "probe-c,probe-d", "--json"],
-    )
-    .await;
+    let bin = app.binary();
+    let out = bin
+        .cli(&["probe", "--target", "zim", "--users", "probe-c,probe-d", "--json"])
+        .await;
     assert!(out.status.success(), "{}", out.stderr);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["msg_time"], "receive");
-    let out = cli(&config, &["probe", "--target", "zim", "--users", "only-one"]).await;
+    let out = bin
+        .cli(&["probe", "--target", "zim", "--users", "only-one"])
+        .await;
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stderr.contains("--users takes two user ids"));
 }

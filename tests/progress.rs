@@ -112,8 +112,7 @@ async fn counters_equal_a_full_count_after_loads_retries_skips_purges_and_crashe
     })
     .await;
     let (db, cfg, rec) = (&app.db, &app.cfg, &app.provider);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg_path = app.write_config(dir.path());
+    let bin = app.binary();
 
     let a = jsonl(&lines("a", 100));
     load(db, cfg, "tim", "a", &[a.path()], None).await;
@@ -123,7 +122,7 @@ async fn counters_equal_a_full_count_after_loads_retries_skips_purges_and_crashe
     app.load("b", &b).await;
     assert_counters_match(db, "loads").await;
 
-    let mut run = chatferry_with(&cfg_path)
+    let mut run = chatferry_with(&bin.config)
         .arg("run")
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -179,7 +178,7 @@ async fn counters_equal_a_full_count_after_loads_retries_skips_purges_and_crashe
     assert_counters_match(db, "skip").await;
 
     app.run_until_idle().await;
-    let out = cli(&cfg_path, &["purge", "--batch", "a"]).await;
+    let out = bin.cli(&["purge", "--batch", "a"]).await;
     assert!(out.status.success(), "{}", out.stderr);
     assert_counters_match(db, "purge").await;
     sqlx::query("SELECT chatferry.job_counts_compact()")
@@ -193,8 +192,7 @@ async fn counters_equal_a_full_count_after_loads_retries_skips_purges_and_crashe
 async fn purge_refuses_an_unfinished_batch_and_leaves_other_batches_untouched() {
     let app = TestApp::recording(|_, _| Reply::Ok).await;
     let db = &app.db;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg_path = app.write_config(dir.path());
+    let bin = app.binary();
     app.load("old", &lines("o", 30)).await;
 
     // Unfinished: refused, dry run or not, and nothing is removed.
@@ -202,7 +200,7 @@ async fn purge_refuses_an_unfinished_batch_and_leaves_other_batches_untouched() 
         &["purge", "--batch", "old"][..],
         &["purge", "--batch", "old", "--dry-run"],
     ] {
-        let out = cli(&cfg_path, args).await;
+        let out = bin.cli(args).await;
         let err = &out.stderr;
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(
@@ -217,7 +215,7 @@ async fn purge_refuses_an_unfinished_batch_and_leaves_other_batches_untouched() 
     let before = batch_jobs(db, "new").await;
     assert_eq!(before.len(), 40);
 
-    let out = cli(&cfg_path, &["purge", "--batch", "old", "--dry-run"]).await;
+    let out = bin.cli(&["purge", "--batch", "old", "--dry-run"]).await;
     let said = &out.stdout;
     assert!(
         out.status.success() && said.contains("would remove 120 finished jobs"),
@@ -225,7 +223,7 @@ async fn purge_refuses_an_unfinished_batch_and_leaves_other_batches_untouched() 
     );
     assert_eq!(db.scalar("SELECT count(*) FROM chatferry.jobs").await, 160);
 
-    let out = cli(&cfg_path, &["purge", "--batch", "old"]).await;
+    let out = bin.cli(&["purge", "--batch", "old"]).await;
     let said = &out.stdout;
     assert!(
         out.status.success() && said.contains("120 jobs removed"),
@@ -242,9 +240,9 @@ async fn purge_refuses_an_unfinished_batch_and_leaves_other_batches_untouched() 
     let after = batch_jobs(db, "new").await;
     assert_eq!(after, before, "the other batch is untouched");
 
-    let out = cli(&cfg_path, &["purge", "--batch", "new"]).await;
+    let out = bin.cli(&["purge", "--batch", "new"]).await;
     assert_eq!(out.status.code(), Some(2));
-    let out = cli(&cfg_path, &["purge", "--batch", "nope"]).await;
+    let out = bin.cli(&["purge", "--batch", "nope"]).await;
     let err = &out.stderr;
     assert!(
         out.status.code() == Some(2) && err.contains("no batch named nope"),

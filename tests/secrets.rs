@@ -112,7 +112,6 @@ async fn no_credential_reaches_logs_or_status() {
     )
     .await
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let now = now_ms() - 60_000;
     let lines: Vec<String> = (0..200)
         .map(|i| {
@@ -129,10 +128,15 @@ async fn no_credential_reaches_logs_or_status() {
     let mut all = String::new();
     let at_sim = Some(format!("http://{}/", sim.addr()));
     for (i, format) in ["text", "json"].into_iter().enumerate() {
-        let cfg = settings(with_pw.as_str(), at_sim.clone(), ZIM_SECRET, TIM_KEY, format)
-            .write_as(&dir.path().join(format!("{format}.toml")));
+        let bin = Binary::new(&settings(
+            with_pw.as_str(),
+            at_sim.clone(),
+            ZIM_SECRET,
+            TIM_KEY,
+            format,
+        ));
         if i == 0 {
-            all += &cli(&cfg, &["migrate"]).await.text();
+            all += &bin.cli(&["migrate"]).await.text();
         }
         let batch = format!("b{i}");
         for target in ["zim", "tim"] {
@@ -140,14 +144,14 @@ async fn no_credential_reaches_logs_or_status() {
             let p = input.path().to_str().unwrap();
             args.push(p);
             // The second pass loads the same messages again (no new jobs).
-            all += &cli(&cfg, &args).await.text();
+            all += &bin.cli(&args).await.text();
         }
-        let out = cli(&cfg, &["run", "--exit-when-idle"]).await;
+        let out = bin.cli(&["run", "--exit-when-idle"]).await;
         assert!(out.status.success(), "{}", out.text());
         all += &out.text();
-        all += &cli(&cfg, &["status"]).await.text();
-        all += &cli(&cfg, &["status", "--json"]).await.text();
-        all += &cli(&cfg, &["verify", "--batch", "b0"]).await.text();
+        all += &bin.cli(&["status"]).await.text();
+        all += &bin.cli(&["status", "--json"]).await.text();
+        all += &bin.cli(&["verify", "--batch", "b0"]).await.text();
     }
     assert_eq!(
         db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status <> 'done'")
@@ -162,21 +166,21 @@ async fn no_credential_reaches_logs_or_status() {
         .map(|i| text_line(&format!("x{i}"), "p", "q", now + i, "x"))
         .collect();
     let more_input = jsonl(&more);
-    let bad = settings(
+    let bad = Binary::new(&settings(
         with_pw.as_str(),
         at_sim,
         "wrongZIMsecretXYZ",
         "wrongTIMkeyXYZ",
         "text",
-    )
-    .write_as(&dir.path().join("bad.toml"));
+    ));
     for target in ["zim", "tim"] {
         let input = more_input.path().to_str().unwrap();
-        all += &cli(&bad, &["load", "--target", target, "--batch", "bad", input])
+        all += &bad
+            .cli(&["load", "--target", target, "--batch", "bad", input])
             .await
             .text();
     }
-    let out = cli(&bad, &["run", "--exit-when-idle"]).await;
+    let out = bad.cli(&["run", "--exit-when-idle"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", out.text());
     let t = out.text();
     assert!(t.contains("halted"), "{t}");

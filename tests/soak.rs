@@ -34,8 +34,7 @@ async fn operator_commands_from_another_process_during_2000_messages() {
         .spawn()
         .await;
     let (db, rec) = (&app.db, &app.provider);
-    let dir = tempfile::tempdir().unwrap();
-    let path = app.write_config(dir.path());
+    let bin = app.binary();
     let (convs, per) = (20usize, 100usize);
     let now = now_ms() - 600_000;
     let text = |i: usize, j: usize| {
@@ -55,8 +54,7 @@ async fn operator_commands_from_another_process_during_2000_messages() {
         }
     }
     app.load("b", &lines).await;
-    let log = dir.path().join("daemon.log");
-    let mut daemon = spawn_daemon(&path, false, &log);
+    let mut daemon = bin.spawn(false);
 
     let total = (convs * per) as i64;
     let finished = "SELECT count(*) FROM chatferry.jobs WHERE status IN ('done', 'skipped')";
@@ -66,9 +64,9 @@ async fn operator_commands_from_another_process_during_2000_messages() {
     while db.scalar(finished).await < total {
         assert!(started.elapsed() < Duration::from_secs(120), "no end in sight");
         assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
-        assert!(cli(&path, &["pause", "--batch", "b"]).await.status.success());
+        assert!(bin.cli(&["pause", "--batch", "b"]).await.status.success());
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(cli(&path, &["resume", "--batch", "b"]).await.status.success());
+        assert!(bin.cli(&["resume", "--batch", "b"]).await.status.success());
         if round % 4 == 3 && skipped < 5 {
             let failed: Option<i64> =
                 sqlx::query_scalar("SELECT id FROM chatferry.jobs WHERE status = 'failed' LIMIT 1")
@@ -76,19 +74,19 @@ async fn operator_commands_from_another_process_during_2000_messages() {
                     .await
                     .unwrap();
             if let Some(job) = failed {
-                let out = cli(&path, &["skip", "--job", &job.to_string()]).await;
+                let out = bin.cli(&["skip", "--job", &job.to_string()]).await;
                 assert!(out.status.success(), "{}", out.stderr);
                 skipped += 1;
             }
         } else {
-            assert!(cli(&path, &["retry", "--batch", "b"]).await.status.success());
+            assert!(bin.cli(&["retry", "--batch", "b"]).await.status.success());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         round += 1;
     }
     signal(daemon.id().unwrap(), "TERM");
     assert!(daemon.wait().await.unwrap().success());
-    let out = cli(&path, &["run", "--exit-when-idle"]).await;
+    let out = bin.cli(&["run", "--exit-when-idle"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
     assert!(round >= 5, "the operator got a word in ({round} rounds)");
 
@@ -137,10 +135,8 @@ async fn sigterm_during_slow_zim_calls_then_a_restart_elsewhere_sends_nothing_tw
     let app = TestApp::simulated(ZimTarget::default(), SimSetup::faulty(faults)).await;
     let corpus = Shape::new(Kind::Zim, 40, 800).seed(12).one_sided(0.1).generate();
     app.load_corpus(&corpus, "slow").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = app.write_config(dir.path());
-    let log = dir.path().join("daemon.log");
-    let mut daemon = spawn_daemon(&config, false, &log);
+    let bin = app.binary();
+    let mut daemon = bin.spawn(false);
     wait_until(Duration::from_secs(60), "calls under way", || {
         app.stored_count() >= 100
     })
@@ -150,13 +146,9 @@ async fn sigterm_during_slow_zim_calls_then_a_restart_elsewhere_sends_nothing_tw
         .await
         .expect("the daemon drains within its grace")
         .unwrap();
-    assert!(
-        status.success(),
-        "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    assert!(status.success(), "{}", bin.logged());
     app.provider.clear_faults();
-    run_to_the_end(&config, &log).await;
+    bin.run_to_the_end().await;
     assert_eq!(app.not_done().await, vec![], "every job is done");
     app.assert_holds_exactly(&corpus);
 }

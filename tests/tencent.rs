@@ -117,17 +117,15 @@ async fn a_killed_daemon_resumes_without_loss_or_duplicates() {
         .non_text(0.1)
         .generate();
     app.load_corpus(&corpus, "crash").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = app.write_config(dir.path());
-    let log = dir.path().join("daemon.log");
+    let bin = app.binary();
 
-    run_and_kill_at(&app, &config, &log, 1_000).await;
+    bin.run_and_kill_at(&app, 1_000).await;
     let stored_at_kill = app.stored_count();
     assert!(
         stored_at_kill < 3_000,
         "killed before the end ({stored_at_kill} stored)"
     );
-    run_to_the_end(&config, &log).await;
+    bin.run_to_the_end().await;
 
     assert_eq!(app.not_done().await, vec![], "every job is done");
     app.assert_holds_exactly(&corpus);

@@ -89,19 +89,17 @@ async fn a_daemon_killed_three_times_still_fills_each_view_exactly() {
         .generate();
     let total: usize = corpus.zim_views().values().map(Vec::len).sum();
     app.load_corpus(&corpus, "crash").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = app.write_config(dir.path());
-    let log = dir.path().join("daemon.log");
+    let bin = app.binary();
 
     for quarter in 1..=3 {
-        run_and_kill_at(&app, &config, &log, (total * quarter / 4) as u64).await;
+        bin.run_and_kill_at(&app, (total * quarter / 4) as u64).await;
         let stored = app.stored_count();
         assert!(
             stored < total as u64,
             "kill {quarter} came before the end ({stored} of {total})"
         );
     }
-    run_to_the_end(&config, &log).await;
+    bin.run_to_the_end().await;
 
     assert_eq!(app.not_done().await, vec![], "every job is done");
     app.assert_holds_exactly(&corpus);

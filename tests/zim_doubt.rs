@@ -82,13 +82,11 @@ async fn late_landings_survive_two_sigkills() {
     let corpus = corpus(33);
     let total: usize = corpus.zim_views().values().map(Vec::len).sum();
     app.load_corpus(&corpus, "killed").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = app.write_config(dir.path());
-    let log = dir.path().join("daemon.log");
+    let bin = app.binary();
     for third in 1..=2 {
-        run_and_kill_at(&app, &config, &log, (total * third / 3) as u64).await;
+        bin.run_and_kill_at(&app, (total * third / 3) as u64).await;
     }
-    run_to_the_end(&config, &log).await;
+    bin.run_to_the_end().await;
     assert_exact(&app, &corpus, "killed").await;
 }
 

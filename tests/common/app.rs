@@ -12,7 +12,6 @@
 //!     .await;
 //! ```
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chatferry::config::Config;
@@ -23,6 +22,7 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::bin::Binary;
 use super::recorder::{Decide, Recorder, Reply};
 use super::settings::{LogSettings, Settings, Target, TencentTarget, WorkerSettings, ZimTarget, CLOSED};
 use super::sim::TestSim;
@@ -332,9 +332,9 @@ impl<P> TestApp<P> {
         Running::start(self.worker())
     }
 
-    /// Writes the configuration for the binary into `dir`.
-    pub fn write_config(&self, dir: &Path) -> PathBuf {
-        self.settings.write(dir)
+    /// The real binary on the app's configuration.
+    pub fn binary(&self) -> Binary {
+        Binary::new(&self.settings)
     }
 
     /// Jobs not done, by status (empty when all are done).

@@ -1,11 +1,12 @@
 //! The real binary: a command run to its end, the daemon started in the
 //! background, signalled, killed and restarted.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use super::app::TestApp;
+use super::settings::Settings;
 use super::sim::TestSim;
 
 /// `chatferry`, with nothing of the caller's environment (DATABASE_URL,
@@ -56,11 +57,6 @@ impl Ran {
     }
 }
 
-/// Runs `chatferry --config CONFIG ARGS...` to its end.
-pub async fn cli(config: &Path, args: &[&str]) -> Ran {
-    Ran::run(chatferry_with(config).args(args)).await
-}
-
 /// Sends `sig` (`TERM`, `INT`, ...) to the process `pid`.
 pub fn signal(pid: u32, sig: &str) {
     let sent = std::process::Command::new("kill")
@@ -71,61 +67,94 @@ pub fn signal(pid: u32, sig: &str) {
     assert!(sent.success(), "kill -{sig} {pid}");
 }
 
-/// The daemon, `run` (optionally `--exit-when-idle`) with a config
-/// file; its stderr goes to `log`.
-pub fn spawn_daemon(config: &Path, exit_when_idle: bool, log: &Path) -> tokio::process::Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let mut c = chatferry_with(config);
-    c.arg("run");
-    if exit_when_idle {
-        c.arg("--exit-when-idle");
+/// The real binary on a configuration file of its own (in a temp dir that
+/// lives as long as this), its daemon logging to a file beside it.
+pub struct Binary {
+    dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Binary {
+    /// The binary on `settings`.
+    pub fn new(settings: &Settings) -> Binary {
+        let dir = tempfile::tempdir().unwrap();
+        let config = settings.write(dir.path());
+        let log = dir.path().join("daemon.log");
+        Binary { dir, config, log }
     }
-    c.stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("the chatferry binary starts")
-}
 
-/// Starts the daemon, waits until the simulator has stored at least
-/// `stored` messages of the app's provider, and kills it with SIGKILL.
-pub async fn run_and_kill_at(app: &TestApp<TestSim>, config: &Path, log: &Path, stored: u64) {
-    let mut child = spawn_daemon(config, false, log);
-    let mut exited = None;
-    super::wait_until(
-        Duration::from_secs(60),
-        &format!("{stored} messages stored"),
-        || {
-            if let Ok(Some(status)) = child.try_wait() {
-                exited = Some(status);
-                return true;
-            }
-            app.stored_count() >= stored
-        },
-    )
-    .await;
-    assert!(
-        exited.is_none(),
-        "the daemon exited on its own ({exited:?}): {}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-    child.start_kill().unwrap(); // SIGKILL
-    child.wait().await.unwrap();
-}
+    /// The temp dir the configuration is in, for a test's other files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
 
-/// Runs `run --exit-when-idle` to its end and asserts it exits 0.
-pub async fn run_to_the_end(config: &Path, log: &Path) {
-    let mut child = spawn_daemon(config, true, log);
-    let status = tokio::time::timeout(Duration::from_secs(120), child.wait())
-        .await
-        .expect("run --exit-when-idle ends")
-        .unwrap();
-    assert!(
-        status.success(),
-        "run --exit-when-idle: {status}: {}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
+    /// Runs `chatferry --config CONFIG ARGS...` to its end.
+    pub async fn cli(&self, args: &[&str]) -> Ran {
+        Ran::run(chatferry_with(&self.config).args(args)).await
+    }
+
+    /// The daemon, `run` (optionally `--exit-when-idle`); its stderr goes
+    /// to [`Binary::log`].
+    pub fn spawn(&self, exit_when_idle: bool) -> tokio::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut c = chatferry_with(&self.config);
+        c.arg("run");
+        if exit_when_idle {
+            c.arg("--exit-when-idle");
+        }
+        c.stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the chatferry binary starts")
+    }
+
+    /// What the daemons have logged so far.
+    pub fn logged(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Starts the daemon, waits until the simulator has stored at least
+    /// `stored` messages of the app's provider, and kills it with SIGKILL.
+    pub async fn run_and_kill_at(&self, app: &TestApp<TestSim>, stored: u64) {
+        let mut child = self.spawn(false);
+        let mut exited = None;
+        super::wait_until(
+            Duration::from_secs(60),
+            &format!("{stored} messages stored"),
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    exited = Some(status);
+                    return true;
+                }
+                app.stored_count() >= stored
+            },
+        )
+        .await;
+        assert!(
+            exited.is_none(),
+            "the daemon exited on its own ({exited:?}): {}",
+            self.logged()
+        );
+        child.start_kill().unwrap(); // SIGKILL
+        child.wait().await.unwrap();
+    }
+
+    /// Runs `run --exit-when-idle` to its end and asserts it exits 0.
+    pub async fn run_to_the_end(&self) {
+        let mut child = self.spawn(true);
+        let status = tokio::time::timeout(Duration::from_secs(120), child.wait())
+            .await
+            .expect("run --exit-when-idle ends")
+            .unwrap();
+        assert!(
+            status.success(),
+            "run --exit-when-idle: {status}: {}",
+            self.logged()
+        );
+    }
 }

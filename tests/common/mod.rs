@@ -31,7 +31,7 @@ use chatferry::store::Store;
 #[allow(unused_imports)]
 pub use app::{Running, SimSetup, TestApp, RATE};
 #[allow(unused_imports)]
-pub use bin::{chatferry, chatferry_with, cli, run_and_kill_at, run_to_the_end, signal, spawn_daemon, Ran};
+pub use bin::{chatferry, chatferry_with, signal, Binary, Ran};
 #[allow(unused_imports)]
 pub use corpus::{message_fields, tim_label, Corpus, Msg, Shape};
 #[allow(unused_imports)]

@@ -357,13 +357,9 @@ impl Settings {
 
     /// Writes daemon.toml into `dir` (for the binary); returns its path.
     pub fn write(&self, dir: &Path) -> PathBuf {
-        self.write_as(&dir.join("daemon.toml"))
-    }
-
-    /// Writes the configuration file `path`; returns it.
-    pub fn write_as(&self, path: &Path) -> PathBuf {
-        std::fs::write(path, self.toml()).unwrap();
-        path.to_path_buf()
+        let path = dir.join("daemon.toml");
+        std::fs::write(&path, self.toml()).unwrap();
+        path
     }
 }
 
