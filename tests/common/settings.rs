@@ -149,6 +149,7 @@ impl Target {
         self
     }
 
+    /// Its provider.
     pub fn kind(&self) -> Kind {
         match self {
             Target::Zim(_) => Kind::Zim,
@@ -156,6 +157,7 @@ impl Target {
         }
     }
 
+    /// Its name: `[targets.NAME]`.
     pub fn name(&self) -> &str {
         match self {
             Target::Zim(z) => &z.name,
