@@ -6,52 +6,27 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::provider::*;
+use common::*;
 use serde_json::{json, Value};
 
 /// Runs `chatferry accounts import --target T EXTRA...`; returns the exit
 /// code, stdout and stderr.
-async fn accounts_import(config: &Path, target: &str, extra: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatferry"))
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "accounts",
-            "import",
-            "--target",
-            target,
-        ])
-        .args(extra)
-        .env_remove("DATABASE_URL")
-        .env_remove("CHATFERRY_CONFIG")
-        .env_remove("RUST_LOG")
-        .output()
-        .await
-        .expect("the chatferry binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+async fn accounts_import(bin: &Binary, target: &str, extra: &[&str]) -> (i32, String, String) {
+    let args = [&["accounts", "import", "--target", target], extra].concat();
+    let ran = bin.cli(&args).await;
+    (ran.code(), ran.stdout, ran.stderr)
 }
 
-async fn env(kind: Kind) -> Env {
-    Env::start(Setup {
-        kind,
-        faults: Default::default(),
-        auto_register: false,
-        ensure: false,
-    })
-    .await
+/// An app on the simulator, which refuses unknown users.
+async fn app_of(kind: Kind) -> TestApp<TestSim> {
+    TestApp::simulated(Target::of(kind), SimSetup::default()).await
 }
 
 /// The simulator's users of this provider, with their profiles.
-async fn sim_users(env: &Env) -> Vec<Value> {
-    let v = env
-        .sim
-        .get(&format!("_sim/users?provider={}", env.kind.side()))
+async fn sim_users(app: &TestApp<TestSim>) -> Vec<Value> {
+    let v = app
+        .provider
+        .get(&format!("_sim/users?provider={}", app.kind().side()))
         .await;
     v["apps"][0]["users"].as_array().unwrap().clone()
 }
@@ -59,35 +34,27 @@ async fn sim_users(env: &Env) -> Vec<Value> {
 /// Registers a loaded batch's users twice (the second time every user
 /// exists), then sends the batch: nothing is refused for a missing user.
 async fn import_twice_then_send(kind: Kind) {
-    let env = env(kind).await;
-    let corpus = Corpus::generate(&Shape {
-        kind,
-        conversations: 3,
-        messages: 30,
-        seed: 11,
-        one_sided: 0.0,
-        non_text: 0.0,
-    });
-    env.load(&corpus, "b").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = env.write_config(dir.path());
+    let app = app_of(kind).await;
+    let corpus = Shape::new(kind, 3, 30).seed(11).generate();
+    app.load_corpus(&corpus, "b").await;
+    let bin = app.binary();
     for run in 1..=2 {
-        let (code, out, err) = accounts_import(&config, env.target(), &[]).await;
+        let (code, out, err) = accounts_import(&bin, app.target(), &[]).await;
         assert_eq!(code, 0, "run {run}: {out}{err}");
         assert!(out.contains("6 users registered"), "run {run}: {out}");
         assert!(out.contains("0 refused"), "run {run}: {out}");
     }
-    let st = env.stats();
+    let st = app.stats();
     let api = match kind {
         Kind::Zim => "UserRegister",
         Kind::Tencent => "multiaccount_import",
     };
     assert_eq!(st["calls_by_api"][api], 2, "{st}");
-    assert_eq!(sim_users(&env).await.len(), 6);
-    env.run_until_idle().await;
-    assert_eq!(env.not_done().await, vec![]);
-    env.assert_holds_exactly(&corpus);
-    assert_eq!(env.stats()["validation_failures"], 0);
+    assert_eq!(sim_users(&app).await.len(), 6);
+    app.send_all().await;
+    assert_eq!(app.not_done().await, vec![]);
+    app.assert_holds_exactly(&corpus);
+    assert_eq!(app.stats()["validation_failures"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,10 +71,9 @@ async fn tencent_accounts_import_can_be_run_twice() {
 /// their line number and reason (exit 3, like `load`), the good ones are
 /// registered with their profiles; a re-run succeeds the same way.
 async fn profiles_arrive(kind: Kind) {
-    let env = env(kind).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = env.write_config(dir.path());
-    let users = dir.path().join("users.jsonl");
+    let app = app_of(kind).await;
+    let bin = app.binary();
+    let users = bin.dir().join("users.jsonl");
     let long_name = "n".repeat(600);
     let lines = [
         json!({"id": "ann", "name": "Ann", "avatar": "https://cdn.example/ann.png"}).to_string(),
@@ -121,7 +87,7 @@ async fn profiles_arrive(kind: Kind) {
     std::fs::write(&users, lines.join("\n") + "\n").unwrap();
     let users_arg = users.to_str().unwrap();
     for run in 1..=2 {
-        let (code, out, err) = accounts_import(&config, env.target(), &["--users", users_arg]).await;
+        let (code, out, err) = accounts_import(&bin, app.target(), &["--users", users_arg]).await;
         assert_eq!(code, 3, "run {run}: {out}{err}");
         assert!(out.contains("2 users registered"), "run {run}: {out}");
         assert!(out.contains("4 lines rejected"), "run {run}: {out}");
@@ -135,7 +101,7 @@ async fn profiles_arrive(kind: Kind) {
         }
     }
     assert_eq!(
-        sim_users(&env).await,
+        sim_users(&app).await,
         vec![
             json!({"id": "ann", "name": "Ann", "avatar": "https://cdn.example/ann.png"}),
             json!({"id": "bob", "name": null, "avatar": null}),
@@ -143,7 +109,7 @@ async fn profiles_arrive(kind: Kind) {
     );
     // Without the bad lines the same file registers cleanly: exit 0.
     std::fs::write(&users, format!("{}\n{}\n", lines[0], lines[1])).unwrap();
-    let (code, out, err) = accounts_import(&config, env.target(), &["--users", users_arg]).await;
+    let (code, out, err) = accounts_import(&bin, app.target(), &["--users", users_arg]).await;
     assert_eq!(code, 0, "{out}{err}");
 }
 
@@ -165,42 +131,31 @@ async fn tencent_profiles_arrive_and_a_rerun_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ensure_accounts_registers_once_and_then_fails_the_job() {
     use chatferry::providers::tencent::codes as tc;
-    use common::{Recorder, Reply};
-    let rec = Recorder::start(|body, _| {
-        if body.get("AccountList").is_some() {
-            Reply::Ok
-        } else {
-            Reply::Code(tc::ACCOUNT_NOT_IMPORTED)
-        }
-    })
-    .await;
-    let db = common::TestDb::new().await;
-    let cfg = common::config(
-        &db,
-        &format!(
-            "{}{}ensure_accounts = true\n",
-            common::FAST_WORKER,
-            common::tencent_target("t", rec.addr)
-        ),
-    );
-    let f = common::jsonl(&[common::text_line(
-        "m1",
-        "ann",
-        "bob",
-        common::now_ms() - 1000,
-        "hi",
-    )]);
-    common::load(&db, &cfg, "t", "b", &[f.path()], None).await;
-    let report = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        common::run_until_idle(&db, &cfg),
-    )
-    .await
-    .expect("the worker goes idle: registering does not loop");
+    let target = TencentTarget {
+        name: "t".into(),
+        ensure_accounts: true,
+        ..Default::default()
+    };
+    let app = TestApp::builder()
+        .tencent(target)
+        .recorder(|body, _| {
+            if body.get("AccountList").is_some() {
+                Reply::Ok
+            } else {
+                Reply::Code(tc::ACCOUNT_NOT_IMPORTED)
+            }
+        })
+        .spawn()
+        .await;
+    app.load("b", &[text_line("m1", "ann", "bob", now_ms() - 1000, "hi")])
+        .await;
+    let report = tokio::time::timeout(std::time::Duration::from_secs(30), app.run_until_idle())
+        .await
+        .expect("the worker goes idle: registering does not loop");
     assert!(report.halted.is_empty(), "{:?}", report.halted);
     let (status, code, reason): (String, Option<i64>, Option<String>) =
         sqlx::query_as("SELECT status::text, last_code, last_error FROM chatferry.jobs")
-            .fetch_one(db.store.pool())
+            .fetch_one(app.db.store.pool())
             .await
             .unwrap();
     assert_eq!(status, "failed");
@@ -209,7 +164,7 @@ async fn ensure_accounts_registers_once_and_then_fails_the_job() {
         reason.as_deref().unwrap_or("").contains("still missing"),
         "{reason:?}"
     );
-    let log = rec.log.lock().unwrap().clone();
+    let log = app.provider.log();
     let imports = log.iter().filter(|r| r.from.is_empty()).count();
     let sends = log.len() - imports;
     assert_eq!((imports, sends), (1, 2), "one account import, one resend");

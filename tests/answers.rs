@@ -4,69 +4,53 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use chatferry::config::{Config, TargetConfig};
+use chatferry::config::TargetConfig;
 use chatferry::providers::{Outcome, Provider, SendJob};
-use http_body_util::Full;
-use hyper::Response;
+use common::*;
 
-/// Serves `body` with `status` to every request.
-async fn canned(status: u16, body: Vec<u8>) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let body = Arc::new(body);
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let body = body.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| {
-                    let body = body.clone();
-                    async move {
-                        let mut r = Response::new(Full::new(Bytes::from(body.as_ref().clone())));
-                        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                        Ok::<_, std::convert::Infallible>(r)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
+/// Both providers' clients, sending to `addr` with a 3 s request timeout.
 fn clients(addr: std::net::SocketAddr) -> Vec<(String, Arc<dyn Provider>)> {
-    let cfg = Config::from_toml(&format!(
-        "[worker]\nrequest_timeout_ms = 3000\n\
-         [targets.zim]\nkind = \"zim\"\nendpoint = \"http://{addr}/\"\napp_id = 1\nserver_secret = \"s\"\n\
-         [targets.tim]\nkind = \"tencent\"\nendpoint = \"http://{addr}/\"\nsdk_app_id = 1\n\
-         admin_identifier = \"admin\"\nsecret_key = \"k\"\n"
-    ))
-    .unwrap();
+    let endpoint = Some(format!("http://{addr}/"));
+    let cfg = Settings {
+        worker: Some(WorkerSettings {
+            request_timeout_ms: Some(3000),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .with(ZimTarget {
+        endpoint: endpoint.clone(),
+        ..Default::default()
+    })
+    .with(TencentTarget {
+        endpoint,
+        ..Default::default()
+    })
+    .config();
     assert!(matches!(cfg.targets["zim"], TargetConfig::Zim(_)));
     chatferry::providers::build_all(&cfg).unwrap()
 }
 
+/// One ZIM text message of lane `a`→`b`, first attempt.
+fn job(start_by: Option<Instant>) -> SendJob<'static> {
+    SendJob {
+        job_id: 1,
+        body: r#"{"FromUserId":"a","ToUserId":"b","MessageType":1,"MessageBody":{"Message":"x"},"ImportedUserId":"a","MsgSeq":1}"#,
+        lane_key: "a\u{1f}b",
+        attempt: 1,
+        known_ids: &[],
+        first_mark_ms: None,
+        start_by,
+    }
+}
+
 async fn outcomes(status: u16, body: Vec<u8>) -> Vec<(String, Outcome)> {
-    let addr = canned(status, body).await;
+    let server = Canned::start(status, body).await;
     let mut out = Vec::new();
-    for (name, p) in clients(addr) {
-        let job = SendJob {
-            job_id: 1,
-            body: r#"{"FromUserId":"a","ToUserId":"b","MessageType":1,"MessageBody":{"Message":"x"},"ImportedUserId":"a","MsgSeq":1}"#,
-            lane_key: "a\u{1f}b",
-            attempt: 1,
-            known_ids: &[],
-            first_mark_ms: None,
-            start_by: None,
-        };
-        let o = tokio::time::timeout(Duration::from_secs(10), p.send(&job))
+    for (name, p) in clients(server.addr) {
+        let o = tokio::time::timeout(Duration::from_secs(10), p.send(&job(None)))
             .await
             .expect("answers in time");
         out.push((name, o));
@@ -181,29 +165,6 @@ async fn a_404_halts_the_target_with_a_hint() {
     }
 }
 
-/// Serves `body` to every request and counts them.
-async fn counting(body: &'static str) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| {
-                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    async move { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body)))) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, hits)
-}
-
 /// A refused signature or UserSig is retried once with a fresh one, but
 /// only while that second call can still end inside the lane's lease.
 #[tokio::test]
@@ -216,26 +177,18 @@ async fn a_fresh_credential_is_tried_only_if_the_second_call_fits_the_lease() {
         ),
     ];
     for (target, answer) in answers {
-        for (start_by, calls) in [(None, 2), (Some(std::time::Instant::now()), 1)] {
-            let (addr, hits) = counting(answer).await;
-            let p = clients(addr).into_iter().find(|(n, _)| n == target).unwrap().1;
-            let job = SendJob {
-                job_id: 1,
-                body: r#"{"FromUserId":"a","ToUserId":"b","MessageType":1,"MessageBody":{"Message":"x"},"ImportedUserId":"a","MsgSeq":1}"#,
-                lane_key: "a\u{1f}b",
-                attempt: 1,
-                known_ids: &[],
-                first_mark_ms: None,
-                start_by,
-            };
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            let o = p.send(&job).await;
+        // A lease whose deadline has passed leaves no room for a second call.
+        let passed = Instant::now() - Duration::from_millis(5);
+        for (start_by, calls) in [(None, 2), (Some(passed), 1)] {
+            let server = Canned::start(200, answer).await;
+            let p = clients(server.addr)
+                .into_iter()
+                .find(|(n, _)| n == target)
+                .unwrap()
+                .1;
+            let o = p.send(&job(start_by)).await;
             assert!(!matches!(o, Outcome::Accepted(_)), "{target}: {o:?}");
-            assert_eq!(
-                hits.load(std::sync::atomic::Ordering::SeqCst),
-                calls,
-                "{target} with {start_by:?}"
-            );
+            assert_eq!(server.hits(), calls, "{target} with {start_by:?}");
         }
     }
 }

@@ -9,14 +9,23 @@ use std::io::Write;
 
 use common::*;
 
+/// An app with one ZIM target (never sent to) and these load settings.
+async fn zim_app(load: LoadSettings) -> TestApp {
+    TestApp::builder()
+        .zim(ZimTarget::default())
+        .settings(|s| s.load = load)
+        .spawn()
+        .await
+}
+
 #[tokio::test]
 async fn every_bad_line_is_named_and_the_good_ones_load() {
-    let db = TestDb::new().await;
-    let cfg = config(
-        &db,
-        "[load]\nmax_line_bytes = 65536\n\
-         [targets.zim]\nkind = \"zim\"\nendpoint = \"http://127.0.0.1:9/\"\napp_id = 1\nserver_secret = \"s\"\n",
-    );
+    let app = zim_app(LoadSettings {
+        max_line_bytes: Some(65536),
+        ..Default::default()
+    })
+    .await;
+    let (db, cfg) = (&app.db, &app.cfg);
     let now = now_ms() - 60_000;
     let good = |i: usize| text_line(&format!("g{i}"), "alice", "bob", now + i as i64, "fine");
     // (bad line bytes, what its reason must mention)
@@ -115,8 +124,8 @@ async fn every_bad_line_is_named_and_the_good_ones_load() {
 
     let rejects = tempfile::NamedTempFile::new().unwrap();
     let s = load(
-        &db,
-        &cfg,
+        db,
+        cfg,
         "zim",
         "b",
         &[file.path()],
@@ -170,13 +179,13 @@ fn read_rejects(path: &std::path::Path) -> Vec<(u64, String, String)> {
 
 #[tokio::test]
 async fn a_reused_id_with_other_content_is_rejected_naming_both_lines() {
-    let db = TestDb::new().await;
     // Two-row chunks: the duplicates land in different, concurrent chunks.
-    let cfg = config(
-        &db,
-        "[load]\nchunk_rows = 2\n\
-         [targets.zim]\nkind = \"zim\"\nendpoint = \"http://127.0.0.1:9/\"\napp_id = 1\nserver_secret = \"s\"\n",
-    );
+    let app = zim_app(LoadSettings {
+        chunk_rows: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let (db, cfg) = (&app.db, &app.cfg);
     let now = now_ms() - 60_000;
     let first = jsonl(&[
         text_line("x", "alice", "bob", now, "one"),
@@ -187,7 +196,7 @@ async fn a_reused_id_with_other_content_is_rejected_naming_both_lines() {
     ]);
     let dir = tempfile::tempdir().unwrap();
     let rej = dir.path().join("rejects.jsonl");
-    let s = load(&db, &cfg, "zim", "b", &[first.path()], Some(rej.clone())).await;
+    let s = load(db, cfg, "zim", "b", &[first.path()], Some(rej.clone())).await;
     assert_eq!((s.accepted, s.rejected), (4, 1), "{s:?}");
     assert_eq!(s.jobs_new, 6, "x, y, z in both views");
     assert_eq!(
@@ -215,7 +224,7 @@ async fn a_reused_id_with_other_content_is_rejected_naming_both_lines() {
         text_line("y", "alice", "bob", now + 1, "changed"),
     ]);
     let rej2 = dir.path().join("rejects2.jsonl");
-    let s = load(&db, &cfg, "zim", "c", &[again.path()], Some(rej2.clone())).await;
+    let s = load(db, cfg, "zim", "c", &[again.path()], Some(rej2.clone())).await;
     assert_eq!((s.accepted, s.rejected), (2, 1), "{s:?}");
     assert_eq!(s.jobs_new, 2, "only w is new");
     let r = read_rejects(&rej2);

@@ -4,29 +4,20 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{config, jsonl, load, now_ms, text_line, TestDb};
+use common::*;
+use tokio::io::AsyncReadExt;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_chatferry"));
-    c.env_remove("DATABASE_URL").env_remove("CHATFERRY_CONFIG");
-    c
+/// Runs `command` to its end: exit code, stdout, stderr.
+async fn run(command: &mut tokio::process::Command) -> (i32, String, String) {
+    let ran = Ran::run(command).await;
+    (ran.code(), ran.stdout, ran.stderr)
 }
 
-fn run(c: &mut Command) -> (i32, String, String) {
-    let o = c.output().unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-#[test]
-fn a_misspelt_key_is_an_error_naming_it_and_the_nearest_known_one() {
+#[tokio::test]
+async fn a_misspelt_key_is_an_error_naming_it_and_the_nearest_known_one() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("daemon.toml");
     std::fs::write(
@@ -36,9 +27,10 @@ fn a_misspelt_key_is_an_error_naming_it_and_the_nearest_known_one() {
     .unwrap();
 
     // Before: the typo was ignored and the default applied silently.
-    let (code, _, err) = run(bin()
-        .args(["--config", cfg.to_str().unwrap(), "status"])
-        .env("CHATFERRY__WORKER__CONCURENCY", "5"));
+    let (code, _, err) = run(chatferry_with(&cfg)
+        .arg("status")
+        .env("CHATFERRY__WORKER__CONCURENCY", "5"))
+    .await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("unknown key `worker.concurency`"), "{err}");
     assert!(
@@ -54,7 +46,7 @@ fn a_misspelt_key_is_an_error_naming_it_and_the_nearest_known_one() {
          rate_per_secs = 50\n",
     )
     .unwrap();
-    let (code, _, err) = run(bin().args(["--config", cfg.to_str().unwrap(), "status"]));
+    let (code, _, err) = run(chatferry_with(&cfg).arg("status")).await;
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("unknown key `targets.tim.rate_per_sec`") || err.contains("`targets.tim.rate_per_secs`"),
@@ -64,16 +56,17 @@ fn a_misspelt_key_is_an_error_naming_it_and_the_nearest_known_one() {
     assert!(err.contains("did you mean `rate_per_sec`?"), "{err}");
 }
 
-#[test]
-fn completions_for_bash_zsh_and_fish_need_no_configuration() {
+#[tokio::test]
+async fn completions_for_bash_zsh_and_fish_need_no_configuration() {
     for (shell, marker) in [
         ("bash", "complete -F"),
         ("zsh", "#compdef chatferry"),
         ("fish", "complete -c chatferry"),
     ] {
-        let (code, out, err) = run(bin()
+        let (code, out, err) = run(chatferry()
             .args(["completions", shell])
-            .env("CHATFERRY_CONFIG", "/nonexistent"));
+            .env("CHATFERRY_CONFIG", "/nonexistent"))
+        .await;
         assert_eq!(code, 0, "{shell}: {err}");
         assert!(out.contains(marker), "{shell}: {out}");
         assert!(
@@ -81,60 +74,45 @@ fn completions_for_bash_zsh_and_fish_need_no_configuration() {
             "{shell} knows the commands"
         );
     }
-    let (code, _, _) = run(bin().args(["completions", "tcsh"]));
+    let (code, _, _) = run(chatferry().args(["completions", "tcsh"])).await;
     assert_eq!(code, 2);
 }
 
 #[tokio::test]
 async fn status_watch_refreshes_until_interrupted() {
-    let db = TestDb::new().await;
-    let cfg = config(
-        &db,
-        "[targets.tim]\nkind = \"tencent\"\nendpoint = \"http://127.0.0.1:9/\"\nsdk_app_id = 1\n\
-         admin_identifier = \"a\"\nsecret_key = \"k\"\n",
-    );
+    let app = TestApp::builder().tencent(TencentTarget::default()).spawn().await;
     let lines = vec![text_line("1", "a", "b", now_ms() - 1000, "x")];
-    load(&db, &cfg, "tim", "watched", &[jsonl(&lines).path()], None).await;
-    let mut child = bin()
+    app.load("watched", &lines).await;
+    let mut child = chatferry()
         .args(["status", "--watch", "--interval", "0.2"])
-        .env("DATABASE_URL", &db.url)
+        .env("DATABASE_URL", &app.db.url)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut seen = String::new();
-        let mut buf = [0u8; 4096];
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while seen.matches("refreshing every").count() < 3 && Instant::now() < deadline {
-            match stdout.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
-            }
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.matches("refreshing every").count() < 3 {
+        let read = tokio::time::timeout_at(deadline.into(), stdout.read(&mut buf)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            _ => break,
         }
-        seen
-    });
-    let seen = tokio::task::spawn_blocking(move || reader.join().unwrap())
-        .await
-        .unwrap();
+    }
     assert!(
         seen.matches("refreshing every").count() >= 3,
         "three frames: {seen}"
     );
     assert!(seen.contains("watched"), "{seen}");
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
+    // Stop reading, as a closed terminal would: a frame written after the
+    // signal then ends the command too.
+    drop(stdout);
+    signal(child.id().unwrap(), "INT");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("status --watch did not stop on SIGINT")
         .unwrap();
-    assert!(kill.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "status --watch did not stop on SIGINT");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
     assert!(status.success(), "{status}");
 }

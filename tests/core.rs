@@ -8,17 +8,10 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use chatferry::config::OnPermanentError;
 use chatferry::providers::tencent::codes as tc;
 
 use common::*;
-
-fn conv(a: &str, b: &str) -> (String, String) {
-    if a <= b {
-        (a.into(), b.into())
-    } else {
-        (b.into(), a.into())
-    }
-}
 
 /// `n` conversations; conversation i has 1 + i % 7 messages whose times go
 /// forwards, with some same-millisecond ties. Lines are written in an
@@ -72,8 +65,8 @@ fn assert_order(rec: &Recorder, expected: &Expected) {
 
 #[tokio::test]
 async fn loading_is_idempotent_across_files_and_batches() {
-    let db = TestDb::new().await;
-    let cfg = config(&db, &tencent_target("tim", "127.0.0.1:9".parse().unwrap()));
+    let app = TestApp::builder().tencent(TencentTarget::default()).spawn().await;
+    let (db, cfg) = (&app.db, &app.cfg);
     let now = now_ms() - 60_000;
     let a: Vec<String> = (0..100)
         .map(|i| text_line(&format!("m{i}"), &format!("u{}", i % 10), "peer", now + i, "x"))
@@ -82,17 +75,17 @@ async fn loading_is_idempotent_across_files_and_batches() {
         .map(|i| text_line(&format!("m{i}"), &format!("u{}", i % 10), "peer", now + i, "x"))
         .collect();
     let (fa, fb) = (jsonl(&a), jsonl(&b));
-    let s = load(&db, &cfg, "tim", "one", &[fa.path()], None).await;
+    let s = load(db, cfg, "tim", "one", &[fa.path()], None).await;
     assert_eq!((s.accepted, s.jobs_new), (100, 100));
-    let s = load(&db, &cfg, "tim", "one", &[fa.path()], None).await;
+    let s = load(db, cfg, "tim", "one", &[fa.path()], None).await;
     assert_eq!(
         (s.accepted, s.jobs_new),
         (100, 0),
         "same file again stores nothing"
     );
-    let s = load(&db, &cfg, "tim", "two", &[fa.path()], None).await;
+    let s = load(db, cfg, "tim", "two", &[fa.path()], None).await;
     assert_eq!(s.jobs_new, 0, "another batch name stores nothing");
-    let s = load(&db, &cfg, "tim", "two", &[fb.path()], None).await;
+    let s = load(db, cfg, "tim", "two", &[fb.path()], None).await;
     assert_eq!(s.jobs_new, 50, "overlapping file stores only the new half");
     assert_eq!(db.scalar("SELECT count(*) FROM chatferry.jobs").await, 150);
     assert_eq!(db.scalar("SELECT count(*) FROM chatferry.lanes").await, 10);
@@ -103,14 +96,12 @@ async fn loading_is_idempotent_across_files_and_batches() {
 
 #[tokio::test]
 async fn rejects_name_their_line_and_the_rest_loads() {
-    let db = TestDb::new().await;
-    let cfg = config(
-        &db,
-        &format!(
-            "{}\n[load]\nmax_line_bytes = 4096\n",
-            tencent_target("tim", "127.0.0.1:9".parse().unwrap())
-        ),
-    );
+    let app = TestApp::builder()
+        .tencent(TencentTarget::default())
+        .settings(|s| s.load.max_line_bytes = Some(4096))
+        .spawn()
+        .await;
+    let (db, cfg) = (&app.db, &app.cfg);
     let now = now_ms() - 1000;
     let lines = vec![
         text_line("1", "a", "b", now, "good"),
@@ -128,7 +119,7 @@ async fn rejects_name_their_line_and_the_rest_loads() {
     ];
     let f = jsonl(&lines);
     let rej = tempfile::NamedTempFile::new().unwrap();
-    let s = load(&db, &cfg, "tim", "b", &[f.path()], Some(rej.path().to_path_buf())).await;
+    let s = load(db, cfg, "tim", "b", &[f.path()], Some(rej.path().to_path_buf())).await;
     assert_eq!(s.accepted, 3);
     assert_eq!(s.rejected, 5);
     let rejects: Vec<serde_json::Value> = std::fs::read_to_string(rej.path())
@@ -155,11 +146,7 @@ async fn rejects_name_their_line_and_the_rest_loads() {
 
 #[tokio::test]
 async fn zim_expands_one_job_per_visible_view() {
-    let db = TestDb::new().await;
-    let cfg = config(
-        &db,
-        "[targets.zim]\nkind = \"zim\"\nendpoint = \"http://127.0.0.1:9/\"\napp_id = 1\nserver_secret = \"s\"\n",
-    );
+    let app = TestApp::builder().zim(ZimTarget::default()).spawn().await;
     let now = now_ms() - 1000;
     let lines = vec![
         text_line("1", "alice", "bob", now, "both"),
@@ -168,13 +155,12 @@ async fn zim_expands_one_job_per_visible_view() {
         text_line("4", "alice", "bob", now - 30 * 86_400_000, "too old"),
         text_line("5", "al/ice", "bob", now, "bad char"),
     ];
-    let f = jsonl(&lines);
-    let s = load(&db, &cfg, "zim", "b", &[f.path()], None).await;
+    let s = app.load("b", &lines).await;
     assert_eq!((s.accepted, s.rejected, s.jobs_new), (2, 3, 3));
     let views: Vec<(String, i64)> = sqlx::query_as(
         "SELECT l.view_user, count(*) FROM chatferry.jobs j JOIN chatferry.lanes l ON l.id = j.lane_id GROUP BY 1 ORDER BY 1",
     )
-    .fetch_all(db.store.pool())
+    .fetch_all(app.db.store.pool())
     .await
     .unwrap();
     assert_eq!(views, vec![("alice".to_string(), 2), ("bob".to_string(), 1)]);
@@ -182,26 +168,20 @@ async fn zim_expands_one_job_per_visible_view() {
 
 #[tokio::test]
 async fn thousand_lanes_arrive_each_in_lane_order() {
-    let rec = Recorder::start(|_, _| Reply::Ok).await;
-    let db = TestDb::new().await;
-    let cfg = config(&db, &format!("{FAST_WORKER}{}", tencent_target("tim", rec.addr)));
+    let app = TestApp::recording(|_, _| Reply::Ok).await;
+    let (db, rec) = (&app.db, &app.provider);
     let (lines, expected) = corpus(1000, now_ms() - 3_600_000);
-    let f = jsonl(&lines);
-    let s = load(&db, &cfg, "tim", "b", &[f.path()], None).await;
+    let s = app.load("b", &lines).await;
     assert_eq!(s.rejected, 0);
-    let report = run_until_idle(&db, &cfg).await;
+    let report = app.run_until_idle().await;
     assert!(report.halted.is_empty());
-    assert_order(&rec, &expected);
+    assert_order(rec, &expected);
     assert_eq!(
         rec.received() as u64,
         s.jobs_new,
         "each message sent exactly once"
     );
-    assert_eq!(
-        *rec.overlaps.lock().unwrap(),
-        0,
-        "never two calls in flight in one lane"
-    );
+    assert_eq!(rec.overlaps(), 0, "never two calls in flight in one lane");
     assert_eq!(
         db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status <> 'done'")
             .await,
@@ -212,7 +192,7 @@ async fn thousand_lanes_arrive_each_in_lane_order() {
 #[tokio::test]
 async fn retry_later_waits_in_place_and_keeps_order() {
     // Every third message gets a transient error twice, then goes through.
-    let rec = Recorder::start(|v, nth| {
+    let app = TestApp::recording(|v, nth| {
         let text = v["MsgBody"][0]["MsgContent"]["Text"].as_str().unwrap_or_default();
         let k: u32 = text.rsplit('m').next().unwrap().parse().unwrap();
         if k % 3 == 0 && nth <= 2 {
@@ -222,12 +202,11 @@ async fn retry_later_waits_in_place_and_keeps_order() {
         }
     })
     .await;
-    let db = TestDb::new().await;
-    let cfg = config(&db, &format!("{FAST_WORKER}{}", tencent_target("tim", rec.addr)));
+    let (db, rec) = (&app.db, &app.provider);
     let (lines, expected) = corpus(60, now_ms() - 3_600_000);
-    load(&db, &cfg, "tim", "b", &[jsonl(&lines).path()], None).await;
-    run_until_idle(&db, &cfg).await;
-    assert_order(&rec, &expected);
+    app.load("b", &lines).await;
+    app.run_until_idle().await;
+    assert_order(rec, &expected);
     assert_eq!(
         db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status <> 'done'")
             .await,
@@ -245,7 +224,7 @@ async fn retry_later_waits_in_place_and_keeps_order() {
 #[tokio::test]
 async fn a_rate_limit_answer_is_resent_and_nudges_the_pace() {
     // The first call of every message is refused as over the limit.
-    let rec = Recorder::start(|_, nth| {
+    let app = TestApp::recording(|_, nth| {
         if nth == 1 {
             Reply::Code(tc::RATE_LIMITED_60007)
         } else {
@@ -253,12 +232,11 @@ async fn a_rate_limit_answer_is_resent_and_nudges_the_pace() {
         }
     })
     .await;
-    let db = TestDb::new().await;
-    let cfg = config(&db, &format!("{FAST_WORKER}{}", tencent_target("tim", rec.addr)));
+    let (db, rec) = (&app.db, &app.provider);
     let (lines, expected) = corpus(3, now_ms() - 3_600_000);
-    load(&db, &cfg, "tim", "b", &[jsonl(&lines).path()], None).await;
-    run_until_idle(&db, &cfg).await;
-    assert_order(&rec, &expected);
+    app.load("b", &lines).await;
+    app.run_until_idle().await;
+    assert_order(rec, &expected);
     assert_eq!(
         db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'done' AND attempts = 2")
             .await,
@@ -271,26 +249,21 @@ async fn a_rate_limit_answer_is_resent_and_nudges_the_pace() {
     assert!(factor > 0.9, "the pace was cut to {factor} of the limit");
 }
 
-async fn permanent_run(mode: &str) -> (TestDb, Recorder) {
+async fn permanent_run(mode: OnPermanentError) -> TestApp<Recorder> {
     // Message 1 of every conversation is refused for good (90001).
-    let rec = Recorder::start(|v, _| {
-        let text = v["MsgBody"][0]["MsgContent"]["Text"].as_str().unwrap_or_default();
-        if text.ends_with("m1") {
-            Reply::Code(tc::JSON_INVALID)
-        } else {
-            Reply::Ok
-        }
-    })
-    .await;
-    let db = TestDb::new().await;
-    let cfg = config(
-        &db,
-        &format!(
-            "{}on_permanent_error = \"{mode}\"\n{}",
-            FAST_WORKER,
-            tencent_target("tim", rec.addr)
-        ),
-    );
+    let app = TestApp::builder()
+        .tencent(TencentTarget::default())
+        .worker(move |w| w.on_permanent_error = Some(mode))
+        .recorder(|v, _| {
+            let text = v["MsgBody"][0]["MsgContent"]["Text"].as_str().unwrap_or_default();
+            if text.ends_with("m1") {
+                Reply::Code(tc::JSON_INVALID)
+            } else {
+                Reply::Ok
+            }
+        })
+        .spawn()
+        .await;
     let now = now_ms() - 600_000;
     let mut lines = Vec::new();
     for c in 0..5 {
@@ -304,14 +277,15 @@ async fn permanent_run(mode: &str) -> (TestDb, Recorder) {
             ));
         }
     }
-    load(&db, &cfg, "tim", "b", &[jsonl(&lines).path()], None).await;
-    run_until_idle(&db, &cfg).await;
-    (db, rec)
+    app.load("b", &lines).await;
+    app.run_until_idle().await;
+    app
 }
 
 #[tokio::test]
 async fn permanent_failure_skips_and_the_lane_goes_on() {
-    let (db, rec) = permanent_run("skip").await;
+    let app = permanent_run(OnPermanentError::Skip).await;
+    let (db, rec) = (&app.db, &app.provider);
     assert_eq!(
         db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'failed' AND last_code = 90001")
             .await,
@@ -334,7 +308,8 @@ async fn permanent_failure_skips_and_the_lane_goes_on() {
 
 #[tokio::test]
 async fn permanent_failure_blocks_the_lane_when_asked() {
-    let (db, rec) = permanent_run("block").await;
+    let app = permanent_run(OnPermanentError::Block).await;
+    let (db, rec) = (&app.db, &app.provider);
     assert_eq!(
         db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'failed'")
             .await,
@@ -360,19 +335,14 @@ async fn permanent_failure_blocks_the_lane_when_asked() {
 
 #[tokio::test]
 async fn two_workers_never_share_a_lane() {
-    let rec = Recorder::start(|_, _| Reply::Slow(Duration::from_millis(2))).await;
-    let db = TestDb::new().await;
-    let cfg = config(&db, &format!("{FAST_WORKER}{}", tencent_target("tim", rec.addr)));
+    let app = TestApp::recording(|_, _| Reply::Slow(Duration::from_millis(2))).await;
+    let (db, rec) = (&app.db, &app.provider);
     let (lines, expected) = corpus(150, now_ms() - 3_600_000);
-    load(&db, &cfg, "tim", "b", &[jsonl(&lines).path()], None).await;
-    let (r1, r2) = tokio::join!(run_until_idle(&db, &cfg), run_until_idle(&db, &cfg));
+    app.load("b", &lines).await;
+    let (r1, r2) = tokio::join!(app.run_until_idle(), app.run_until_idle());
     assert!(r1.halted.is_empty() && r2.halted.is_empty());
-    assert_eq!(
-        *rec.overlaps.lock().unwrap(),
-        0,
-        "two calls in flight in one lane"
-    );
-    assert_order(&rec, &expected);
+    assert_eq!(rec.overlaps(), 0, "two calls in flight in one lane");
+    assert_order(rec, &expected);
     assert_eq!(
         db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status <> 'done'")
             .await,
@@ -384,7 +354,7 @@ async fn two_workers_never_share_a_lane() {
 async fn unknown_outcome_is_reconciled_by_resending_for_a_deduplicating_provider() {
     // The first attempt of every even message is applied, then the
     // connection drops: the worker cannot know, and resends.
-    let rec = Recorder::start(|v, nth| {
+    let app = TestApp::recording(|v, nth| {
         let text = v["MsgBody"][0]["MsgContent"]["Text"].as_str().unwrap_or_default();
         let k: u32 = text.rsplit('m').next().unwrap().parse().unwrap();
         if k % 2 == 0 && nth == 1 {
@@ -394,14 +364,13 @@ async fn unknown_outcome_is_reconciled_by_resending_for_a_deduplicating_provider
         }
     })
     .await;
-    let db = TestDb::new().await;
-    let cfg = config(&db, &format!("{FAST_WORKER}{}", tencent_target("tim", rec.addr)));
+    let (db, rec) = (&app.db, &app.provider);
     let now = now_ms() - 600_000;
     let lines: Vec<String> = (0..6)
         .map(|k| text_line(&format!("m{k}"), "a", "b", now + k, &format!("c0m{k}")))
         .collect();
-    load(&db, &cfg, "tim", "b", &[jsonl(&lines).path()], None).await;
-    run_until_idle(&db, &cfg).await;
+    app.load("b", &lines).await;
+    app.run_until_idle().await;
     assert_eq!(
         db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'done'")
             .await,
@@ -422,24 +391,14 @@ async fn unknown_outcome_is_reconciled_by_resending_for_a_deduplicating_provider
 
 #[tokio::test]
 async fn a_killed_worker_is_taken_over_after_its_lease() {
-    let rec = Recorder::start(|_, _| Reply::Slow(Duration::from_millis(3))).await;
-    let db = TestDb::new().await;
-    let toml = format!(
-        "[database]\nurl = \"{}\"\n{FAST_WORKER}{}",
-        db.url,
-        tencent_target("tim", rec.addr)
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let cfg_path = dir.path().join("daemon.toml");
-    std::fs::write(&cfg_path, &toml).unwrap();
-    let cfg = config(&db, &format!("{FAST_WORKER}{}", tencent_target("tim", rec.addr)));
+    let app = TestApp::recording(|_, _| Reply::Slow(Duration::from_millis(3))).await;
+    let (db, rec) = (&app.db, &app.provider);
+    let bin = app.binary();
     let (lines, expected) = corpus(200, now_ms() - 3_600_000);
-    let s = load(&db, &cfg, "tim", "b", &[jsonl(&lines).path()], None).await;
+    let s = app.load("b", &lines).await;
 
-    let bin = env!("CARGO_BIN_EXE_chatferry");
-    let mut first = tokio::process::Command::new(bin)
-        .args(["--config", cfg_path.to_str().unwrap(), "run"])
-        .env_remove("DATABASE_URL")
+    let mut first = chatferry_with(&bin.config)
+        .arg("run")
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -454,13 +413,8 @@ async fn a_killed_worker_is_taken_over_after_its_lease() {
         .scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'in_flight'")
         .await;
 
-    let out = tokio::process::Command::new(bin)
-        .args(["--config", cfg_path.to_str().unwrap(), "run", "--exit-when-idle"])
-        .env_remove("DATABASE_URL")
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin.cli(&["run", "--exit-when-idle"]).await;
+    assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(
         db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status <> 'done'")
             .await,

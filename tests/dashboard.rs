@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::provider::{spawn_daemon, Env, Kind, Setup};
-use common::{jsonl, load, now_ms, text_line};
+use common::*;
 use serde_json::Value;
 
 const TOKEN: &str = "dash-token-7f3a";
@@ -56,15 +55,9 @@ fn browse(bin: &Path, extra: &[&str], url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The status and body of `GET url`; 0 if nothing answered.
 async fn get(url: &str, token: Option<&str>) -> (u16, String) {
-    let mut r = reqwest::Client::new().get(url).timeout(Duration::from_secs(5));
-    if let Some(t) = token {
-        r = r.bearer_auth(t);
-    }
-    match r.send().await {
-        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-        Err(_) => (0, String::new()),
-    }
+    http_get(url, token).await.unwrap_or_default()
 }
 
 fn output_dir() -> PathBuf {
@@ -77,8 +70,8 @@ fn output_dir() -> PathBuf {
 }
 
 /// A daemon mid-run: 4 calls/s, 60 good messages, 3 to an unknown user.
-async fn daemon_mid_run(env: &Env, dir: &Path, port: u16) -> tokio::process::Child {
-    let providers = chatferry::providers::build_all(&env.cfg).unwrap();
+async fn daemon_mid_run(app: &TestApp<TestSim>, port: u16) -> (Binary, tokio::process::Child) {
+    let providers = chatferry::providers::build_all(&app.cfg).unwrap();
     let r = providers[0]
         .1
         .register_users(&[
@@ -93,33 +86,41 @@ async fn daemon_mid_run(env: &Env, dir: &Path, port: u16) -> tokio::process::Chi
         .map(|i| text_line(&format!("g{i}"), "alice", "ghost", at + i, "to nobody"))
         .collect();
     lines.extend((0..60).map(|i| text_line(&format!("m{i}"), "alice", "bob", at + i, "hello")));
-    let f = jsonl(&lines);
-    load(&env.db, &env.cfg, "tim", "nightly", &[f.path()], None).await;
-    let toml = env
-        .toml
-        .replace("\nrate_per_sec = 5000\n", "\nrate_per_sec = 4\n")
-        + &format!("[http]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n");
+    app.load("nightly", &lines).await;
+    let mut settings = app.settings.clone();
+    settings.set_rate("tim", 4.0);
+    settings.http = HttpSettings {
+        listen: Some(format!("127.0.0.1:{port}")),
+        token: Some(TOKEN.into()),
+    };
+    let toml = settings.toml();
     assert!(toml.contains("rate_per_sec = 4\n"), "{toml}");
-    let cfg = dir.join("daemon.toml");
-    std::fs::write(&cfg, toml).unwrap();
-    spawn_daemon(&cfg, false, &dir.join("daemon.log"))
+    let bin = Binary::new(&settings);
+    let child = bin.spawn(false);
+    (bin, child)
 }
 
 /// Waits until the API shows progress and the failures, with work left.
 async fn wait_mid_run(base: &str) -> Value {
-    for _ in 0..600 {
-        let (code, body) = get(&format!("{base}/api/status"), Some(TOKEN)).await;
-        if code == 200 {
-            let v: Value = serde_json::from_str(&body).unwrap();
-            let b = &v["batches"][0];
-            if b["done"].as_i64() > Some(0) && v["failures"].as_array().is_some_and(|f| !f.is_empty()) {
-                assert!(b["pending"].as_i64() > Some(0), "still mid-run: {v}");
-                return v;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the daemon never showed progress and the failures");
+    let url = format!("{base}/api/status");
+    let api_status = || async {
+        let (code, body) = get(&url, Some(TOKEN)).await;
+        (code == 200).then(|| serde_json::from_str::<Value>(&body).unwrap())
+    };
+    let shows = |v: &Value| {
+        v["batches"][0]["done"].as_i64() > Some(0) && v["failures"].as_array().is_some_and(|f| !f.is_empty())
+    };
+    let v = poll(Duration::from_secs(30), api_status, |v| {
+        v.as_ref().is_some_and(shows)
+    })
+    .await
+    .filter(shows)
+    .expect("the daemon never showed progress and the failures");
+    assert!(
+        v["batches"][0]["pending"].as_i64() > Some(0),
+        "still mid-run: {v}"
+    );
+    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,20 +132,9 @@ async fn dashboard_shows_the_batch_its_progress_and_failures_in_chromium() {
         );
         return;
     };
-    let env = Env::start(Setup {
-        kind: Kind::Tencent,
-        faults: Default::default(),
-        auto_register: false,
-        ensure: false,
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = daemon_mid_run(&env, dir.path(), port).await;
+    let app = TestApp::simulated(TencentTarget::default(), SimSetup::default()).await;
+    let port = free_port();
+    let (_bin, mut child) = daemon_mid_run(&app, port).await;
     let base = format!("http://127.0.0.1:{port}");
     let status = wait_mid_run(&base).await;
     let code = status["failures"][0]["code"].as_i64().expect("a failure code");

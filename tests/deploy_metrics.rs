@@ -10,8 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::provider::{spawn_daemon, Env, Kind, Setup};
-use common::{jsonl, load, now_ms, text_line};
+use common::*;
 
 /// Series Prometheus makes itself for every scraped target.
 const PROMETHEUS_OWN: &[&str] = &["up"];
@@ -39,17 +38,6 @@ fn exported(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-async fn scrape(url: &str) -> Option<String> {
-    let r = reqwest::Client::new()
-        .get(url)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .ok()?;
-    r.status().is_success().then_some(())?;
-    r.text().await.ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_and_grafana_use_only_exported_metrics() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -65,46 +53,33 @@ async fn alerts_and_grafana_use_only_exported_metrics() {
         .collect();
     assert!(exprs.len() >= 10, "a dashboard worth the name: {exprs:?}");
 
-    let env = Env::start(Setup {
-        kind: Kind::Tencent,
-        faults: Default::default(),
-        auto_register: true,
-        ensure: false,
-    })
-    .await;
+    let app = TestApp::simulated(TencentTarget::default(), SimSetup::registering()).await;
     let lines: Vec<String> = (0..20)
         .map(|i| text_line(&format!("m{i}"), "ann", "ben", now_ms() - 10_000 + i, "hi"))
         .collect();
-    load(&env.db, &env.cfg, "tim", "b", &[jsonl(&lines).path()], None).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("daemon.toml");
-    std::fs::write(
-        &cfg,
-        format!("{}[http]\nlisten = \"127.0.0.1:{port}\"\n", env.toml),
-    )
-    .unwrap();
-    let mut child = spawn_daemon(&cfg, false, &dir.path().join("daemon.log"));
+    app.load("b", &lines).await;
+    let port = free_port();
+    let mut settings = app.settings.clone();
+    settings.http.listen = Some(format!("127.0.0.1:{port}"));
+    let bin = Binary::new(&settings);
+    let mut child = bin.spawn(false);
 
     // Wait until the sends and the periodic gauges have all been exported.
     let wanted: BTreeSet<String> = names_in(&rules)
         .into_iter()
         .chain(exprs.iter().flat_map(|e| names_in(e)))
         .collect();
-    let mut have = BTreeSet::new();
-    for _ in 0..300 {
-        if let Some(text) = scrape(&format!("http://127.0.0.1:{port}/metrics")).await {
-            have = exported(&text);
-            if wanted.is_subset(&have) {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let scraped = poll(
+        Duration::from_secs(15),
+        || http_get(&metrics, None),
+        |r| matches!(r, Some((200, text)) if wanted.is_subset(&exported(text))),
+    )
+    .await;
+    let have = match scraped {
+        Some((200, text)) => exported(&text),
+        _ => BTreeSet::new(),
+    };
     child.start_kill().unwrap();
     let _ = child.wait().await;
     let missing: Vec<&String> = wanted.difference(&have).collect();

@@ -5,11 +5,12 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatferry::worker::{HookPoint, Worker};
 use futures::FutureExt;
+use parking_lot::Mutex;
 
 use chatferry::store::checkpoint::Checkpoints;
 use chatferry::store::{ProviderIds, Store};
@@ -21,24 +22,18 @@ async fn wait_for_lock_waiter(db: &TestDb) {
         "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND wait_event_type = 'Lock'",
         db.name
     );
-    let start = std::time::Instant::now();
-    while db.scalar(&sql).await == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "nobody waits on the lock"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let waiting = poll(Duration::from_secs(10), || db.scalar(&sql), |n| *n > 0).await;
+    assert!(waiting > 0, "nobody waits on the lock");
 }
 
 /// Loads `n` one-message conversations and claims every lane.
-async fn claimed_lanes(db: &TestDb, n: usize) -> Vec<(chatferry::store::Lease, i64)> {
-    let cfg = config(db, &tencent_target("tim", "127.0.0.1:9".parse().unwrap()));
+async fn claimed_lanes(app: &TestApp, n: usize) -> Vec<(chatferry::store::Lease, i64)> {
+    let db = &app.db;
     let now = now_ms() - 600_000;
     let lines: Vec<String> = (0..n)
         .map(|i| text_line("m", &format!("a{i}"), "b", now, "t"))
         .collect();
-    load(db, &cfg, "tim", "b", &[jsonl(&lines).path()], None).await;
+    app.load("b", &lines).await;
     let owner = uuid::Uuid::new_v4();
     let lanes = db
         .store
@@ -75,8 +70,9 @@ fn ids(msg_id: &str) -> ProviderIds {
 
 #[tokio::test]
 async fn one_bad_write_in_a_group_commit_fails_alone() {
-    let db = TestDb::new().await;
-    let lanes = claimed_lanes(&db, 3).await;
+    let app = TestApp::builder().tencent(TencentTarget::default()).spawn().await;
+    let db = &app.db;
+    let lanes = claimed_lanes(&app, 3).await;
     let (a, b, c) = (&lanes[0], &lanes[1], &lanes[2]);
     let cp = Checkpoints::start(db.store.clone());
     // Hold job a's row: the writer's first round (a alone) waits on it
@@ -93,7 +89,7 @@ async fn one_bad_write_in_a_group_commit_fails_alone() {
         let job = a.1;
         async move { cp.mark_in_flight(&lease, job, Duration::from_secs(1)).await }
     });
-    wait_for_lock_waiter(&db).await;
+    wait_for_lock_waiter(db).await;
     let good = ids("good");
     let bad = ids("bad\0id");
     let mut fb = Box::pin(cp.record_done(&b.0, b.1, &good));
@@ -120,26 +116,17 @@ async fn one_bad_write_in_a_group_commit_fails_alone() {
 async fn the_in_flight_mark_is_fenced_on_the_database_clock() {
     // When the first request arrives.
     let arrived: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let rec = Recorder::start({
+    let app = TestApp::recording({
         let arrived = arrived.clone();
         move |_, _| {
-            arrived.lock().unwrap().get_or_insert_with(Instant::now);
+            arrived.lock().get_or_insert_with(Instant::now);
             Reply::Ok
         }
     })
     .await;
-    let db = TestDb::new().await;
-    let cfg = config(&db, &format!("{FAST_WORKER}{}", tencent_target("tim", rec.addr)));
+    let (db, rec) = (&app.db, &app.provider);
     let now = now_ms() - 600_000;
-    load(
-        &db,
-        &cfg,
-        "tim",
-        "b",
-        &[jsonl(&[text_line("m", "a", "b", now, "t")]).path()],
-        None,
-    )
-    .await;
+    app.load("b", &[text_line("m", "a", "b", now, "t")]).await;
     // Just before the first mark, the database's lease is cut to 600 ms:
     // under the request timeout (1 s) plus margin, whatever this host
     // believes. As if the hosts' clocks disagreed.
@@ -151,7 +138,7 @@ async fn the_in_flight_mark_is_fenced_on_the_database_clock() {
             let HookPoint::BeforeMark { lane, .. } = p else {
                 return async {}.boxed();
             };
-            if shortened.lock().unwrap().is_some() {
+            if shortened.lock().is_some() {
                 return async {}.boxed();
             }
             let store = store.clone();
@@ -165,19 +152,14 @@ async fn the_in_flight_mark_is_fenced_on_the_database_clock() {
                 .execute(store.pool())
                 .await
                 .unwrap();
-                *shortened.lock().unwrap() = Some(Instant::now());
+                *shortened.lock() = Some(Instant::now());
             }
             .boxed()
         })
     };
-    let providers = chatferry::providers::build_all(&cfg).unwrap();
-    let w = Worker::new(db.store.clone(), &cfg, providers);
-    w.set_hook(hook);
-    w.run(tokio_util::sync::CancellationToken::new(), true)
-        .await
-        .unwrap();
-    let cut = shortened.lock().unwrap().expect("the hook ran");
-    let first = arrived.lock().unwrap().expect("the message was sent");
+    app.run_until_idle_with(hook).await;
+    let cut = shortened.lock().expect("the hook ran");
+    let first = arrived.lock().expect("the message was sent");
     assert!(
         first >= cut + Duration::from_millis(600),
         "sent {:?} after the lease was cut to 600 ms: the mark ignored the database's lease",
@@ -222,35 +204,24 @@ fn assert_exact(rec: &Recorder, n: usize, k: usize) {
     }
 }
 
-/// An admin connection to the test server (not the test database).
-async fn admin() -> sqlx::PgConnection {
-    let mut u = reqwest::Url::parse(&base_url()).unwrap();
-    u.set_path("/postgres");
-    <sqlx::PgConnection as sqlx::Connection>::connect(u.as_str())
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_failover_to_a_read_only_server_is_waited_out() {
-    let rec = Recorder::start(|_, _| Reply::Slow(Duration::from_millis(5))).await;
-    let db = TestDb::new().await;
-    let cfg = config(&db, &format!("{FAST_WORKER}{}", tencent_target("tim", rec.addr)));
+    let app = TestApp::recording(|_, _| Reply::Slow(Duration::from_millis(5))).await;
+    let (db, cfg, rec) = (&app.db, &app.cfg, &app.provider);
     let (n, k) = (8, 40);
-    load(&db, &cfg, "tim", "b", &[jsonl(&conversations(n, k)).path()], None).await;
+    app.load("b", &conversations(n, k)).await;
     // The worker's own pool, so the test's connections stay writable.
     let store = Store::connect(&cfg.database, cfg.database.url.as_ref().unwrap())
         .await
         .unwrap();
-    let providers = chatferry::providers::build_all(&cfg).unwrap();
-    let w = Worker::new(store, &cfg, providers);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let run = tokio::spawn(w.run(stop.clone(), false));
+    let providers = chatferry::providers::build_all(cfg).unwrap();
+    let worker = Running::start(Worker::new(store, cfg, providers));
     wait_until(Duration::from_secs(20), "some calls", || rec.received() >= 20).await;
 
     // "Failover": every connection the worker opens from now on is to a
     // read-only server, and its old connections are cut.
-    let mut admin = admin().await;
+    // An admin connection to the test server (not the test database).
+    let mut admin = admin(&base_url()).await;
     sqlx::query(&format!(
         "ALTER DATABASE {} SET default_transaction_read_only = on",
         db.name
@@ -286,7 +257,7 @@ async fn a_failover_to_a_read_only_server_is_waited_out() {
         if tried > 0 {
             break;
         }
-        assert!(!run.is_finished(), "the worker exited on a read-only answer");
+        assert!(!worker.is_finished(), "the worker exited on a read-only answer");
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "the worker never tried to claim again"
@@ -308,11 +279,14 @@ async fn a_failover_to_a_read_only_server_is_waited_out() {
         if done == (n * k) as i64 {
             break;
         }
-        assert!(!run.is_finished(), "the worker exited: {:?}", run.await);
+        assert!(
+            !worker.is_finished(),
+            "the worker exited: {:?}",
+            worker.result().await
+        );
         assert!(start.elapsed() < Duration::from_secs(60), "stuck at {done} done");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.cancel();
-    run.await.unwrap().unwrap();
-    assert_exact(&rec, n, k);
+    worker.stop().await;
+    assert_exact(rec, n, k);
 }

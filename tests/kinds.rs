@@ -10,27 +10,15 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::provider::*;
+use common::*;
 use common::{jsonl, now_ms};
 use serde_json::{json, Value};
 
-/// Runs the binary with `args` after `--config`; returns (exit code, stdout).
-async fn chatferry(config: &Path, args: &[&str]) -> (i32, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatferry"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("CHATFERRY_CONFIG")
-        .env_remove("RUST_LOG")
-        .output()
-        .await
-        .expect("the chatferry binary runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
+/// Runs the binary with `args` after `--config`; returns (exit code,
+/// stdout then stderr).
+async fn run(bin: &Binary, args: &[&str]) -> (i32, String) {
+    let ran = bin.cli(args).await;
+    (ran.code(), ran.text())
 }
 
 const CDN: &str = "https://cdn.example.com/media";
@@ -116,16 +104,15 @@ fn corpus(n: usize, kind: fn(usize, &str) -> Value) -> Corpus {
 
 /// Loads, runs and verifies `corpus` with the binary; asserts the
 /// simulator holds it exactly and verify says so too.
-async fn round_trip(env: &Env, corpus: &Corpus) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = env.write_config(dir.path());
+async fn round_trip(app: &TestApp<TestSim>, corpus: &Corpus) {
+    let bin = app.binary();
     let input = jsonl(&corpus.lines());
-    let (code, out) = chatferry(
-        &config,
+    let (code, out) = run(
+        &bin,
         &[
             "load",
             "--target",
-            env.target(),
+            app.target(),
             "--batch",
             "kinds",
             input.path().to_str().unwrap(),
@@ -133,13 +120,13 @@ async fn round_trip(env: &Env, corpus: &Corpus) {
     )
     .await;
     assert_eq!(code, 0, "load: {out}");
-    run_to_the_end(&config, &dir.path().join("daemon.log")).await;
-    assert_eq!(env.not_done().await, vec![], "every job is done");
-    env.assert_holds_exactly(corpus);
-    assert_eq!(env.stats()["validation_failures"], 0, "{}", env.stats());
+    bin.run_to_the_end().await;
+    assert_eq!(app.not_done().await, vec![], "every job is done");
+    app.assert_holds_exactly(corpus);
+    assert_eq!(app.stats()["validation_failures"], 0, "{}", app.stats());
     // Verify reads the faults' answers too: turn them off first.
-    env.sim.sim.set_faults(Default::default()).unwrap();
-    let (code, out) = chatferry(&config, &["verify", "--batch", "kinds", "--json"]).await;
+    app.provider.clear_faults();
+    let (code, out) = run(&bin, &["verify", "--batch", "kinds", "--json"]).await;
     assert_eq!(code, 0, "verify: {out}");
     let r: Value =
         serde_json::from_str(out.lines().next().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {out}"));
@@ -158,16 +145,14 @@ async fn round_trip(env: &Env, corpus: &Corpus) {
 /// through QueryPeerMsg's URL-encoded read-back and never stored twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zim_every_kind_is_run_reconciled_and_verified() {
-    let env = Env::start(Setup {
-        kind: Kind::Zim,
-        faults: faults(Kind::Zim, 31, 0.0, 0.3),
-        auto_register: true,
-        ensure: false,
-    })
+    let app = TestApp::simulated(
+        ZimTarget::default(),
+        SimSetup::faulty(faults(Kind::Zim, 31, 0.0, 0.3)),
+    )
     .await;
     let corpus = corpus(90, zim_kind);
-    round_trip(&env, &corpus).await;
-    let st = env.stats();
+    round_trip(&app, &corpus).await;
+    let st = app.stats();
     assert!(st["faults"]["apply_then_drop"].as_u64() > Some(10), "{st}");
     assert!(st["calls_by_api"]["QueryPeerMsg"].as_u64() > Some(10), "{st}");
 
@@ -176,21 +161,16 @@ async fn zim_every_kind_is_run_reconciled_and_verified() {
         let body: String = sqlx::query_scalar(&format!(
             "SELECT body FROM chatferry.jobs WHERE body LIKE '%\"MessageType\":{t},%' LIMIT 1"
         ))
-        .fetch_one(env.db.store.pool())
+        .fetch_one(app.db.store.pool())
         .await
         .unwrap();
-        let r = env
-            .sim
+        let r = app
+            .provider
             .zim("ImportPeerMsg", &serde_json::from_str(&body).unwrap())
             .await;
         assert_eq!(r.code(), 0, "{body}");
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (code, out) = chatferry(
-        &env.write_config(dir.path()),
-        &["verify", "--batch", "kinds", "--json"],
-    )
-    .await;
+    let (code, out) = run(&app.binary(), &["verify", "--batch", "kinds", "--json"]).await;
     assert_eq!(code, 4, "verify: {out}");
     let r: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(
@@ -206,16 +186,14 @@ async fn zim_every_kind_is_run_reconciled_and_verified() {
 /// (消息格式描述), and verify compares sender and triple.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tencent_every_kind_is_run_and_verified() {
-    let env = Env::start(Setup {
-        kind: Kind::Tencent,
-        faults: faults(Kind::Tencent, 32, 0.0, 0.3),
-        auto_register: true,
-        ensure: false,
-    })
+    let app = TestApp::simulated(
+        TencentTarget::default(),
+        SimSetup::faulty(faults(Kind::Tencent, 32, 0.0, 0.3)),
+    )
     .await;
     let corpus = corpus(72, tim_kind);
-    round_trip(&env, &corpus).await;
-    let st = env.stats();
+    round_trip(&app, &corpus).await;
+    let st = app.stats();
     assert!(st["faults"]["apply_then_drop"].as_u64() > Some(5), "{st}");
     assert!(st["dedup_hits"].as_u64() > Some(5), "{st}");
 }
@@ -224,13 +202,7 @@ async fn tencent_every_kind_is_run_and_verified() {
 /// rejects file names each line and its field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zim_load_rejects_what_the_documents_forbid() {
-    let env = Env::start(Setup {
-        kind: Kind::Zim,
-        faults: Default::default(),
-        auto_register: true,
-        ensure: false,
-    })
-    .await;
+    let app = TestApp::simulated(ZimTarget::default(), SimSetup::registering()).await;
     let at = now_ms() - 60_000;
     let line = |id: &str, fields: Value| {
         let mut v = json!({"id": id, "from": "a", "to": "b", "sent_at_ms": at});
@@ -255,12 +227,11 @@ async fn zim_load_rejects_what_the_documents_forbid() {
             json!({"type": "multi", "items": [{"type": "image", "url": "https://cdn.example.com"}]}),
         ),
     ];
-    let dir = tempfile::tempdir().unwrap();
-    let config = env.write_config(dir.path());
+    let bin = app.binary();
     let input = jsonl(&lines);
-    let rejects = dir.path().join("rejects.jsonl");
-    let (code, out) = chatferry(
-        &config,
+    let rejects = bin.dir().join("rejects.jsonl");
+    let (code, out) = run(
+        &bin,
         &[
             "load",
             "--target",
@@ -303,7 +274,7 @@ async fn zim_load_rejects_what_the_documents_forbid() {
         );
     }
     assert_eq!(
-        env.jobs().await,
+        app.jobs().await,
         2,
         "only the good line became jobs (one per view)"
     );

@@ -8,8 +8,11 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use chatferry::config::OnPermanentError;
 use chatferry::store::Park;
-use chatferry::worker::{HookPoint, Worker};
+use chatferry::worker::HookPoint;
 use common::*;
 use futures::FutureExt;
 
@@ -19,20 +22,6 @@ fn one_conversation(n: i64) -> Vec<String> {
     (0..n)
         .map(|k| text_line(&format!("m{k}"), "a", "b", now + k, &format!("m{k}")))
         .collect()
-}
-
-/// Runs a worker until idle with `hook` installed.
-async fn run_with_hook(
-    db: &TestDb,
-    cfg: &chatferry::config::Config,
-    hook: chatferry::worker::Hook,
-) -> chatferry::worker::RunReport {
-    let providers = chatferry::providers::build_all(cfg).unwrap();
-    let w = Worker::new(db.store.clone(), cfg, providers);
-    w.set_hook(hook);
-    w.run(tokio_util::sync::CancellationToken::new(), true)
-        .await
-        .unwrap()
 }
 
 /// A hook that runs `op` once, the first time a lane is about to be
@@ -56,22 +45,13 @@ where
 
 #[tokio::test]
 async fn resume_committed_while_a_lane_parks_as_paused_does_not_strand_it() {
-    let rec = Recorder::start(|_, _| Reply::Ok).await;
-    let db = TestDb::new().await;
-    let cfg = config(&db, &format!("{FAST_WORKER}{}", tencent_target("tim", rec.addr)));
+    let app = TestApp::recording(|_, _| Reply::Ok).await;
+    let (db, rec) = (&app.db, &app.provider);
     // Paused before its jobs arrive: the loader wakes the lane, a worker
     // claims it and finds the batch paused.
     db.store.ensure_batch("b", "tim").await.unwrap();
     db.store.set_paused("b", true).await.unwrap();
-    load(
-        &db,
-        &cfg,
-        "tim",
-        "b",
-        &[jsonl(&one_conversation(20)).path()],
-        None,
-    )
-    .await;
+    app.load("b", &one_conversation(20)).await;
     let store = db.store.clone();
     let hook = once_at(
         |p| matches!(p, Park::Paused(_)),
@@ -83,7 +63,7 @@ async fn resume_committed_while_a_lane_parks_as_paused_does_not_strand_it() {
             .boxed()
         },
     );
-    let report = run_with_hook(&db, &cfg, hook).await;
+    let report = app.run_until_idle_with(hook).await;
     assert_eq!(
         db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'done'")
             .await,
@@ -96,34 +76,22 @@ async fn resume_committed_while_a_lane_parks_as_paused_does_not_strand_it() {
 }
 
 /// Message m3 is refused for good the first time, accepted afterwards.
-async fn blocked_run(op: &'static str) -> (TestDb, Recorder, chatferry::worker::RunReport) {
-    let rec = Recorder::start(|v, nth| {
-        let text = v["MsgBody"][0]["MsgContent"]["Text"].as_str().unwrap_or_default();
-        if text == "m3" && nth == 1 {
-            Reply::Code(90001)
-        } else {
-            Reply::Ok
-        }
-    })
-    .await;
-    let db = TestDb::new().await;
-    let cfg = config(
-        &db,
-        &format!(
-            "{FAST_WORKER}on_permanent_error = \"block\"\n{}",
-            tencent_target("tim", rec.addr)
-        ),
-    );
-    load(
-        &db,
-        &cfg,
-        "tim",
-        "b",
-        &[jsonl(&one_conversation(10)).path()],
-        None,
-    )
-    .await;
-    let store = db.store.clone();
+async fn blocked_run(op: &'static str) -> (TestApp<Recorder>, chatferry::worker::RunReport) {
+    let app = TestApp::builder()
+        .tencent(TencentTarget::default())
+        .worker(|w| w.on_permanent_error = Some(OnPermanentError::Block))
+        .recorder(|v, nth| {
+            let text = v["MsgBody"][0]["MsgContent"]["Text"].as_str().unwrap_or_default();
+            if text == "m3" && nth == 1 {
+                Reply::Code(90001)
+            } else {
+                Reply::Ok
+            }
+        })
+        .spawn()
+        .await;
+    app.load("b", &one_conversation(10)).await;
+    let store = app.db.store.clone();
     let hook = once_at(
         |p| matches!(p, Park::Blocked(_)),
         move || {
@@ -143,13 +111,14 @@ async fn blocked_run(op: &'static str) -> (TestDb, Recorder, chatferry::worker::
             .boxed()
         },
     );
-    let report = run_with_hook(&db, &cfg, hook).await;
-    (db, rec, report)
+    let report = app.run_until_idle_with(hook).await;
+    (app, report)
 }
 
 #[tokio::test]
 async fn retry_committed_while_a_lane_blocks_does_not_strand_it() {
-    let (db, rec, report) = blocked_run("retry").await;
+    let (app, report) = blocked_run("retry").await;
+    let (db, rec) = (&app.db, &app.provider);
     assert_eq!(
         db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'done'")
             .await,
@@ -169,7 +138,8 @@ async fn retry_committed_while_a_lane_blocks_does_not_strand_it() {
 
 #[tokio::test]
 async fn skip_committed_while_a_lane_blocks_does_not_strand_it() {
-    let (db, rec, report) = blocked_run("skip").await;
+    let (app, report) = blocked_run("skip").await;
+    let (db, rec) = (&app.db, &app.provider);
     assert_eq!(
         db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'done'")
             .await,
@@ -185,104 +155,59 @@ async fn skip_committed_while_a_lane_blocks_does_not_strand_it() {
     assert_eq!(rec.applied()[&("a".to_string(), "b".to_string())].len(), 9);
 }
 
-/// Waits until a SQL count reaches `want`.
-async fn wait_count(db: &TestDb, sql: &str, want: i64, limit: std::time::Duration) {
-    let start = std::time::Instant::now();
-    loop {
-        let n = db.scalar(sql).await;
-        if n == want {
-            return;
-        }
-        assert!(start.elapsed() < limit, "timed out: {sql} is {n}, want {want}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn the_daemon_wakes_a_stranded_lane_on_its_own() {
-    let rec = Recorder::start(|_, _| Reply::Ok).await;
-    let db = TestDb::new().await;
-    let cfg = config(
-        &db,
-        &format!("{FAST_WORKER}sweep_secs = 1\n{}", tencent_target("tim", rec.addr)),
-    );
-    let providers = chatferry::providers::build_all(&cfg).unwrap();
-    let w = Worker::new(db.store.clone(), &cfg, providers);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let run = tokio::spawn(w.run(stop.clone(), false));
+    let app = TestApp::builder()
+        .tencent(TencentTarget::default())
+        .worker(|w| w.sweep_secs = Some(1))
+        .recorder(|_, _| Reply::Ok)
+        .spawn()
+        .await;
+    let (db, rec) = (&app.db, &app.provider);
+    let worker = app.start_worker();
     db.store.ensure_batch("b", "tim").await.unwrap();
     db.store.set_paused("b", true).await.unwrap();
-    load(&db, &cfg, "tim", "b", &[jsonl(&one_conversation(5)).path()], None).await;
+    app.load("b", &one_conversation(5)).await;
     let parked = "SELECT count(*) FROM chatferry.lanes WHERE paused_batch IS NOT NULL";
-    wait_count(&db, parked, 1, std::time::Duration::from_secs(10)).await;
+    db.wait_for_count(parked, 1, Duration::from_secs(10)).await;
     // Unpaused behind the daemon's back: nothing wakes the lane but the sweep.
     sqlx::query("UPDATE chatferry.batches SET paused = false")
         .execute(db.store.pool())
         .await
         .unwrap();
     let done = "SELECT count(*) FROM chatferry.jobs WHERE status = 'done'";
-    wait_count(&db, done, 5, std::time::Duration::from_secs(10)).await;
-    stop.cancel();
-    run.await.unwrap().unwrap();
+    db.wait_for_count(done, 5, Duration::from_secs(10)).await;
+    worker.stop().await;
     assert_eq!(rec.received(), 5);
-}
-
-fn write_config(db: &TestDb, extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("daemon.toml");
-    std::fs::write(
-        &path,
-        format!("[database]\nurl = \"{}\"\n{FAST_WORKER}{extra}", db.url),
-    )
-    .unwrap();
-    (dir, path)
-}
-
-async fn run_binary(cfg: &std::path::Path) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_chatferry"))
-        .args(["--config", cfg.to_str().unwrap(), "run", "--exit-when-idle"])
-        .env_remove("DATABASE_URL")
-        .output()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]
 async fn exit_when_idle_exits_5_and_names_paused_batches_and_blocked_lanes() {
-    let rec = Recorder::start(|v, _| {
-        let text = v["MsgBody"][0]["MsgContent"]["Text"].as_str().unwrap_or_default();
-        if text == "m2" {
-            Reply::Code(90001)
-        } else {
-            Reply::Ok
-        }
-    })
-    .await;
-    let db = TestDb::new().await;
-    let extra = format!(
-        "on_permanent_error = \"block\"\n{}",
-        tencent_target("tim", rec.addr)
-    );
-    let (_dir, path) = write_config(&db, &extra);
-    let cfg = config(&db, &format!("{FAST_WORKER}{extra}"));
-    load(
-        &db,
-        &cfg,
-        "tim",
-        "blocked",
-        &[jsonl(&one_conversation(5)).path()],
-        None,
-    )
-    .await;
+    let app = TestApp::builder()
+        .tencent(TencentTarget::default())
+        .worker(|w| w.on_permanent_error = Some(OnPermanentError::Block))
+        .recorder(|v, _| {
+            let text = v["MsgBody"][0]["MsgContent"]["Text"].as_str().unwrap_or_default();
+            if text == "m2" {
+                Reply::Code(90001)
+            } else {
+                Reply::Ok
+            }
+        })
+        .spawn()
+        .await;
+    let (db, rec) = (&app.db, &app.provider);
+    let bin = app.binary();
+    app.load("blocked", &one_conversation(5)).await;
     let now = now_ms() - 600_000;
     let paused: Vec<String> = (0..3)
         .map(|k| text_line(&format!("p{k}"), "c", "d", now + k, &format!("p{k}")))
         .collect();
-    load(&db, &cfg, "tim", "held", &[jsonl(&paused).path()], None).await;
+    app.load("held", &paused).await;
     db.store.set_paused("held", true).await.unwrap();
 
-    let out = run_binary(&path).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = bin.cli(&["run", "--exit-when-idle"]).await;
+    let stderr = &out.stderr;
     assert_eq!(out.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("batch held is paused"), "{stderr}");
     assert!(stderr.contains("chatferry resume --batch held"), "{stderr}");
@@ -297,13 +222,8 @@ async fn exit_when_idle_exits_5_and_names_paused_batches_and_blocked_lanes() {
         .await
         .unwrap();
     db.store.skip_job(job).await.unwrap();
-    let out = run_binary(&path).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = bin.cli(&["run", "--exit-when-idle"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
     assert_eq!(rec.applied().values().map(Vec::len).sum::<usize>(), 7);
 }
 
@@ -313,13 +233,25 @@ async fn exit_when_idle_exits_5_and_names_paused_batches_and_blocked_lanes() {
 #[tokio::test]
 async fn a_drain_cut_short_keeps_the_lane_leased_and_the_heartbeat_quiet() {
     use std::sync::atomic::AtomicUsize;
-    let rec = Recorder::start(|_, _| Reply::Ok).await;
-    let db = TestDb::new().await;
-    let worker =
-        "[worker]\nconcurrency = 4\nmax_concurrency = 4\nlease_secs = 3\nrequest_timeout_ms = 1000\n\
-                  poll_interval_ms = 20\nretry_min_ms = 10\nretry_max_ms = 50\nshutdown_grace_secs = 2\n";
-    let cfg = config(&db, &format!("{worker}{}", tencent_target("tim", rec.addr)));
-    load(&db, &cfg, "tim", "b", &[jsonl(&one_conversation(3)).path()], None).await;
+    let worker = WorkerSettings {
+        concurrency: Some(4),
+        max_concurrency: Some(4),
+        lease_secs: Some(3),
+        request_timeout_ms: Some(1000),
+        poll_interval_ms: Some(20),
+        retry_min_ms: Some(10),
+        retry_max_ms: Some(50),
+        shutdown_grace_secs: Some(2),
+        ..Default::default()
+    };
+    let app = TestApp::builder()
+        .tencent(TencentTarget::default())
+        .settings(|s| s.worker = Some(worker))
+        .recorder(|_, _| Reply::Ok)
+        .spawn()
+        .await;
+    let db = &app.db;
+    app.load("b", &one_conversation(3)).await;
     let held = Arc::new(AtomicBool::new(false));
     let renewals = Arc::new(AtomicUsize::new(0));
     let hook: chatferry::worker::Hook = {
@@ -336,18 +268,15 @@ async fn a_drain_cut_short_keeps_the_lane_leased_and_the_heartbeat_quiet() {
             _ => async {}.boxed(),
         })
     };
-    let providers = chatferry::providers::build_all(&cfg).unwrap();
-    let w = Worker::new(db.store.clone(), &cfg, providers);
+    let w = app.worker();
     w.set_hook(hook);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let run = tokio::spawn(w.run(stop.clone(), false));
-    wait_until(std::time::Duration::from_secs(10), "an answer held", || {
+    let worker = Running::start(w);
+    wait_until(Duration::from_secs(10), "an answer held", || {
         held.load(Ordering::SeqCst)
     })
     .await;
     let before = renewals.load(Ordering::SeqCst);
-    stop.cancel();
-    run.await.unwrap().unwrap();
+    worker.stop().await;
     let during = renewals.load(Ordering::SeqCst) - before;
     assert!(
         during <= 3,
@@ -359,7 +288,7 @@ async fn a_drain_cut_short_keeps_the_lane_leased_and_the_heartbeat_quiet() {
         .claim_lanes(
             uuid::Uuid::new_v4(),
             10,
-            std::time::Duration::from_secs(3),
+            Duration::from_secs(3),
             &["tim".to_string()],
             &[],
             None,

@@ -9,33 +9,37 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatferry::config::Config;
-use common::provider::{self, Corpus, Env, Kind, Msg, Setup, Shape};
+use chatferry::load::LoadOptions;
 use common::*;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "live-t0ken";
 
-/// The env's configuration with the ingest API on `listen`.
-fn with_ingest(env: &Env, listen: &str, ingest_extra: &str) -> String {
-    format!(
-        "{}\n[http]\nlisten = \"{listen}\"\n[ingest]\nenabled = true\ntoken = \"{TOKEN}\"\n{ingest_extra}",
-        env.toml
-    )
+/// The app's settings with the ingest API on `listen`, refusing bodies
+/// over `max_body_bytes` (`None`: the default limit).
+fn with_ingest(app: &TestApp<TestSim>, listen: &str, max_body_bytes: Option<usize>) -> Settings {
+    let mut settings = app.settings.clone();
+    settings.http.listen = Some(listen.into());
+    settings.ingest = Some(IngestSettings {
+        token: TOKEN.into(),
+        max_body_bytes,
+    });
+    settings
 }
 
 /// Serves the ingest API in this process; returns its base URL.
-async fn serve_ingest(env: &Env, cfg: &Config, stop: &CancellationToken) -> String {
+async fn serve_ingest(app: &TestApp<TestSim>, cfg: &Config, stop: &CancellationToken) -> String {
     let ops = chatferry::ops::http::Ops {
         health: chatferry::ops::http::Health {
-            store: env.db.store.clone(),
+            store: app.db.store.clone(),
             draining: Arc::new(AtomicBool::new(false)),
         },
         token: None,
         targets: Vec::new(),
         worker: None,
         cache: Default::default(),
-        ingest: chatferry::load::ingest::Ingest::from_config(cfg, env.db.store.clone()),
+        ingest: chatferry::load::ingest::Ingest::from_config(cfg, app.db.store.clone()),
     };
     let addr = chatferry::ops::http::serve("127.0.0.1:0", ops, stop.clone())
         .await
@@ -55,22 +59,26 @@ async fn post(base: &str, target: &str, token: Option<&str>, body: String) -> (u
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn start(kind: Kind, faults: chatferry::simulate::FaultConfig) -> Env {
-    Env::start(Setup {
-        kind,
-        faults,
-        auto_register: true,
-        ensure: false,
-    })
-    .await
+async fn start(kind: Kind, faults: chatferry::simulate::FaultConfig) -> TestApp<TestSim> {
+    TestApp::simulated(Target::of(kind), SimSetup::faulty(faults)).await
+}
+
+/// A worker on `cfg` (the app's database), running in the background.
+fn start_worker(app: &TestApp<TestSim>, cfg: &Config) -> Running {
+    let providers = chatferry::providers::build_all(cfg).unwrap();
+    Running::start(chatferry::worker::Worker::new(
+        app.db.store.clone(),
+        cfg,
+        providers,
+    ))
 }
 
 #[tokio::test]
 async fn the_api_refuses_bad_tokens_bad_lines_and_big_bodies_and_reposts_store_nothing() {
-    let env = start(Kind::Tencent, Default::default()).await;
-    let cfg = Config::from_toml(&with_ingest(&env, "127.0.0.1:0", "max_body_bytes = 4096\n")).unwrap();
+    let app = start(Kind::Tencent, Default::default()).await;
+    let cfg = with_ingest(&app, "127.0.0.1:0", Some(4096)).config();
     let stop = CancellationToken::new();
-    let base = serve_ingest(&env, &cfg, &stop).await;
+    let base = serve_ingest(&app, &cfg, &stop).await;
     let now = now_ms();
     let good = |id: &str| text_line(id, "ann", "bob", now - 1000, &format!("hello {id}"));
     let body = [
@@ -86,7 +94,7 @@ async fn the_api_refuses_bad_tokens_bad_lines_and_big_bodies_and_reposts_store_n
         assert_eq!(status, 401, "{token:?}: {answer}");
         assert!(answer["error"].as_str().unwrap().contains("Bearer"));
     }
-    assert_eq!(env.jobs().await, 0, "a refused request stores nothing");
+    assert_eq!(app.jobs().await, 0, "a refused request stores nothing");
 
     let (status, answer) = post(&base, "tim", Some(TOKEN), body.clone()).await;
     assert_eq!(status, 200, "{answer}");
@@ -100,15 +108,15 @@ async fn the_api_refuses_bad_tokens_bad_lines_and_big_bodies_and_reposts_store_n
         rejected[1]["reason"].as_str().unwrap().contains("sent_at_ms"),
         "{answer}"
     );
-    assert_eq!(env.jobs().await, 2);
+    assert_eq!(app.jobs().await, 2);
     // The live batch, with Tencent's real-time mode in the frozen body.
     let mode: String = sqlx::query_scalar("SELECT mode FROM chatferry.batches WHERE name = 'live'")
-        .fetch_one(env.db.store.pool())
+        .fetch_one(app.db.store.pool())
         .await
         .unwrap();
     assert_eq!(mode, "live");
     let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM chatferry.jobs")
-        .fetch_all(env.db.store.pool())
+        .fetch_all(app.db.store.pool())
         .await
         .unwrap();
     for b in bodies {
@@ -124,7 +132,7 @@ async fn the_api_refuses_bad_tokens_bad_lines_and_big_bodies_and_reposts_store_n
         (json!(0), json!(2)),
         "{answer}"
     );
-    assert_eq!(env.jobs().await, 2);
+    assert_eq!(app.jobs().await, 2);
     // The same id with other content is refused, as `load` refuses it.
     let changed = text_line("a", "ann", "bob", now - 1000, "something else");
     let (_, answer) = post(&base, "tim", Some(TOKEN), changed).await;
@@ -156,10 +164,10 @@ async fn the_api_refuses_bad_tokens_bad_lines_and_big_bodies_and_reposts_store_n
     let (status, answer) = post(&base, "tim", Some(TOKEN), big).await;
     assert_eq!(status, 413, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("max_body_bytes"));
-    assert_eq!(env.jobs().await, 3, "nothing of the refused requests was stored");
+    assert_eq!(app.jobs().await, 3, "nothing of the refused requests was stored");
     // A history batch takes no live messages, and `load` no files into a
     // live batch.
-    env.db.store.ensure_batch("files", "tim").await.unwrap();
+    app.db.store.ensure_batch("files", "tim").await.unwrap();
     let r = reqwest::Client::new()
         .post(format!("{base}/v1/targets/tim/messages?batch=files"))
         .bearer_auth(TOKEN)
@@ -169,23 +177,12 @@ async fn the_api_refuses_bad_tokens_bad_lines_and_big_bodies_and_reposts_store_n
         .unwrap();
     assert_eq!(r.status().as_u16(), 409);
     let f = jsonl(&[good("h")]);
-    let e = chatferry::load::run(
-        &env.db.store,
-        &env.cfg,
-        chatferry::load::LoadOptions {
-            target: "tim".into(),
-            batch: "live".into(),
-            rejects: None,
-            files: vec![f.path().display().to_string()],
-            now_ms: now_ms(),
-            progress: false,
-            priority: None,
-        },
-    )
-    .await
-    .unwrap_err();
+    let options = load_options("tim", "live", &[f.path()], None);
+    let e = chatferry::load::run(&app.db.store, &app.cfg, options)
+        .await
+        .unwrap_err();
     assert!(format!("{e:#}").contains("live batch"), "{e:#}");
-    assert_eq!(env.jobs().await, 3);
+    assert_eq!(app.jobs().await, 3);
     // The old system's clock a little ahead of ours is not "the future".
     let ahead = text_line("skew", "ann", "bob", now_ms() + 2000, "ahead");
     let (_, answer) = post(&base, "tim", Some(TOKEN), ahead).await;
@@ -198,10 +195,10 @@ async fn the_api_refuses_bad_tokens_bad_lines_and_big_bodies_and_reposts_store_n
 #[tokio::test]
 async fn a_chunked_oversize_body_is_refused_before_it_ends() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let env = start(Kind::Tencent, Default::default()).await;
-    let cfg = Config::from_toml(&with_ingest(&env, "127.0.0.1:0", "max_body_bytes = 4096\n")).unwrap();
+    let app = start(Kind::Tencent, Default::default()).await;
+    let cfg = with_ingest(&app, "127.0.0.1:0", Some(4096)).config();
     let stop = CancellationToken::new();
-    let base = serve_ingest(&env, &cfg, &stop).await;
+    let base = serve_ingest(&app, &cfg, &stop).await;
     let addr = base.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
@@ -231,17 +228,21 @@ async fn a_chunked_oversize_body_is_refused_before_it_ends() {
 /// well under a second: the API's NOTIFY wakes it.
 #[tokio::test]
 async fn a_live_message_to_an_idle_conversation_arrives_within_a_second() {
-    let env = start(Kind::Zim, Default::default()).await;
-    let toml =
-        with_ingest(&env, "127.0.0.1:0", "").replace("poll_interval_ms = 20", "poll_interval_ms = 5000");
-    let cfg = Config::from_toml(&toml).unwrap();
+    let app = start(Kind::Zim, Default::default()).await;
+    let mut settings = with_ingest(&app, "127.0.0.1:0", None);
+    settings.worker_mut().poll_interval_ms = Some(5000);
+    let cfg = settings.config();
     let stop = CancellationToken::new();
-    let base = serve_ingest(&env, &cfg, &stop).await;
-    let providers = chatferry::providers::build_all(&cfg).unwrap();
-    let worker = chatferry::worker::Worker::new(env.db.store.clone(), &cfg, providers);
-    let run = tokio::spawn(worker.run(stop.clone(), false));
-    // Let the worker find nothing and go to sleep for its long poll.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = serve_ingest(&app, &cfg, &stop).await;
+    let worker = start_worker(&app, &cfg);
+    // Only a NOTIFY can wake it in time: wait until it listens.
+    let listening = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND query ILIKE 'LISTEN%'",
+        app.db.name
+    );
+    app.db
+        .wait_for_count(&listening, 1, Duration::from_secs(10))
+        .await;
 
     let mut took = Vec::new();
     for i in 0..3 {
@@ -252,27 +253,20 @@ async fn a_live_message_to_an_idle_conversation_arrives_within_a_second() {
         // Both views: the sender's and the recipient's.
         let want = 2 * (i + 1);
         wait_until(Duration::from_secs(10), "the live message stored", || {
-            env.stored_count() >= want
+            app.stored_count() >= want
         })
         .await;
         took.push(sent.elapsed());
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Idle again before the next one: no lane is leased.
+        let leased = "SELECT count(*) FROM chatferry.lanes WHERE lease_owner IS NOT NULL";
+        app.db.wait_for_count(leased, 0, Duration::from_secs(10)).await;
     }
     eprintln!("live delivery to an idle conversation: {took:?}");
     for t in &took {
         assert!(*t < Duration::from_secs(1), "{took:?}");
     }
     stop.cancel();
-    run.await.unwrap().unwrap();
-}
-
-/// A free loopback port for the daemon's listener.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    worker.stop().await;
 }
 
 /// Posts live messages to the corpus's conversations at `per_sec`,
@@ -351,26 +345,14 @@ async fn post_until_stored(client: reqwest::Client, url: String, line: String) {
 /// arrives exactly once, every view (ZIM) or conversation (Tencent) in
 /// send-time order.
 async fn history_and_live(kind: Kind) {
-    let env = start(kind, provider::faults(kind, 16, 0.03, 0.01)).await;
-    let corpus = Corpus::generate(&Shape {
-        kind,
-        conversations: 40,
-        messages: 5000,
-        seed: 16,
-        one_sided: 0.0,
-        non_text: 0.1,
-    });
-    env.load(&corpus, "history").await;
+    let app = start(kind, faults(kind, 16, 0.03, 0.01)).await;
+    let corpus = Shape::new(kind, 40, 5000).seed(16).non_text(0.1).generate();
+    app.load_corpus(&corpus, "history").await;
     let port = free_port();
     // A real rate, so the backfill is still running when live traffic comes.
-    let toml = with_ingest(&env, &format!("127.0.0.1:{port}"), "").replace(
-        &format!("\nrate_per_sec = {}\n", provider::RATE),
-        "\nrate_per_sec = 400\n",
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("daemon.toml");
-    std::fs::write(&config, toml).unwrap();
-    let log = dir.path().join("daemon.log");
+    let mut settings = with_ingest(&app, &format!("127.0.0.1:{port}"), None);
+    settings.set_rate(kind.target(), 400.0);
+    let bin = Binary::new(&settings);
 
     let mut pairs: Vec<(String, String)> = corpus
         .msgs
@@ -382,9 +364,9 @@ async fn history_and_live(kind: Kind) {
     let base = format!("http://127.0.0.1:{port}");
     let poster = tokio::spawn(post_live(base, kind.target(), pairs, 200, 20.0, false));
 
-    let history_calls = env.jobs().await as u64;
-    provider::run_and_kill_at(&env, &config, &log, history_calls / 3).await;
-    let mut second = provider::spawn_daemon(&config, false, &log);
+    let history_calls = app.jobs().await as u64;
+    bin.run_and_kill_at(&app, history_calls / 3).await;
+    let mut second = bin.spawn(false);
     let live = tokio::time::timeout(Duration::from_secs(120), poster)
         .await
         .expect("the live messages are posted")
@@ -397,30 +379,23 @@ async fn history_and_live(kind: Kind) {
         Kind::Tencent => want.tim_conversations().values().map(Vec::len).sum(),
     };
     wait_until(Duration::from_secs(120), "every message stored", || {
-        env.stored_count() >= total as u64
+        app.stored_count() >= total as u64
     })
     .await;
     // Let anything in doubt settle and any duplicate land before judging.
-    let settled = Instant::now();
-    while !env.not_done().await.is_empty() {
-        assert!(
-            settled.elapsed() < Duration::from_secs(60),
-            "jobs left: {:?}",
-            env.not_done().await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let left = poll(Duration::from_secs(60), || app.not_done(), Vec::is_empty).await;
+    assert!(left.is_empty(), "jobs left: {left:?}");
     second.start_kill().unwrap();
     second.wait().await.unwrap();
     // Tencent sorts a conversation by time, so its live messages may pass
     // the history still queued; ZIM's views take calls in send-time order.
-    env.assert_holds(&want, kind == Kind::Tencent);
+    app.assert_holds(&want, kind == Kind::Tencent);
     if kind == Kind::Tencent {
-        let dump = env.sim.sim.dump();
+        let dump = app.provider.sim.dump();
         let mut live_modes = Vec::new();
         for c in dump["tencent"][0]["conversations"].as_array().unwrap() {
             for m in c["messages"].as_array().unwrap() {
-                if provider::tim_label(m).starts_with("live") {
+                if tim_label(m).starts_with("live") {
                     live_modes.push(m["SyncFromOldSystem"].clone());
                 } else {
                     assert_eq!(m["SyncFromOldSystem"], 2, "{m}");
@@ -433,7 +408,7 @@ async fn history_and_live(kind: Kind) {
     let latency: (Option<f64>, Option<f64>) = sqlx::query_as(
         "SELECT latency_p50_secs, latency_p99_secs FROM chatferry.live_progress WHERE batch = 'live'",
     )
-    .fetch_one(env.db.store.pool())
+    .fetch_one(app.db.store.pool())
     .await
     .unwrap();
     eprintln!("{kind:?}: live delivery latency p50/p99 with a backfill, a kill and faults: {latency:?} s");
@@ -453,7 +428,7 @@ async fn tencent_history_and_live_exactly_once_in_mode_5_through_a_kill() {
 /// --json` shows each batch's mode and priority.
 #[tokio::test]
 async fn a_higher_priority_batch_is_claimed_first_and_status_shows_mode_and_priority() {
-    let env = start(Kind::Tencent, Default::default()).await;
+    let app = start(Kind::Tencent, Default::default()).await;
     let now = now_ms();
     let lines = |who: &str| -> Vec<String> {
         (0..20)
@@ -468,24 +443,16 @@ async fn a_higher_priority_batch_is_claimed_first_and_status_shows_mode_and_prio
             })
             .collect()
     };
-    let (low, high) = (jsonl(&lines("low")), jsonl(&lines("high")));
-    load(&env.db, &env.cfg, "tim", "low", &[low.path()], None).await;
-    chatferry::load::run(
-        &env.db.store,
-        &env.cfg,
-        chatferry::load::LoadOptions {
-            target: "tim".into(),
-            batch: "high".into(),
-            rejects: None,
-            files: vec![high.path().display().to_string()],
-            now_ms: now_ms(),
-            progress: false,
-            priority: Some(5),
-        },
-    )
-    .await
-    .unwrap();
-    let rows = env.db.store.status(None).await.unwrap();
+    app.load("low", &lines("low")).await;
+    let high = jsonl(&lines("high"));
+    let options = LoadOptions {
+        priority: Some(5),
+        ..load_options("tim", "high", &[high.path()], None)
+    };
+    chatferry::load::run(&app.db.store, &app.cfg, options)
+        .await
+        .unwrap();
+    let rows = app.db.store.status(None).await.unwrap();
     let v = chatferry::status::json(&rows);
     let batches = v["batches"].as_array().unwrap();
     let find = |name: &str| batches.iter().find(|b| b["batch"] == name).unwrap().clone();
@@ -496,13 +463,12 @@ async fn a_higher_priority_batch_is_claimed_first_and_status_shows_mode_and_prio
     assert_eq!(find("high")["priority"], 5, "{v}");
 
     // One lane at a time: the order of the claims is the order of arrival.
-    let toml = env
-        .toml
-        .replace("concurrency = 64", "concurrency = 1\nmax_concurrency = 1");
-    let cfg = Config::from_toml(&toml).unwrap();
-    let report = run_until_idle(&env.db, &cfg).await;
+    let mut settings = app.settings.clone();
+    let worker = settings.worker_mut();
+    (worker.concurrency, worker.max_concurrency) = (Some(1), Some(1));
+    let report = run_until_idle(&app.db, &settings.config()).await;
     assert!(report.halted.is_empty());
-    let dump = env.sim.sim.dump();
+    let dump = app.provider.sim.dump();
     let arrivals = |who: &str| -> Vec<i64> {
         dump["tencent"][0]["conversations"]
             .as_array()
@@ -526,35 +492,49 @@ async fn a_higher_priority_batch_is_claimed_first_and_status_shows_mode_and_prio
     );
 }
 
+/// The `q` quantile of `to - from` over the live jobs, in seconds.
+async fn live_seconds(app: &TestApp<TestSim>, q: f64, from: &str, to: &str) -> f64 {
+    sqlx::query_scalar(&format!(
+        "SELECT percentile_cont($1) WITHIN GROUP (ORDER BY extract(epoch FROM j.{to} - j.{from}))::float8
+         FROM chatferry.jobs j JOIN chatferry.batches b ON b.id = j.batch_id WHERE b.mode = 'live'"
+    ))
+    .bind(q)
+    .fetch_one(app.db.store.pool())
+    .await
+    .unwrap()
+}
+
 /// One bench point: live messages at `per_sec` for `secs` to idle
 /// conversations, with or without a backfill of other conversations
 /// running. Returns (p50, p99) of post-to-done in seconds, and the
 /// backfill's and the live calls per second during the live window.
 async fn live_point(per_sec: f64, secs: u64, backfill: bool) -> (f64, f64, f64, f64) {
-    let env = start(Kind::Tencent, Default::default()).await;
+    let app = start(Kind::Tencent, Default::default()).await;
     let limit = 200.0;
     if backfill {
-        let corpus = Corpus::generate(&Shape {
-            kind: Kind::Tencent,
-            conversations: 200,
-            messages: 40_000,
-            seed: 7,
-            one_sided: 0.0,
-            non_text: 0.0,
-        });
-        env.load(&corpus, "history").await;
+        let corpus = Shape::new(Kind::Tencent, 200, 40_000).seed(7).generate();
+        app.load_corpus(&corpus, "history").await;
     }
-    let toml = with_ingest(&env, "127.0.0.1:0", "").replace(
-        &format!("\nrate_per_sec = {}\n", provider::RATE),
-        &format!("\nrate_per_sec = {limit}\n"),
-    );
-    let cfg = Config::from_toml(&toml).unwrap();
+    let mut settings = with_ingest(&app, "127.0.0.1:0", None);
+    settings.set_rate("tim", limit);
+    let cfg = settings.config();
     let stop = CancellationToken::new();
-    let base = serve_ingest(&env, &cfg, &stop).await;
-    let providers = chatferry::providers::build_all(&cfg).unwrap();
-    let worker = chatferry::worker::Worker::new(env.db.store.clone(), &cfg, providers);
-    let run = tokio::spawn(worker.run(stop.clone(), false));
-    tokio::time::sleep(Duration::from_secs(3)).await; // the backfill at full speed
+    let base = serve_ingest(&app, &cfg, &stop).await;
+    let worker = start_worker(&app, &cfg);
+    if backfill {
+        // The backfill at full speed: some seconds' worth sent.
+        let sent = "SELECT count(*) FROM chatferry.jobs WHERE status = 'done'";
+        let worth = poll(
+            Duration::from_secs(30),
+            || app.db.scalar(sent),
+            |n| *n as f64 >= 3.0 * limit,
+        )
+        .await;
+        assert!(
+            worth as f64 >= 3.0 * limit,
+            "the backfill never got going: {worth} sent"
+        );
+    }
     let pairs: Vec<(String, String)> = (0..50)
         .map(|i| (format!("live{i}a"), format!("live{i}b")))
         .collect();
@@ -562,36 +542,18 @@ async fn live_point(per_sec: f64, secs: u64, backfill: bool) -> (f64, f64, f64, 
     let n = (per_sec * secs as f64) as usize;
     post_live(base, "tim", pairs, n, per_sec, true).await;
     let t1 = now_ms();
-    let done = Instant::now();
-    loop {
-        let left = env
-            .db
-            .scalar("SELECT count(*) FROM chatferry.jobs j JOIN chatferry.batches b ON b.id = j.batch_id WHERE b.mode = 'live' AND j.status <> 'done'")
-            .await;
-        if left == 0 {
-            break;
-        }
-        assert!(done.elapsed() < Duration::from_secs(60), "live jobs left: {left}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let open = "SELECT count(*) FROM chatferry.jobs j JOIN chatferry.batches b ON b.id = j.batch_id
+                WHERE b.mode = 'live' AND j.status <> 'done'";
+    let left = poll(Duration::from_secs(60), || app.db.scalar(open), |n| *n == 0).await;
+    assert_eq!(left, 0, "live jobs left: {left}");
     // Post to done: the job row is created at the commit, just before the
     // API answers, so this is the delivery latency a caller sees.
-    let (p50, p99): (f64, f64) = sqlx::query_as(
-        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM j.finished_at - j.created_at))::float8,
-                percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM j.finished_at - j.created_at))::float8
-         FROM chatferry.jobs j JOIN chatferry.batches b ON b.id = j.batch_id WHERE b.mode = 'live'",
-    )
-    .fetch_one(env.db.store.pool())
-    .await
-    .unwrap();
-    let phases: (f64, f64) = sqlx::query_as(
-        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM j.first_in_flight_at - j.created_at))::float8,
-                percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM j.finished_at - j.first_in_flight_at))::float8
-         FROM chatferry.jobs j JOIN chatferry.batches b ON b.id = j.batch_id WHERE b.mode = 'live'",
-    )
-    .fetch_one(env.db.store.pool())
-    .await
-    .unwrap();
+    let p50 = live_seconds(&app, 0.5, "created_at", "finished_at").await;
+    let p99 = live_seconds(&app, 0.99, "created_at", "finished_at").await;
+    let phases = (
+        live_seconds(&app, 0.5, "created_at", "first_in_flight_at").await,
+        live_seconds(&app, 0.5, "first_in_flight_at", "finished_at").await,
+    );
     eprintln!(
         "live p50: commit to in-flight mark {:.3} s, mark to done {:.3} s",
         phases.0, phases.1
@@ -602,11 +564,11 @@ async fn live_point(per_sec: f64, secs: u64, backfill: bool) -> (f64, f64, f64, 
     )
     .bind(t0 as f64)
     .bind(t1 as f64)
-    .fetch_one(env.db.store.pool())
+    .fetch_one(app.db.store.pool())
     .await
     .unwrap();
     stop.cancel();
-    run.await.unwrap().unwrap();
+    worker.stop().await;
     let window = (t1 - t0) as f64 / 1000.0;
     (p50, p99, history as f64 / window, n as f64 / window)
 }

@@ -3,37 +3,39 @@
 //! fail the command; the counts, reasons, line numbers and send time are
 //! what an operator reads before a migration.
 
-use std::io::Write;
-use std::process::Command;
+mod common;
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use common::*;
 use serde_json::Value;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 fn text(id: &str, from: &str, to: &str, at: i64) -> String {
-    format!(r#"{{"id":"{id}","from":"{from}","to":"{to}","sent_at_ms":{at},"type":"text","text":"hi"}}"#)
+    text_line(id, from, to, at, "hi")
 }
 
-/// A config whose database cannot be reached: `plan` must not need it.
-fn config(dir: &std::path::Path) -> std::path::PathBuf {
-    let p = dir.join("daemon.toml");
-    std::fs::write(
-        &p,
-        "[database]\nurl = \"postgres://nobody@127.0.0.1:1/none\"\n\
-         [targets.tim]\nkind = \"tencent\"\nendpoint = \"http://127.0.0.1:9/\"\nsdk_app_id = 1400000000\n\
-         admin_identifier = \"administrator\"\nsecret_key = \"k\"\nrate_per_sec = 50\naccount_rate_per_sec = 10\n\
-         [targets.zim]\nkind = \"zim\"\nendpoint = \"http://127.0.0.1:9/\"\napp_id = 1\nserver_secret = \"s\"\nrate_per_sec = 10\n",
-    )
-    .unwrap();
-    p
+/// The binary on a config whose database cannot be reached: `plan` must
+/// not need it.
+fn binary() -> Binary {
+    let tim = TencentTarget {
+        rate_per_sec: Some(50.0),
+        account_rate_per_sec: Some(10.0),
+        ..Default::default()
+    };
+    let zim = ZimTarget {
+        rate_per_sec: Some(10.0),
+        ..Default::default()
+    };
+    let settings = Settings {
+        database_url: Some("postgres://nobody@127.0.0.1:1/none".into()),
+        ..Default::default()
+    };
+    Binary::new(&settings.with(tim).with(zim))
 }
 
-fn input(dir: &std::path::Path) -> std::path::PathBuf {
+/// The plan's input: good lines, a broken one, two from = to, a blank.
+fn input(dir: &Path) -> PathBuf {
     let now = now_ms() - 60_000;
     let lines = [
         text("1", "alice", "bob", now),
@@ -53,29 +55,17 @@ fn input(dir: &std::path::Path) -> std::path::PathBuf {
     p
 }
 
-fn plan(cfg: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_chatferry"))
-        .arg("--config")
-        .arg(cfg)
-        .arg("plan")
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+async fn plan(bin: &Binary, args: &[&str]) -> (i32, String, String) {
+    let ran = bin.cli(&[&["plan"], args].concat()).await;
+    (ran.code(), ran.stdout, ran.stderr)
 }
 
-#[test]
-fn plan_counts_reasons_and_send_time_without_a_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
-    let file = input(dir.path());
+#[tokio::test]
+async fn plan_counts_reasons_and_send_time_without_a_database() {
+    let bin = binary();
+    let file = input(bin.dir());
     let f = file.to_str().unwrap();
-    let (code, out, err) = plan(&cfg, &["--target", "tim", "--json", f]);
+    let (code, out, err) = plan(&bin, &["--target", "tim", "--json", f]).await;
     assert_eq!(code, 3, "some lines are rejected: exit 3; stderr: {err}");
     let r: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(r["lines"], 7);
@@ -107,7 +97,7 @@ fn plan_counts_reasons_and_send_time_without_a_database() {
     let secs = r["send_secs"].as_f64().unwrap();
     assert!((secs - 4.0 / 49.0).abs() < 1e-9, "{secs}");
 
-    let (_, out, _) = plan(&cfg, &["--target", "tim", "--json", "--replicas", "3", f]);
+    let (_, out, _) = plan(&bin, &["--target", "tim", "--json", "--replicas", "3", f]).await;
     let r: Value = serde_json::from_str(&out).unwrap();
     // Three replicas each take a whole number of calls a second, less
     // 0.5 % (ratelimit::share): 3 × floor(50 × 0.98 / 3) / 1.005 together.
@@ -118,12 +108,11 @@ fn plan_counts_reasons_and_send_time_without_a_database() {
     );
 }
 
-#[test]
-fn plan_prints_a_readable_report_and_counts_zim_views() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
-    let file = input(dir.path());
-    let (code, out, _) = plan(&cfg, &["--target", "zim", file.to_str().unwrap()]);
+#[tokio::test]
+async fn plan_prints_a_readable_report_and_counts_zim_views() {
+    let bin = binary();
+    let file = input(bin.dir());
+    let (code, out, _) = plan(&bin, &["--target", "zim", file.to_str().unwrap()]).await;
     assert_eq!(code, 3);
     assert!(out.contains("4 accepted, 3 rejected"), "{out}");
     assert!(out.contains("line 3:"), "{out}");
@@ -134,11 +123,11 @@ fn plan_prints_a_readable_report_and_counts_zim_views() {
     // 8 calls at 10 × 0.98 calls/s.
     assert!(out.contains("send time: 0.8s at 9.8 calls/s"), "{out}");
 
-    let clean = dir.path().join("clean.jsonl");
+    let clean = bin.dir().join("clean.jsonl");
     std::fs::write(&clean, text("1", "a", "b", now_ms() - 1000) + "\n").unwrap();
-    let (code, _, err) = plan(&cfg, &["--target", "zim", clean.to_str().unwrap()]);
+    let (code, _, err) = plan(&bin, &["--target", "zim", clean.to_str().unwrap()]).await;
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = plan(&cfg, &["--target", "nope", clean.to_str().unwrap()]);
+    let (code, _, err) = plan(&bin, &["--target", "nope", clean.to_str().unwrap()]).await;
     assert_eq!(code, 2);
     assert!(err.contains("unknown target"), "{err}");
 }

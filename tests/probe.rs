@@ -5,27 +5,28 @@ mod common;
 
 use chatferry::probe::MsgTimeMode;
 use chatferry::simulate::faults::{FaultConfig, MsgTime};
-use common::provider::*;
+use common::*;
 
-async fn probe_zim(msg_time: MsgTime) -> (Env, chatferry::probe::Findings) {
+async fn probe_zim(msg_time: MsgTime) -> (TestApp<TestSim>, chatferry::probe::Findings) {
     let mut faults = FaultConfig::default();
     faults.zim.msg_time = msg_time;
-    let env = Env::start(Setup {
-        kind: Kind::Zim,
-        faults,
-        auto_register: false,
-        ensure: false,
-    })
+    let app = TestApp::simulated(
+        ZimTarget::default(),
+        SimSetup {
+            faults,
+            auto_register: false,
+        },
+    )
     .await;
-    let f = chatferry::probe::run(&env.cfg, &env.db.store, "zim", ["probe-a", "probe-b"])
+    let f = chatferry::probe::run(&app.cfg, &app.db.store, "zim", ["probe-a", "probe-b"])
         .await
         .expect("the probe runs");
-    (env, f)
+    (app, f)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_reports_a_receive_time_msg_time() {
-    let (env, f) = probe_zim(MsgTime::Receive).await;
+    let (app, f) = probe_zim(MsgTime::Receive).await;
     assert_eq!(f.msg_time, Some(MsgTimeMode::Receive), "{f:?}");
     assert_eq!(f.msg_id_matches, Some(true), "{f:?}");
     assert!(f.visibility_ms.is_some() && f.clock_skew_ms.is_some(), "{f:?}");
@@ -39,29 +40,23 @@ async fn probe_reports_a_receive_time_msg_time() {
         report.contains("MsgTime of an imported message: is the server's receive time"),
         "{report}"
     );
-    let stored = env.db.store.probe_findings("zim").await.unwrap().expect("stored");
+    let stored = app.db.store.probe_findings("zim").await.unwrap().expect("stored");
     assert_eq!(stored["msg_time"], "receive");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_reports_an_echoed_msg_time() {
-    let (env, f) = probe_zim(MsgTime::Echo).await;
+    let (app, f) = probe_zim(MsgTime::Echo).await;
     assert_eq!(f.msg_time, Some(MsgTimeMode::Echo), "{f:?}");
     assert!(f.report("zim").contains("echoes SendMessageTime"));
-    let stored = env.db.store.probe_findings("zim").await.unwrap().expect("stored");
+    let stored = app.db.store.probe_findings("zim").await.unwrap().expect("stored");
     assert_eq!(stored["msg_time"], "echo");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_reads_the_tencent_triple_back_and_sees_dedup() {
-    let env = Env::start(Setup {
-        kind: Kind::Tencent,
-        faults: FaultConfig::default(),
-        auto_register: false,
-        ensure: false,
-    })
-    .await;
-    let f = chatferry::probe::run(&env.cfg, &env.db.store, "tim", ["probe-a", "probe-b"])
+    let app = TestApp::simulated(TencentTarget::default(), SimSetup::default()).await;
+    let f = chatferry::probe::run(&app.cfg, &app.db.store, "tim", ["probe-a", "probe-b"])
         .await
         .expect("the probe runs");
     assert_eq!(f.triple_echoed, Some(true), "{f:?}");
@@ -73,23 +68,17 @@ async fn probe_reads_the_tencent_triple_back_and_sees_dedup() {
 /// usage error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_command_prints_json_and_refuses_one_user() {
-    let (env, _) = probe_zim(MsgTime::Receive).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = env.write_config(dir.path());
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_chatferry"))
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .env_remove("DATABASE_URL")
-            .output()
-            .unwrap()
-    };
-    let out = run(&["probe", "--target", "zim", "--users", "probe-c,probe-d", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (app, _) = probe_zim(MsgTime::Receive).await;
+    let bin = app.binary();
+    let out = bin
+        .cli(&["probe", "--target", "zim", "--users", "probe-c,probe-d", "--json"])
+        .await;
+    assert!(out.status.success(), "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["msg_time"], "receive");
-    let out = run(&["probe", "--target", "zim", "--users", "only-one"]);
+    let out = bin
+        .cli(&["probe", "--target", "zim", "--users", "only-one"])
+        .await;
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--users takes two user ids"));
+    assert!(out.stderr.contains("--users takes two user ids"));
 }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chatferry::providers::tencent::codes as tc;
@@ -87,28 +86,23 @@ fn lines(p: &str, n: usize) -> Vec<String> {
     out
 }
 
-fn write_config(dir: &Path, db: &TestDb, rest: &str) -> PathBuf {
-    let path = dir.join("daemon.toml");
-    std::fs::write(&path, format!("[database]\nurl = \"{}\"\n{rest}", db.url)).unwrap();
-    path
-}
-
-async fn cli(config: &Path, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_chatferry"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .output()
-        .await
-        .unwrap()
+/// Each job of batch `name`: id, status and body.
+async fn batch_jobs(db: &TestDb, name: &str) -> Vec<(i64, String, String)> {
+    sqlx::query_as(
+        "SELECT j.id, j.status::text, j.body FROM chatferry.jobs j
+         JOIN chatferry.batches b ON b.id = j.batch_id WHERE b.name = $1 ORDER BY j.id",
+    )
+    .bind(name)
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
 async fn counters_equal_a_full_count_after_loads_retries_skips_purges_and_crashes() {
     // First attempts: m1 refused for good, m2 refused for now; the rest
     // (and every later attempt) go through, slowly enough to crash midway.
-    let rec = Recorder::start(|v, nth| {
+    let app = TestApp::recording(|v, nth| {
         let text = v["MsgBody"][0]["MsgContent"]["Text"].as_str().unwrap_or_default();
         match nth {
             1 if text.ends_with("m1") => Reply::Code(tc::JSON_INVALID),
@@ -117,25 +111,19 @@ async fn counters_equal_a_full_count_after_loads_retries_skips_purges_and_crashe
         }
     })
     .await;
-    let db = TestDb::new().await;
-    let rest = format!("{FAST_WORKER}{}", tencent_target("tim", rec.addr));
-    let cfg = config(&db, &rest);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg_path = write_config(dir.path(), &db, &rest);
+    let (db, cfg, rec) = (&app.db, &app.cfg, &app.provider);
+    let bin = app.binary();
 
     let a = jsonl(&lines("a", 100));
-    load(&db, &cfg, "tim", "a", &[a.path()], None).await;
-    load(&db, &cfg, "tim", "a", &[a.path()], None).await; // a no-op reload
+    load(db, cfg, "tim", "a", &[a.path()], None).await;
+    load(db, cfg, "tim", "a", &[a.path()], None).await; // a no-op reload
     let mut b = lines("b", 20);
     b.push(text_line("m0", "a0a", "a0b", now_ms() - 1000, "a reused id")); // refused
-    load(&db, &cfg, "tim", "b", &[jsonl(&b).path()], None).await;
-    assert_counters_match(&db, "loads").await;
+    app.load("b", &b).await;
+    assert_counters_match(db, "loads").await;
 
-    let mut run = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatferry"))
-        .arg("--config")
-        .arg(&cfg_path)
+    let mut run = chatferry_with(&bin.config)
         .arg("run")
-        .env_remove("DATABASE_URL")
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -145,10 +133,10 @@ async fn counters_equal_a_full_count_after_loads_retries_skips_purges_and_crashe
     .await;
     run.start_kill().unwrap(); // SIGKILL: in-flight marks stay behind
     run.wait().await.unwrap();
-    assert_counters_match(&db, "a crash").await;
+    assert_counters_match(db, "a crash").await;
 
-    run_until_idle(&db, &cfg).await;
-    assert_counters_match(&db, "a run with retries and failures").await;
+    app.run_until_idle().await;
+    assert_counters_match(db, "a run with retries and failures").await;
     let failed = db
         .scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'failed'")
         .await;
@@ -157,7 +145,7 @@ async fn counters_equal_a_full_count_after_loads_retries_skips_purges_and_crashe
         db.store.retry_failed("a", None).await.unwrap() as i64,
         failed - 20
     );
-    assert_counters_match(&db, "retry").await;
+    assert_counters_match(db, "retry").await;
     // By hand, as README's "Operating it through SQL" shows, from a
     // session whose search_path does not name chatferry's schema.
     let mut tx = db.store.pool().begin().await.unwrap();
@@ -173,9 +161,9 @@ async fn counters_equal_a_full_count_after_loads_retries_skips_purges_and_crashe
     .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(by_hand.rows_affected(), 20);
-    assert_counters_match(&db, "a retry through SQL").await;
+    assert_counters_match(db, "a retry through SQL").await;
 
-    load(&db, &cfg, "tim", "c", &[jsonl(&lines("c", 3)).path()], None).await;
+    app.load("c", &lines("c", 3)).await;
     let job = db
         .scalar(
             "SELECT min(j.id) FROM chatferry.jobs j JOIN chatferry.batches b ON b.id = j.batch_id
@@ -187,36 +175,33 @@ async fn counters_equal_a_full_count_after_loads_retries_skips_purges_and_crashe
         .await
         .unwrap()
         .expect("a pending job to skip");
-    assert_counters_match(&db, "skip").await;
+    assert_counters_match(db, "skip").await;
 
-    run_until_idle(&db, &cfg).await;
-    let out = cli(&cfg_path, &["purge", "--batch", "a"]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_counters_match(&db, "purge").await;
+    app.run_until_idle().await;
+    let out = bin.cli(&["purge", "--batch", "a"]).await;
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_counters_match(db, "purge").await;
     sqlx::query("SELECT chatferry.job_counts_compact()")
         .execute(db.store.pool())
         .await
         .unwrap();
-    assert_counters_match(&db, "compaction").await;
+    assert_counters_match(db, "compaction").await;
 }
 
 #[tokio::test]
 async fn purge_refuses_an_unfinished_batch_and_leaves_other_batches_untouched() {
-    let rec = Recorder::start(|_, _| Reply::Ok).await;
-    let db = TestDb::new().await;
-    let rest = format!("{FAST_WORKER}{}", tencent_target("tim", rec.addr));
-    let cfg = config(&db, &rest);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg_path = write_config(dir.path(), &db, &rest);
-    load(&db, &cfg, "tim", "old", &[jsonl(&lines("o", 30)).path()], None).await;
+    let app = TestApp::recording(|_, _| Reply::Ok).await;
+    let db = &app.db;
+    let bin = app.binary();
+    app.load("old", &lines("o", 30)).await;
 
     // Unfinished: refused, dry run or not, and nothing is removed.
     for args in [
         &["purge", "--batch", "old"][..],
         &["purge", "--batch", "old", "--dry-run"],
     ] {
-        let out = cli(&cfg_path, args).await;
-        let err = String::from_utf8_lossy(&out.stderr);
+        let out = bin.cli(args).await;
+        let err = &out.stderr;
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(
             err.contains("batch old is not finished: 120 jobs pending"),
@@ -225,27 +210,21 @@ async fn purge_refuses_an_unfinished_batch_and_leaves_other_batches_untouched() 
     }
     assert_eq!(db.scalar("SELECT count(*) FROM chatferry.jobs").await, 120);
 
-    run_until_idle(&db, &cfg).await;
-    load(&db, &cfg, "tim", "new", &[jsonl(&lines("n", 10)).path()], None).await;
-    let before: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT j.id, j.status::text, j.body FROM chatferry.jobs j
-         JOIN chatferry.batches b ON b.id = j.batch_id WHERE b.name = 'new' ORDER BY j.id",
-    )
-    .fetch_all(db.store.pool())
-    .await
-    .unwrap();
+    app.run_until_idle().await;
+    app.load("new", &lines("n", 10)).await;
+    let before = batch_jobs(db, "new").await;
     assert_eq!(before.len(), 40);
 
-    let out = cli(&cfg_path, &["purge", "--batch", "old", "--dry-run"]).await;
-    let said = String::from_utf8_lossy(&out.stdout);
+    let out = bin.cli(&["purge", "--batch", "old", "--dry-run"]).await;
+    let said = &out.stdout;
     assert!(
         out.status.success() && said.contains("would remove 120 finished jobs"),
         "{said}"
     );
     assert_eq!(db.scalar("SELECT count(*) FROM chatferry.jobs").await, 160);
 
-    let out = cli(&cfg_path, &["purge", "--batch", "old"]).await;
-    let said = String::from_utf8_lossy(&out.stdout);
+    let out = bin.cli(&["purge", "--batch", "old"]).await;
+    let said = &out.stdout;
     assert!(
         out.status.success() && said.contains("120 jobs removed"),
         "{said}"
@@ -258,25 +237,19 @@ async fn purge_refuses_an_unfinished_batch_and_leaves_other_batches_untouched() 
         .await,
         0
     );
-    let after: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT j.id, j.status::text, j.body FROM chatferry.jobs j
-         JOIN chatferry.batches b ON b.id = j.batch_id WHERE b.name = 'new' ORDER BY j.id",
-    )
-    .fetch_all(db.store.pool())
-    .await
-    .unwrap();
+    let after = batch_jobs(db, "new").await;
     assert_eq!(after, before, "the other batch is untouched");
 
-    let out = cli(&cfg_path, &["purge", "--batch", "new"]).await;
+    let out = bin.cli(&["purge", "--batch", "new"]).await;
     assert_eq!(out.status.code(), Some(2));
-    let out = cli(&cfg_path, &["purge", "--batch", "nope"]).await;
-    let err = String::from_utf8_lossy(&out.stderr);
+    let out = bin.cli(&["purge", "--batch", "nope"]).await;
+    let err = &out.stderr;
     assert!(
         out.status.code() == Some(2) && err.contains("no batch named nope"),
         "{err}"
     );
     // The other batch still runs to the end after the purge.
-    run_until_idle(&db, &cfg).await;
+    app.run_until_idle().await;
     assert_eq!(
         db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status = 'done'")
             .await,

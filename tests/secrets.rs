@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Output;
-
 use chatferry::simulate::{FaultConfig, SimOptions, Simulator};
 use common::*;
 
@@ -13,55 +11,50 @@ const ZIM_SECRET: &str = "zimSECRETvalue0123456789abcdef";
 const TIM_KEY: &str = "timKEYvalue9876543210fedcba";
 const DB_PASSWORD: &str = "dbPASSWORDvalue42";
 
-fn toml(db_url: &str, sim: &str, zim_secret: &str, tim_key: &str, format: &str) -> String {
-    format!(
-        r#"[database]
-url = "{db_url}"
-[log]
-level = "debug"
-format = "{format}"
-[worker]
-concurrency = 16
-lease_secs = 3
-request_timeout_ms = 1000
-retry_min_ms = 10
-retry_max_ms = 50
-reconcile_settle_secs = 2
-[targets.zim]
-kind = "zim"
-endpoint = "http://{sim}/"
-app_id = 4242
-server_secret = "{zim_secret}"
-rate_per_sec = 2000
-query_rate_per_sec = 2000
-[targets.tim]
-kind = "tencent"
-endpoint = "http://{sim}/"
-sdk_app_id = 1400000001
-admin_identifier = "administrator"
-secret_key = "{tim_key}"
-rate_per_sec = 2000
-"#
-    )
-}
-
-fn run(cfg: &std::path::Path, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_chatferry"))
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+/// Debug logs in `format`, both targets at `endpoint` (a closed port when
+/// `None`) with these credentials.
+fn settings(
+    db_url: &str,
+    endpoint: Option<String>,
+    zim_secret: &str,
+    tim_key: &str,
+    format: &'static str,
+) -> Settings {
+    let worker = WorkerSettings {
+        concurrency: Some(16),
+        lease_secs: Some(3),
+        request_timeout_ms: Some(1000),
+        retry_min_ms: Some(10),
+        retry_max_ms: Some(50),
+        reconcile_settle_secs: Some(2),
+        ..Default::default()
+    };
+    let zim = ZimTarget {
+        endpoint: endpoint.clone(),
+        app_id: 4242,
+        server_secret: zim_secret.into(),
+        rate_per_sec: Some(2000.0),
+        query_rate_per_sec: Some(2000.0),
+        ..Default::default()
+    };
+    let tim = TencentTarget {
+        endpoint,
+        sdk_app_id: 1400000001,
+        secret_key: tim_key.into(),
+        rate_per_sec: Some(2000.0),
+        ..Default::default()
+    };
+    Settings {
+        database_url: Some(db_url.into()),
+        log: Some(LogSettings {
+            level: "debug",
+            format: Some(format),
+        }),
+        worker: Some(worker),
+        ..Default::default()
+    }
+    .with(zim)
+    .with(tim)
 }
 
 /// Fails if `all` holds a credential or something derived from one.
@@ -103,9 +96,7 @@ async fn no_credential_reaches_logs_or_status() {
     let db = TestDb::new().await;
     let mut with_pw = reqwest::Url::parse(&db.url).unwrap();
     with_pw.set_password(Some(DB_PASSWORD)).unwrap();
-    let sim_cfg =
-        chatferry::config::Config::from_toml(&toml(&db.url, "127.0.0.1:9", ZIM_SECRET, TIM_KEY, "text"))
-            .unwrap();
+    let sim_cfg = settings(&db.url, None, ZIM_SECRET, TIM_KEY, "text").config();
     let faults = FaultConfig::from_json(
         r#"{"seed": 3, "zim": {"transient_rate": 0.05, "apply_then_drop_rate": 0.05},
             "tencent": {"transient_rate": 0.05, "apply_then_drop_rate": 0.05}}"#,
@@ -121,7 +112,6 @@ async fn no_credential_reaches_logs_or_status() {
     )
     .await
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let now = now_ms() - 60_000;
     let lines: Vec<String> = (0..200)
         .map(|i| {
@@ -136,21 +126,17 @@ async fn no_credential_reaches_logs_or_status() {
         .collect();
     let input = jsonl(&lines);
     let mut all = String::new();
-    for (i, format) in ["text", "json"].iter().enumerate() {
-        let cfg = dir.path().join(format!("{format}.toml"));
-        std::fs::write(
-            &cfg,
-            toml(
-                with_pw.as_str(),
-                &sim.addr().to_string(),
-                ZIM_SECRET,
-                TIM_KEY,
-                format,
-            ),
-        )
-        .unwrap();
+    let at_sim = Some(format!("http://{}/", sim.addr()));
+    for (i, format) in ["text", "json"].into_iter().enumerate() {
+        let bin = Binary::new(&settings(
+            with_pw.as_str(),
+            at_sim.clone(),
+            ZIM_SECRET,
+            TIM_KEY,
+            format,
+        ));
         if i == 0 {
-            all += &text(&run(&cfg, &["migrate"]));
+            all += &bin.cli(&["migrate"]).await.text();
         }
         let batch = format!("b{i}");
         for target in ["zim", "tim"] {
@@ -158,14 +144,14 @@ async fn no_credential_reaches_logs_or_status() {
             let p = input.path().to_str().unwrap();
             args.push(p);
             // The second pass loads the same messages again (no new jobs).
-            all += &text(&run(&cfg, &args));
+            all += &bin.cli(&args).await.text();
         }
-        let out = run(&cfg, &["run", "--exit-when-idle"]);
-        assert!(out.status.success(), "{}", text(&out));
-        all += &text(&out);
-        all += &text(&run(&cfg, &["status"]));
-        all += &text(&run(&cfg, &["status", "--json"]));
-        all += &text(&run(&cfg, &["verify", "--batch", "b0"]));
+        let out = bin.cli(&["run", "--exit-when-idle"]).await;
+        assert!(out.status.success(), "{}", out.text());
+        all += &out.text();
+        all += &bin.cli(&["status"]).await.text();
+        all += &bin.cli(&["status", "--json"]).await.text();
+        all += &bin.cli(&["verify", "--batch", "b0"]).await.text();
     }
     assert_eq!(
         db.scalar("SELECT count(*) FROM chatferry.jobs WHERE status <> 'done'")
@@ -180,34 +166,23 @@ async fn no_credential_reaches_logs_or_status() {
         .map(|i| text_line(&format!("x{i}"), "p", "q", now + i, "x"))
         .collect();
     let more_input = jsonl(&more);
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(
-        &bad,
-        toml(
-            with_pw.as_str(),
-            &sim.addr().to_string(),
-            "wrongZIMsecretXYZ",
-            "wrongTIMkeyXYZ",
-            "text",
-        ),
-    )
-    .unwrap();
+    let bad = Binary::new(&settings(
+        with_pw.as_str(),
+        at_sim,
+        "wrongZIMsecretXYZ",
+        "wrongTIMkeyXYZ",
+        "text",
+    ));
     for target in ["zim", "tim"] {
-        all += &text(&run(
-            &bad,
-            &[
-                "load",
-                "--target",
-                target,
-                "--batch",
-                "bad",
-                more_input.path().to_str().unwrap(),
-            ],
-        ));
+        let input = more_input.path().to_str().unwrap();
+        all += &bad
+            .cli(&["load", "--target", target, "--batch", "bad", input])
+            .await
+            .text();
     }
-    let out = run(&bad, &["run", "--exit-when-idle"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let t = text(&out);
+    let out = bad.cli(&["run", "--exit-when-idle"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", out.text());
+    let t = out.text();
     assert!(t.contains("halted"), "{t}");
     assert!(!t.contains("wrongZIMsecretXYZ") && !t.contains("wrongTIMkeyXYZ"));
     all += &t;

@@ -4,8 +4,7 @@
 //! on an ephemeral port; tests that depend on time pin the simulator's
 //! clock instead of sleeping.
 
-#[path = "common/sim.rs"]
-mod sim;
+mod common;
 
 use std::time::{Duration, Instant};
 
@@ -14,8 +13,9 @@ use chatferry::providers::tencent::usersig;
 use chatferry::providers::zim::codes as zc;
 use chatferry::simulate::zim::check_signature;
 use chatferry::simulate::{Clock, FaultConfig, SimOptions, Simulator};
+use common::settings::{Settings, TencentTarget, ZimTarget, TIM_APP, TIM_KEY, ZIM_SECRET};
+use common::sim::*;
 use serde_json::{json, Value};
-use sim::*;
 
 /// 2023-11-14T22:13:20Z, in ms.
 const T0_MS: i64 = 1_700_000_000_000;
@@ -25,6 +25,16 @@ fn opts() -> SimOptions {
         auto_register: true,
         ..Default::default()
     }
+}
+
+/// Both default apps, as the library reads them.
+fn config() -> chatferry::config::Config {
+    apps().config()
+}
+
+/// The default apps with these ZIM and Tencent settings.
+fn config_with(zim: ZimTarget, tim: TencentTarget) -> chatferry::config::Config {
+    Settings::default().with(zim).with(tim).config()
 }
 
 fn pinned(ms: i64) -> SimOptions {
@@ -184,11 +194,11 @@ async fn tencent_usersig_official_algorithm_verifies_and_bad_sigs_get_their_code
 }
 
 fn config_with_admin(admin: &str) -> chatferry::config::Config {
-    let text = format!(
-        "[targets.tim]\nkind = \"tencent\"\nendpoint = \"http://127.0.0.1:9/\"\nsdk_app_id = {TIM_APP}\n\
-         admin_identifier = \"{admin}\"\nsecret_key = \"{TIM_KEY}\"\n"
-    );
-    chatferry::config::Config::from_toml(&text).unwrap()
+    let tim = TencentTarget {
+        admin_identifier: admin.into(),
+        ..Default::default()
+    };
+    Settings::default().with(tim).config()
 }
 
 #[tokio::test]
@@ -439,7 +449,16 @@ async fn faults_are_reproducible_from_the_seed() {
 
 #[tokio::test]
 async fn rate_limit_refuses_exactly_the_excess_with_the_provider_code() {
-    let cfg = config_with("rate_per_sec = 5", "rate_per_sec = 4");
+    let cfg = config_with(
+        ZimTarget {
+            rate_per_sec: Some(5.0),
+            ..Default::default()
+        },
+        TencentTarget {
+            rate_per_sec: Some(4.0),
+            ..Default::default()
+        },
+    );
     let s = TestSim::start(&cfg, pinned(T0_MS)).await;
     let mut codes = Vec::new();
     for i in 0..8 {
@@ -534,7 +553,7 @@ async fn rate_override_applies_to_every_api_and_zero_is_unlimited() {
         s.zim("QueryPeerMsg", &q).await,
     ]
     .iter()
-    .map(Reply::code)
+    .map(Answer::code)
     .collect();
     assert_eq!(codes, [0, 0, zc::APP_RATE_LIMITED]);
     let reg = json!({"UserInfo": [{"UserId": "u1"}]});
@@ -544,7 +563,7 @@ async fn rate_override_applies_to_every_api_and_zero_is_unlimited() {
         s.zim("UserRegister", &reg).await,
     ]
     .iter()
-    .map(Reply::code)
+    .map(Answer::code)
     .collect();
     // The second call's one user exists: the call answers that code.
     assert_eq!(codes, [0, zc::USER_EXISTS, zc::REGISTER_RATE_LIMITED]);
@@ -671,7 +690,7 @@ async fn tencent_reads_back_by_time_then_msgseq_and_pages_backwards() {
     let r = s.tim("admin_getroammsg", &page(t + 100, "")).await;
     assert_eq!(r.code(), 0, "{}", r.json);
     assert_eq!(r.json["Complete"], 0);
-    let texts = |r: &Reply| -> Vec<String> {
+    let texts = |r: &Answer| -> Vec<String> {
         r.json["MsgList"]
             .as_array()
             .unwrap()
@@ -755,7 +774,14 @@ async fn zim_validation_and_registration_codes() {
     let users = dir.path().join("users.txt");
     std::fs::write(&users, "# seeded\nalice\nbob\n\n").unwrap();
     let s = TestSim::start(
-        &config_with("max_message_bytes = 16\nretention_days = 2", ""),
+        &config_with(
+            ZimTarget {
+                max_message_bytes: Some(16),
+                retention_days: Some(2),
+                ..Default::default()
+            },
+            TencentTarget::default(),
+        ),
         SimOptions {
             users_file: Some(users),
             auto_register: false,
@@ -860,7 +886,13 @@ async fn zim_validation_and_registration_codes() {
 #[tokio::test]
 async fn tencent_validation_and_account_codes() {
     let s = TestSim::start(
-        &config_with("", "max_message_bytes = 400"),
+        &config_with(
+            ZimTarget::default(),
+            TencentTarget {
+                max_message_bytes: Some(400),
+                ..Default::default()
+            },
+        ),
         SimOptions {
             auto_register: false,
             ..pinned(T0_MS)

@@ -5,38 +5,11 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::provider::{self, Corpus, Env, Kind, Setup, Shape};
+use chatferry::config::OnPermanentError;
 use common::*;
-
-async fn cli(config: &Path, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_chatferry"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("CHATFERRY_CONFIG")
-        .output()
-        .await
-        .unwrap()
-}
-
-fn write_config(db: &TestDb, extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("daemon.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[database]\nurl = \"{}\"\n[log]\nlevel = \"warn\"\n{FAST_WORKER}{extra}",
-            db.url
-        ),
-    )
-    .unwrap();
-    (dir, path)
-}
 
 /// 2,000 messages in 20 conversations; every 40th is refused for good the
 /// first time (the lane blocks there). Meanwhile another process pauses
@@ -46,22 +19,22 @@ fn write_config(db: &TestDb, extra: &str) -> (tempfile::TempDir, std::path::Path
 /// final `run --exit-when-idle` exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_commands_from_another_process_during_2000_messages() {
-    let rec = Recorder::start(|v, nth| {
-        let text = v["MsgBody"][0]["MsgContent"]["Text"].as_str().unwrap_or_default();
-        if text.ends_with('!') && nth == 1 {
-            Reply::Code(90001)
-        } else {
-            Reply::Slow(Duration::from_millis(10))
-        }
-    })
-    .await;
-    let db = TestDb::new().await;
-    let extra = format!(
-        "on_permanent_error = \"block\"\n{}",
-        tencent_target("tim", rec.addr)
-    );
-    let (dir, path) = write_config(&db, &extra);
-    let cfg = config(&db, &format!("{FAST_WORKER}{extra}"));
+    let app = TestApp::builder()
+        .tencent(TencentTarget::default())
+        .worker(|w| w.on_permanent_error = Some(OnPermanentError::Block))
+        .settings(|s| s.log = Some(LogSettings::warn()))
+        .recorder(|v, nth| {
+            let text = v["MsgBody"][0]["MsgContent"]["Text"].as_str().unwrap_or_default();
+            if text.ends_with('!') && nth == 1 {
+                Reply::Code(90001)
+            } else {
+                Reply::Slow(Duration::from_millis(10))
+            }
+        })
+        .spawn()
+        .await;
+    let (db, rec) = (&app.db, &app.provider);
+    let bin = app.binary();
     let (convs, per) = (20usize, 100usize);
     let now = now_ms() - 600_000;
     let text = |i: usize, j: usize| {
@@ -80,9 +53,8 @@ async fn operator_commands_from_another_process_during_2000_messages() {
             ));
         }
     }
-    load(&db, &cfg, "tim", "b", &[jsonl(&lines).path()], None).await;
-    let log = dir.path().join("daemon.log");
-    let mut daemon = provider::spawn_daemon(&path, false, &log);
+    app.load("b", &lines).await;
+    let mut daemon = bin.spawn(false);
 
     let total = (convs * per) as i64;
     let finished = "SELECT count(*) FROM chatferry.jobs WHERE status IN ('done', 'skipped')";
@@ -92,9 +64,9 @@ async fn operator_commands_from_another_process_during_2000_messages() {
     while db.scalar(finished).await < total {
         assert!(started.elapsed() < Duration::from_secs(120), "no end in sight");
         assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
-        assert!(cli(&path, &["pause", "--batch", "b"]).await.status.success());
+        assert!(bin.cli(&["pause", "--batch", "b"]).await.status.success());
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(cli(&path, &["resume", "--batch", "b"]).await.status.success());
+        assert!(bin.cli(&["resume", "--batch", "b"]).await.status.success());
         if round % 4 == 3 && skipped < 5 {
             let failed: Option<i64> =
                 sqlx::query_scalar("SELECT id FROM chatferry.jobs WHERE status = 'failed' LIMIT 1")
@@ -102,29 +74,20 @@ async fn operator_commands_from_another_process_during_2000_messages() {
                     .await
                     .unwrap();
             if let Some(job) = failed {
-                let out = cli(&path, &["skip", "--job", &job.to_string()]).await;
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                let out = bin.cli(&["skip", "--job", &job.to_string()]).await;
+                assert!(out.status.success(), "{}", out.stderr);
                 skipped += 1;
             }
         } else {
-            assert!(cli(&path, &["retry", "--batch", "b"]).await.status.success());
+            assert!(bin.cli(&["retry", "--batch", "b"]).await.status.success());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         round += 1;
     }
-    let pid = daemon.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    signal(daemon.id().unwrap(), "TERM");
     assert!(daemon.wait().await.unwrap().success());
-    let out = cli(&path, &["run", "--exit-when-idle"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = bin.cli(&["run", "--exit-when-idle"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
     assert!(round >= 5, "the operator got a word in ({round} rounds)");
 
     let skipped_texts: HashSet<String> =
@@ -166,51 +129,28 @@ async fn operator_commands_from_another_process_during_2000_messages() {
 /// any view.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_slow_zim_calls_then_a_restart_elsewhere_sends_nothing_twice() {
-    let mut faults = provider::faults(Kind::Zim, 31, 0.0, 0.0);
+    let mut faults = faults(Kind::Zim, 31, 0.0, 0.0);
     faults.zim.slow_rate = 0.2;
     faults.zim.slow_ms = 8_000; // over the 5 s grace
-    let env = Env::start(Setup {
-        kind: Kind::Zim,
-        faults,
-        auto_register: true,
-        ensure: false,
-    })
-    .await;
-    let corpus = Corpus::generate(&Shape {
-        kind: Kind::Zim,
-        conversations: 40,
-        messages: 800,
-        seed: 12,
-        one_sided: 0.1,
-        non_text: 0.0,
-    });
-    env.load(&corpus, "slow").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = env.write_config(dir.path());
-    let log = dir.path().join("daemon.log");
-    let mut daemon = provider::spawn_daemon(&config, false, &log);
+    let app = TestApp::simulated(ZimTarget::default(), SimSetup::faulty(faults)).await;
+    let corpus = Shape::new(Kind::Zim, 40, 800).seed(12).one_sided(0.1).generate();
+    app.load_corpus(&corpus, "slow").await;
+    let bin = app.binary();
+    let mut daemon = bin.spawn(false);
     wait_until(Duration::from_secs(60), "calls under way", || {
-        env.stored_count() >= 100
+        app.stored_count() >= 100
     })
     .await;
-    let pid = daemon.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    signal(daemon.id().unwrap(), "TERM");
     let status = tokio::time::timeout(Duration::from_secs(15), daemon.wait())
         .await
         .expect("the daemon drains within its grace")
         .unwrap();
-    assert!(
-        status.success(),
-        "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    env.sim.sim.set_faults(Default::default()).unwrap();
-    provider::run_to_the_end(&config, &log).await;
-    assert_eq!(env.not_done().await, vec![], "every job is done");
-    env.assert_holds_exactly(&corpus);
+    assert!(status.success(), "{}", bin.logged());
+    app.provider.clear_faults();
+    bin.run_to_the_end().await;
+    assert_eq!(app.not_done().await, vec![], "every job is done");
+    app.assert_holds_exactly(&corpus);
 }
 
 /// A private Postgres cluster in a temp dir on a free port, so a test can
@@ -234,11 +174,7 @@ impl PrivatePg {
             .prefix("cf-pg-")
             .tempdir_in("/var/tmp")
             .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let pg = PrivatePg { dir, bin, port };
         if is_root() {
             let ok = std::process::Command::new("chown")
@@ -344,13 +280,17 @@ fn is_root() -> bool {
 /// keeps running and finishes, each message once and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_between_a_call_and_its_checkpoint_is_ridden_out() {
-    use chatferry::worker::{HookPoint, Worker};
+    use chatferry::worker::HookPoint;
     use futures::FutureExt;
 
     let pg = PrivatePg::start();
-    let rec = Recorder::start(|_, _| Reply::Slow(Duration::from_millis(3))).await;
-    let db = TestDb::on(&pg.url()).await;
-    let cfg = config(&db, &format!("{FAST_WORKER}{}", tencent_target("tim", rec.addr)));
+    let app = TestApp::builder()
+        .tencent(TencentTarget::default())
+        .database_on(pg.url())
+        .recorder(|_, _| Reply::Slow(Duration::from_millis(3)))
+        .spawn()
+        .await;
+    let (db, rec) = (&app.db, &app.provider);
     let (convs, per) = (10usize, 30usize);
     let now = now_ms() - 600_000;
     let mut lines = Vec::new();
@@ -366,7 +306,7 @@ async fn a_postgres_restart_between_a_call_and_its_checkpoint_is_ridden_out() {
             ));
         }
     }
-    load(&db, &cfg, "tim", "b", &[jsonl(&lines).path()], None).await;
+    app.load("b", &lines).await;
     let pg = Arc::new(pg);
     let restarted = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let hook: chatferry::worker::Hook = {
@@ -386,8 +326,7 @@ async fn a_postgres_restart_between_a_call_and_its_checkpoint_is_ridden_out() {
             .boxed()
         })
     };
-    let providers = chatferry::providers::build_all(&cfg).unwrap();
-    let w = Worker::new(db.store.clone(), &cfg, providers);
+    let w = app.worker();
     w.set_hook(hook);
     let report = tokio::time::timeout(
         Duration::from_secs(120),

@@ -6,42 +6,18 @@
 
 mod common;
 
-use common::provider::*;
+use common::*;
 
 /// Every kind the Tencent mapping knows is accepted by the simulator and
 /// reads back as sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_kind_is_imported_and_read_back() {
-    let env = Env::start(Setup {
-        kind: Kind::Tencent,
-        faults: Default::default(),
-        auto_register: true,
-        ensure: false,
-    })
+    let shape = Shape::new(Kind::Tencent, 4, 120).seed(3).non_text(0.9);
+    assert_every_kind_round_trips(
+        &shape,
+        &["custom", "image", "file", "audio", "video", "face", "location"],
+    )
     .await;
-    let corpus = Corpus::generate(&Shape {
-        kind: Kind::Tencent,
-        conversations: 4,
-        messages: 120,
-        seed: 3,
-        one_sided: 0.0,
-        non_text: 0.9,
-    });
-    for kind in ["custom", "image", "file", "audio", "video", "face", "location"] {
-        assert!(
-            corpus
-                .msgs
-                .iter()
-                .any(|m| m.line.contains(&format!("\"type\":\"{kind}\""))),
-            "the corpus has no {kind}"
-        );
-    }
-    env.load(&corpus, "kinds").await;
-    env.run_until_idle().await;
-    assert_eq!(env.not_done().await, vec![]);
-    env.assert_holds_exactly(&corpus);
-    assert_eq!(env.stats()["validation_failures"], 0);
-    env.assert_verify_clean("kinds").await;
 }
 
 /// 10,000 messages in 300 conversations, in bursts of same-second and
@@ -50,35 +26,32 @@ async fn every_message_kind_is_imported_and_read_back() {
 /// resent). Accounts are imported on demand (`ensure_accounts`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_through_faults_arrive_once_and_in_order() {
-    let env = Env::start(Setup {
-        kind: Kind::Tencent,
-        faults: faults(Kind::Tencent, 11, 0.05, 0.01),
-        auto_register: false,
-        ensure: true,
-    })
+    let app = TestApp::simulated(
+        Target::of(Kind::Tencent).ensuring(true),
+        SimSetup {
+            faults: faults(Kind::Tencent, 11, 0.05, 0.01),
+            auto_register: false,
+        },
+    )
     .await;
-    let corpus = Corpus::generate(&Shape {
-        kind: Kind::Tencent,
-        conversations: 300,
-        messages: 10_000,
-        seed: 1,
-        one_sided: 0.0,
-        non_text: 0.1,
-    });
+    let corpus = Shape::new(Kind::Tencent, 300, 10_000)
+        .seed(1)
+        .non_text(0.1)
+        .generate();
     assert_eq!(corpus.conversations(), 300);
     assert!(
         corpus.same_ms_pairs() > 1000,
         "bursts: {}",
         corpus.same_ms_pairs()
     );
-    let s = env.load(&corpus, "main").await;
+    let s = app.load_corpus(&corpus, "main").await;
     assert_eq!(s.jobs_new, 10_000);
 
-    env.run_until_idle().await;
+    app.send_all().await;
 
-    assert_eq!(env.not_done().await, vec![], "every job is done");
-    env.assert_holds_exactly(&corpus);
-    let st = env.stats();
+    assert_eq!(app.not_done().await, vec![], "every job is done");
+    app.assert_holds_exactly(&corpus);
+    let st = app.stats();
     assert!(st["faults"]["transient"].as_u64() > Some(100), "{st}");
     assert!(st["faults"]["apply_then_drop"].as_u64() > Some(20), "{st}");
     // Calls applied but unanswered were resent with the same triple, and
@@ -93,7 +66,7 @@ async fn ten_thousand_messages_through_faults_arrive_once_and_in_order() {
         st["calls_by_api"]["multiaccount_import"].as_u64() > Some(0),
         "{st}"
     );
-    env.assert_verify_clean("main").await;
+    app.assert_verify_clean("main").await;
 }
 
 /// One conversation of 2,000 messages, sent with several calls in flight
@@ -106,36 +79,26 @@ async fn a_hot_conversation_sent_with_a_window_arrives_once_and_in_order() {
     let mut f = faults(Kind::Tencent, 5, 0.03, 0.01);
     f.tencent.latency_ms = 6;
     f.tencent.latency_sd_ms = 3.0;
-    let env = Env::start(Setup {
-        kind: Kind::Tencent,
-        faults: f,
-        auto_register: true,
-        ensure: false,
-    })
-    .await;
-    let corpus = Corpus::generate(&Shape {
-        kind: Kind::Tencent,
-        conversations: 1,
-        messages: 2_000,
-        seed: 9,
-        one_sided: 0.0,
-        non_text: 0.1,
-    });
+    let app = TestApp::simulated(TencentTarget::default(), SimSetup::faulty(f)).await;
+    let corpus = Shape::new(Kind::Tencent, 1, 2_000)
+        .seed(9)
+        .non_text(0.1)
+        .generate();
     assert_eq!(corpus.conversations(), 1);
-    let s = env.load(&corpus, "hot").await;
+    let s = app.load_corpus(&corpus, "hot").await;
     assert_eq!(s.jobs_new, 2_000);
 
-    env.run_until_idle().await;
+    app.send_all().await;
 
-    assert_eq!(env.not_done().await, vec![], "every job is done");
-    env.assert_holds_exactly(&corpus);
-    let st = env.stats();
+    assert_eq!(app.not_done().await, vec![], "every job is done");
+    app.assert_holds_exactly(&corpus);
+    let st = app.stats();
     assert!(st["faults"]["transient"].as_u64() > Some(20), "{st}");
     assert!(st["faults"]["apply_then_drop"].as_u64() > Some(5), "{st}");
     // Calls overlapped: some arrived after a newer message of the same
     // conversation (one call at a time never does that).
     assert!(st["order_inversions"].as_u64() > Some(0), "{st}");
-    env.assert_verify_clean("hot").await;
+    app.assert_verify_clean("hot").await;
 }
 
 /// The real binary, killed with SIGKILL a third of the way through and
@@ -144,38 +107,30 @@ async fn a_hot_conversation_sent_with_a_window_arrives_once_and_in_order() {
 /// nothing is stored twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_daemon_resumes_without_loss_or_duplicates() {
-    let env = Env::start(Setup {
-        kind: Kind::Tencent,
-        faults: faults(Kind::Tencent, 12, 0.05, 0.01),
-        auto_register: true,
-        ensure: false,
-    })
+    let app = TestApp::simulated(
+        TencentTarget::default(),
+        SimSetup::faulty(faults(Kind::Tencent, 12, 0.05, 0.01)),
+    )
     .await;
-    let corpus = Corpus::generate(&Shape {
-        kind: Kind::Tencent,
-        conversations: 100,
-        messages: 3_000,
-        seed: 2,
-        one_sided: 0.0,
-        non_text: 0.1,
-    });
-    env.load(&corpus, "crash").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = env.write_config(dir.path());
-    let log = dir.path().join("daemon.log");
+    let corpus = Shape::new(Kind::Tencent, 100, 3_000)
+        .seed(2)
+        .non_text(0.1)
+        .generate();
+    app.load_corpus(&corpus, "crash").await;
+    let bin = app.binary();
 
-    run_and_kill_at(&env, &config, &log, 1_000).await;
-    let stored_at_kill = env.stored_count();
+    bin.run_and_kill_at(&app, 1_000).await;
+    let stored_at_kill = app.stored_count();
     assert!(
         stored_at_kill < 3_000,
         "killed before the end ({stored_at_kill} stored)"
     );
-    run_to_the_end(&config, &log).await;
+    bin.run_to_the_end().await;
 
-    assert_eq!(env.not_done().await, vec![], "every job is done");
-    env.assert_holds_exactly(&corpus);
-    assert!(env.stats()["dedup_hits"].as_u64() > Some(0), "{}", env.stats());
-    env.assert_verify_clean("crash").await;
+    assert_eq!(app.not_done().await, vec![], "every job is done");
+    app.assert_holds_exactly(&corpus);
+    assert!(app.stats()["dedup_hits"].as_u64() > Some(0), "{}", app.stats());
+    app.assert_verify_clean("crash").await;
 }
 
 /// Tencent deduplicates on (MsgSeq, MsgRandom, MsgTimeStamp), so imports
@@ -191,32 +146,22 @@ async fn late_landings_and_errors_after_the_write_are_stored_once() {
     f.tencent.late_ms = 1_300;
     f.tencent.apply_then_error_rate = 0.05;
     f.tencent.apis = vec!["importmsg".into()];
-    let env = Env::start(Setup {
-        kind: Kind::Tencent,
-        faults: f,
-        auto_register: true,
-        ensure: false,
-    })
-    .await;
-    let corpus = Corpus::generate(&Shape {
-        kind: Kind::Tencent,
-        conversations: 60,
-        messages: 3_000,
-        seed: 41,
-        one_sided: 0.0,
-        non_text: 0.1,
-    });
-    env.load(&corpus, "late").await;
-    env.run_until_idle().await;
-    assert_eq!(env.not_done().await, vec![], "every job is done");
-    env.assert_holds_exactly(&corpus);
-    let st = env.stats();
+    let app = TestApp::simulated(TencentTarget::default(), SimSetup::faulty(f)).await;
+    let corpus = Shape::new(Kind::Tencent, 60, 3_000)
+        .seed(41)
+        .non_text(0.1)
+        .generate();
+    app.load_corpus(&corpus, "late").await;
+    app.send_all().await;
+    assert_eq!(app.not_done().await, vec![], "every job is done");
+    app.assert_holds_exactly(&corpus);
+    let st = app.stats();
     assert!(st["faults"]["late"].as_u64() > Some(0), "{st}");
     assert!(st["faults"]["apply_then_error"].as_u64() > Some(0), "{st}");
     assert!(
         st["dedup_hits"].as_u64() > Some(0),
         "resends were deduplicated: {st}"
     );
-    env.sim.sim.set_faults(Default::default()).unwrap();
-    env.assert_verify_clean("late").await;
+    app.provider.clear_faults();
+    app.assert_verify_clean("late").await;
 }

@@ -7,42 +7,14 @@
 
 mod common;
 
-use common::provider::*;
+use common::*;
 
 /// Every kind the ZIM mapping knows (text, custom, image, file, audio,
 /// video, multi-item) is accepted by the simulator and reads back as sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_kind_is_imported_and_read_back() {
-    let env = Env::start(Setup {
-        kind: Kind::Zim,
-        faults: Default::default(),
-        auto_register: true,
-        ensure: false,
-    })
-    .await;
-    let corpus = Corpus::generate(&Shape {
-        kind: Kind::Zim,
-        conversations: 4,
-        messages: 100,
-        seed: 3,
-        one_sided: 0.1,
-        non_text: 0.9,
-    });
-    for kind in ["custom", "image", "file", "audio", "video", "multi"] {
-        assert!(
-            corpus
-                .msgs
-                .iter()
-                .any(|m| m.line.contains(&format!("\"type\":\"{kind}\""))),
-            "the corpus has no {kind}"
-        );
-    }
-    env.load(&corpus, "kinds").await;
-    env.run_until_idle().await;
-    assert_eq!(env.not_done().await, vec![]);
-    env.assert_holds_exactly(&corpus);
-    assert_eq!(env.stats()["validation_failures"], 0);
-    env.assert_verify_clean("kinds").await;
+    let shape = Shape::new(Kind::Zim, 4, 100).seed(3).one_sided(0.1).non_text(0.9);
+    assert_every_kind_round_trips(&shape, &["custom", "image", "file", "audio", "video", "multi"]).await;
 }
 
 /// 5,000 messages in 200 conversations, some kept by one side only, through
@@ -50,21 +22,19 @@ async fn every_message_kind_is_imported_and_read_back() {
 /// registered on demand (`ensure_users`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_messages_through_faults_fill_each_view_exactly() {
-    let env = Env::start(Setup {
-        kind: Kind::Zim,
-        faults: faults(Kind::Zim, 21, 0.05, 0.02),
-        auto_register: false,
-        ensure: true,
-    })
+    let app = TestApp::simulated(
+        Target::of(Kind::Zim).ensuring(true),
+        SimSetup {
+            faults: faults(Kind::Zim, 21, 0.05, 0.02),
+            auto_register: false,
+        },
+    )
     .await;
-    let corpus = Corpus::generate(&Shape {
-        kind: Kind::Zim,
-        conversations: 200,
-        messages: 5_000,
-        seed: 4,
-        one_sided: 0.15,
-        non_text: 0.1,
-    });
+    let corpus = Shape::new(Kind::Zim, 200, 5_000)
+        .seed(4)
+        .one_sided(0.15)
+        .non_text(0.1)
+        .generate();
     assert_eq!(corpus.conversations(), 200);
     let views = corpus.zim_views();
     assert_eq!(
@@ -74,14 +44,14 @@ async fn five_thousand_messages_through_faults_fill_each_view_exactly() {
     );
     let one_sided = corpus.msgs.iter().filter(|m| m.visible.len() == 1).count();
     assert!(one_sided > 500, "{one_sided} one-sided messages");
-    let s = env.load(&corpus, "main").await;
+    let s = app.load_corpus(&corpus, "main").await;
     assert_eq!(s.jobs_new as usize, views.values().map(Vec::len).sum::<usize>());
 
-    env.run_until_idle().await;
+    app.send_all().await;
 
-    assert_eq!(env.not_done().await, vec![], "every job is done");
-    env.assert_holds_exactly(&corpus);
-    let st = env.stats();
+    assert_eq!(app.not_done().await, vec![], "every job is done");
+    app.assert_holds_exactly(&corpus);
+    let st = app.stats();
     assert!(st["faults"]["transient"].as_u64() > Some(100), "{st}");
     assert!(st["faults"]["apply_then_drop"].as_u64() > Some(50), "{st}");
     // In-doubt calls were looked up before anything was resent.
@@ -93,13 +63,13 @@ async fn five_thousand_messages_through_faults_fill_each_view_exactly() {
     );
     assert!(st["calls_by_api"]["UserRegister"].as_u64() > Some(0), "{st}");
     // Reconciled jobs carry the MsgId the provider gave the stored copy.
-    let without_id = env
+    let without_id = app
         .db
         .scalar("SELECT count(*) FROM chatferry.jobs WHERE provider_msg_id IS NULL")
         .await;
     assert_eq!(without_id, 0);
-    env.sim.sim.set_faults(Default::default()).unwrap();
-    env.assert_verify_clean("main").await;
+    app.provider.clear_faults();
+    app.assert_verify_clean("main").await;
 }
 
 /// The real binary, killed with SIGKILL three times at different points
@@ -107,39 +77,32 @@ async fn five_thousand_messages_through_faults_fill_each_view_exactly() {
 /// a last `run --exit-when-idle` finishes the backlog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_killed_three_times_still_fills_each_view_exactly() {
-    let env = Env::start(Setup {
-        kind: Kind::Zim,
-        faults: faults(Kind::Zim, 22, 0.05, 0.02),
-        auto_register: true,
-        ensure: false,
-    })
+    let app = TestApp::simulated(
+        ZimTarget::default(),
+        SimSetup::faulty(faults(Kind::Zim, 22, 0.05, 0.02)),
+    )
     .await;
-    let corpus = Corpus::generate(&Shape {
-        kind: Kind::Zim,
-        conversations: 80,
-        messages: 2_000,
-        seed: 5,
-        one_sided: 0.15,
-        non_text: 0.1,
-    });
+    let corpus = Shape::new(Kind::Zim, 80, 2_000)
+        .seed(5)
+        .one_sided(0.15)
+        .non_text(0.1)
+        .generate();
     let total: usize = corpus.zim_views().values().map(Vec::len).sum();
-    env.load(&corpus, "crash").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = env.write_config(dir.path());
-    let log = dir.path().join("daemon.log");
+    app.load_corpus(&corpus, "crash").await;
+    let bin = app.binary();
 
     for quarter in 1..=3 {
-        run_and_kill_at(&env, &config, &log, (total * quarter / 4) as u64).await;
-        let stored = env.stored_count();
+        bin.run_and_kill_at(&app, (total * quarter / 4) as u64).await;
+        let stored = app.stored_count();
         assert!(
             stored < total as u64,
             "kill {quarter} came before the end ({stored} of {total})"
         );
     }
-    run_to_the_end(&config, &log).await;
+    bin.run_to_the_end().await;
 
-    assert_eq!(env.not_done().await, vec![], "every job is done");
-    env.assert_holds_exactly(&corpus);
-    env.sim.sim.set_faults(Default::default()).unwrap();
-    env.assert_verify_clean("crash").await;
+    assert_eq!(app.not_done().await, vec![], "every job is done");
+    app.assert_holds_exactly(&corpus);
+    app.provider.clear_faults();
+    app.assert_verify_clean("crash").await;
 }

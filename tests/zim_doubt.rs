@@ -8,7 +8,7 @@
 mod common;
 
 use chatferry::simulate::faults::{FaultConfig, MsgTime};
-use common::provider::*;
+use common::*;
 
 /// 3 % of imports land 1.3 s after they arrived (the client gives up after
 /// 1 s), 5 % are applied and then answered with a server error, every view
@@ -30,75 +30,64 @@ fn late_and_lying(seed: u64, msg_time: MsgTime) -> FaultConfig {
 }
 
 fn corpus(seed: u64) -> Corpus {
-    Corpus::generate(&Shape {
-        kind: Kind::Zim,
-        conversations: 60,
-        messages: 3_000,
-        seed,
-        one_sided: 0.1,
-        non_text: 0.1,
-    })
+    Shape::new(Kind::Zim, 60, 3_000)
+        .seed(seed)
+        .one_sided(0.1)
+        .non_text(0.1)
+        .generate()
 }
 
-async fn zim_env(faults: FaultConfig) -> Env {
-    Env::start(Setup {
-        kind: Kind::Zim,
-        faults,
-        auto_register: true,
-        ensure: false,
-    })
-    .await
+async fn zim_env(faults: FaultConfig) -> TestApp<TestSim> {
+    TestApp::simulated(ZimTarget::default(), SimSetup::faulty(faults)).await
 }
 
 /// Every view holds its history exactly once, in order, beside the live
 /// messages; `verify` agrees; and the faults really happened.
-async fn assert_exact(env: &Env, corpus: &Corpus, batch: &str) {
-    assert_eq!(env.not_done().await, vec![], "every job is done");
-    env.assert_holds_exactly(corpus);
-    let st = env.stats();
+async fn assert_exact(app: &TestApp<TestSim>, corpus: &Corpus, batch: &str) {
+    assert_eq!(app.not_done().await, vec![], "every job is done");
+    app.assert_holds_exactly(corpus);
+    let st = app.stats();
     for fault in ["late", "apply_then_error", "live"] {
         assert!(
             st["faults"][fault].as_u64() > Some(0),
             "no {fault} fault happened: {st}"
         );
     }
-    env.sim.sim.set_faults(Default::default()).unwrap();
-    env.assert_verify_clean(batch).await;
+    app.provider.clear_faults();
+    app.assert_verify_clean(batch).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_landings_and_errors_after_the_write_are_never_doubled_with_receive_time() {
-    let env = zim_env(late_and_lying(31, MsgTime::Receive)).await;
+    let app = zim_env(late_and_lying(31, MsgTime::Receive)).await;
     let corpus = corpus(31);
-    env.load(&corpus, "late").await;
-    env.run_until_idle().await;
-    assert_exact(&env, &corpus, "late").await;
+    app.load_corpus(&corpus, "late").await;
+    app.send_all().await;
+    assert_exact(&app, &corpus, "late").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_landings_and_errors_after_the_write_are_never_doubled_with_echoed_time() {
-    let env = zim_env(late_and_lying(32, MsgTime::Echo)).await;
+    let app = zim_env(late_and_lying(32, MsgTime::Echo)).await;
     let corpus = corpus(32);
-    env.load(&corpus, "echo").await;
-    env.run_until_idle().await;
-    assert_exact(&env, &corpus, "echo").await;
+    app.load_corpus(&corpus, "echo").await;
+    app.send_all().await;
+    assert_exact(&app, &corpus, "echo").await;
 }
 
 /// The same faults, and the real binary SIGKILLed twice on the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_landings_survive_two_sigkills() {
-    let env = zim_env(late_and_lying(33, MsgTime::Receive)).await;
+    let app = zim_env(late_and_lying(33, MsgTime::Receive)).await;
     let corpus = corpus(33);
     let total: usize = corpus.zim_views().values().map(Vec::len).sum();
-    env.load(&corpus, "killed").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = env.write_config(dir.path());
-    let log = dir.path().join("daemon.log");
+    app.load_corpus(&corpus, "killed").await;
+    let bin = app.binary();
     for third in 1..=2 {
-        run_and_kill_at(&env, &config, &log, (total * third / 3) as u64).await;
+        bin.run_and_kill_at(&app, (total * third / 3) as u64).await;
     }
-    run_to_the_end(&config, &log).await;
-    assert_exact(&env, &corpus, "killed").await;
+    bin.run_to_the_end().await;
+    assert_exact(&app, &corpus, "killed").await;
 }
 
 /// A job whose reconcile can never decide (QueryPeerMsg always fails)
@@ -114,35 +103,25 @@ async fn an_undecidable_reconcile_gives_up_with_a_reason_and_never_resends() {
     // every query fails: the worker can never tell.
     f.zim.apply_then_error_rate = 1.0;
     f.zim.apply_then_error_codes = vec![105001];
-    let env = zim_env(f).await;
-    let cfg_toml = env.toml.replace(
-        "reconcile_settle_secs = 2",
-        "reconcile_settle_secs = 2\nmax_reconcile_attempts = 3",
-    );
-    let cfg = chatferry::config::Config::from_toml(&cfg_toml).unwrap();
-    let corpus = Corpus::generate(&Shape {
-        kind: Kind::Zim,
-        conversations: 1,
-        messages: 1,
-        seed: 34,
-        one_sided: 1.0,
-        non_text: 0.0,
-    });
-    env.load(&corpus, "undecided").await;
+    let app = zim_env(f).await;
+    let mut settings = app.settings.clone();
+    settings.worker_mut().max_reconcile_attempts = Some(3);
+    let corpus = Shape::new(Kind::Zim, 1, 1).seed(34).one_sided(1.0).generate();
+    app.load_corpus(&corpus, "undecided").await;
     // Queries fail with the server error too (the fault covers every API),
     // so each reconcile is undecided.
-    let report = common::run_until_idle(&env.db, &cfg).await;
+    let report = run_until_idle(&app.db, &settings.config()).await;
     assert!(report.halted.is_empty());
     let (status, error): (String, String) =
         sqlx::query_as("SELECT status::text, last_error FROM chatferry.jobs")
-            .fetch_one(env.db.store.pool())
+            .fetch_one(app.db.store.pool())
             .await
             .unwrap();
     assert_eq!(status, "failed");
     assert!(error.contains("after 3 reconciles"), "{error}");
     assert!(error.contains("chatferry retry"), "{error}");
     assert_eq!(
-        env.stats()["calls_by_api"]["ImportPeerMsg"],
+        app.stats()["calls_by_api"]["ImportPeerMsg"],
         1,
         "sent once, never again"
     );

@@ -2,8 +2,6 @@
 //! loopback: a simulator per test, signed ZIM URLs and Tencent URLs with a
 //! UserSig made at the simulator's clock.
 
-#![allow(dead_code)]
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -13,38 +11,14 @@ use chatferry::providers::zim::sign;
 use chatferry::simulate::{SimOptions, Simulator};
 use serde_json::{json, Value};
 
-pub const ZIM_APP: u32 = 12345;
-pub const ZIM_SECRET: &str = "9193cc662a4c0ec135ec71fb57194b38";
-pub const TIM_APP: u32 = 1400000000;
-pub const TIM_KEY: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
-pub const TIM_ADMIN: &str = "administrator";
+use super::settings::{Settings, TencentTarget, ZimTarget, TIM_ADMIN, TIM_APP, TIM_KEY, ZIM_APP, ZIM_SECRET};
 
-/// A configuration with one ZIM and one Tencent target; `zim_extra` and
-/// `tim_extra` are TOML lines added to each table.
-pub fn config_with(zim_extra: &str, tim_extra: &str) -> Config {
-    Config::from_toml(&format!(
-        r#"
-[targets.zim]
-kind = "zim"
-endpoint = "http://127.0.0.1:9/"
-app_id = {ZIM_APP}
-server_secret = "{ZIM_SECRET}"
-{zim_extra}
-
-[targets.tim]
-kind = "tencent"
-endpoint = "http://127.0.0.1:9/"
-sdk_app_id = {TIM_APP}
-admin_identifier = "{TIM_ADMIN}"
-secret_key = "{TIM_KEY}"
-{tim_extra}
-"#
-    ))
-    .expect("test config parses")
-}
-
-pub fn config() -> Config {
-    config_with("", "")
+/// Both default apps, as the simulator serves them: a ZIM and a Tencent
+/// target (nothing is sent to their endpoints).
+pub fn apps() -> Settings {
+    Settings::default()
+        .with(ZimTarget::default())
+        .with(TencentTarget::default())
 }
 
 /// A simulator on an ephemeral port and a client for it.
@@ -57,12 +31,12 @@ pub struct TestSim {
 
 /// A parsed answer: the HTTP status and the JSON body.
 #[derive(Debug)]
-pub struct Reply {
+pub struct Answer {
     pub status: u16,
     pub json: Value,
 }
 
-impl Reply {
+impl Answer {
     /// ZIM `Code` or Tencent `ErrorCode`.
     pub fn code(&self) -> i64 {
         self.json
@@ -74,6 +48,7 @@ impl Reply {
 }
 
 impl TestSim {
+    /// Starts a simulator serving the apps of `config`'s targets.
     pub async fn start(config: &Config, opts: SimOptions) -> TestSim {
         let sim = Simulator::start(config, opts).await.expect("simulator starts");
         let base = sim.base_url();
@@ -96,6 +71,7 @@ impl TestSim {
         self.zim_url_with(action, ZIM_APP, &nonce, ts, &sig)
     }
 
+    /// A ZIM URL with the given app, nonce, time and signature.
     pub fn zim_url_with(&self, action: &str, app: u32, nonce: &str, ts: i64, sig: &str) -> String {
         format!(
             "{}?Action={action}&AppId={app}&SignatureNonce={nonce}&Timestamp={ts}&SignatureVersion=2.0&Signature={sig}",
@@ -115,6 +91,7 @@ impl TestSim {
         self.tim_url_with(api, TIM_APP, TIM_ADMIN, &sig)
     }
 
+    /// A Tencent URL with the given app, identifier and UserSig.
     pub fn tim_url_with(&self, api: &str, app: u32, identifier: &str, sig: &str) -> String {
         let path = match api {
             "importmsg" | "admin_getroammsg" => format!("v4/openim/{api}"),
@@ -128,22 +105,25 @@ impl TestSim {
     }
 
     /// POSTs a JSON body and parses a JSON answer.
-    pub async fn post(&self, url: &str, body: &Value) -> reqwest::Result<Reply> {
+    pub async fn post(&self, url: &str, body: &Value) -> reqwest::Result<Answer> {
         post_with(&self.http, url, body).await
     }
 
-    pub async fn zim(&self, action: &str, body: &Value) -> Reply {
+    /// Calls ZIM's `action`, signed now.
+    pub async fn zim(&self, action: &str, body: &Value) -> Answer {
         self.post(&self.zim_url(action), body)
             .await
             .expect("ZIM call answers")
     }
 
-    pub async fn tim(&self, api: &str, body: &Value) -> Reply {
+    /// Calls Tencent's `api` as the admin.
+    pub async fn tim(&self, api: &str, body: &Value) -> Answer {
         self.post(&self.tim_url(api), body)
             .await
             .expect("Tencent call answers")
     }
 
+    /// GETs a control endpoint's JSON.
     pub async fn get(&self, path_and_query: &str) -> Value {
         let r = self
             .http
@@ -155,10 +135,12 @@ impl TestSim {
         r.json().await.expect("JSON answer")
     }
 
+    /// `GET /_sim/stats`.
     pub async fn stats(&self) -> Value {
         self.get("_sim/stats").await
     }
 
+    /// What `user`'s ZIM view of the chat with `peer` holds.
     pub async fn zim_view(&self, user: &str, peer: &str) -> Value {
         self.get(&format!(
             "_sim/messages?provider=zim&app={ZIM_APP}&user={user}&peer={peer}"
@@ -166,6 +148,7 @@ impl TestSim {
         .await
     }
 
+    /// What the Tencent conversation of `a` and `b` holds.
     pub async fn tim_conv(&self, a: &str, b: &str) -> Value {
         self.get(&format!(
             "_sim/messages?provider=tencent&app={TIM_APP}&a={a}&b={b}"
@@ -184,6 +167,11 @@ impl TestSim {
             .expect("simulator answers");
         assert_eq!(r.status(), 200, "fault patch refused");
         r.json().await.expect("JSON answer")
+    }
+
+    /// Turns every fault off.
+    pub fn clear_faults(&self) {
+        self.sim.set_faults(Default::default()).unwrap();
     }
 
     /// Polls `check` on the stats until it holds (or fails after 10 s).
@@ -210,12 +198,13 @@ pub fn client(timeout: Option<Duration>) -> reqwest::Client {
         .expect("client builds")
 }
 
-pub async fn post_with(http: &reqwest::Client, url: &str, body: &Value) -> reqwest::Result<Reply> {
+/// POSTs a JSON body with `http` and parses a JSON answer.
+pub async fn post_with(http: &reqwest::Client, url: &str, body: &Value) -> reqwest::Result<Answer> {
     let r = http.post(url).json(body).send().await?;
     let status = r.status().as_u16();
     let text = r.text().await?;
     let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Ok(Reply { status, json })
+    Ok(Answer { status, json })
 }
 
 /// A ZIM text message written into `imported`'s view.
