@@ -9,29 +9,23 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use chatferry::config::Config;
 use chatferry::daemon::{BuildError, Daemon};
 use common::*;
 use tokio_util::sync::CancellationToken;
 
 /// A fresh database and a recording Tencent server that accepts every
-/// message, with the configuration for both and the ops endpoint on a free
-/// loopback port.
-async fn setup() -> (TestDb, Recorder, Config) {
-    let db = TestDb::new().await;
-    let rec = Recorder::start(|_, _| Reply::Ok).await;
-    let cfg = config(
-        &db,
-        &format!(
-            "{}{FAST_WORKER}[http]\nlisten = \"127.0.0.1:0\"\n",
-            tencent_target("tim", rec.addr)
-        ),
-    );
-    (db, rec, cfg)
+/// message, with the ops endpoint on a free loopback port.
+async fn setup() -> TestApp<Recorder> {
+    TestApp::builder()
+        .tencent(TencentTarget::default())
+        .settings(|s| s.http.listen = Some("127.0.0.1:0".into()))
+        .recorder(|_, _| Reply::Ok)
+        .spawn()
+        .await
 }
 
 /// Loads `n` messages from ann to two peers, in turn, into batch `batch`.
-async fn load_batch(db: &TestDb, cfg: &Config, batch: &str, peers: [&str; 2], n: i64) {
+async fn load_batch(app: &TestApp<Recorder>, batch: &str, peers: [&str; 2], n: i64) {
     let start = now_ms() - 100_000;
     let lines: Vec<String> = (0..n)
         .map(|i| {
@@ -45,9 +39,7 @@ async fn load_batch(db: &TestDb, cfg: &Config, batch: &str, peers: [&str; 2], n:
             )
         })
         .collect();
-    let file = jsonl(&lines);
-    let s = load(db, cfg, "tim", batch, &[file.path()], None).await;
-    assert_eq!(s.jobs_new, n as u64);
+    assert_eq!(app.load(batch, &lines).await.jobs_new, n as u64);
 }
 
 /// A GET on the ops endpoint: status and body.
@@ -71,10 +63,11 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_serves_ops_delivers_a_batch_and_stops_when_its_token_is_cancelled() {
-    let (db, rec, cfg) = setup().await;
-    load_batch(&db, &cfg, "b1", ["bob", "cy"], 20).await;
+    let app = setup().await;
+    let (db, rec, cfg) = (&app.db, &app.provider, &app.cfg);
+    load_batch(&app, "b1", ["bob", "cy"], 20).await;
 
-    let daemon = Daemon::build(&cfg).await.unwrap();
+    let daemon = Daemon::build(cfg).await.unwrap();
     let addr = daemon.ops_addr().expect("http.listen is set");
     let tasks = daemon.tasks();
     let shutdown = CancellationToken::new();
@@ -126,12 +119,13 @@ async fn the_daemon_serves_ops_delivers_a_batch_and_stops_when_its_token_is_canc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_when_idle_returns_by_itself_and_names_the_lanes_of_a_paused_batch() {
-    let (db, rec, cfg) = setup().await;
-    load_batch(&db, &cfg, "sent", ["bob", "cy"], 4).await;
-    load_batch(&db, &cfg, "held", ["dan", "eve"], 4).await;
+    let app = setup().await;
+    let (db, rec, cfg) = (&app.db, &app.provider, &app.cfg);
+    load_batch(&app, "sent", ["bob", "cy"], 4).await;
+    load_batch(&app, "held", ["dan", "eve"], 4).await;
     assert_eq!(db.store.set_paused("held", true).await.unwrap(), 1);
 
-    let daemon = Daemon::build(&cfg).await.unwrap().exit_when_idle(true);
+    let daemon = Daemon::build(cfg).await.unwrap().exit_when_idle(true);
     let tasks = daemon.tasks();
     let report = tokio::time::timeout(
         Duration::from_secs(30),
@@ -154,23 +148,18 @@ async fn exit_when_idle_returns_by_itself_and_names_the_lanes_of_a_paused_batch(
 
 #[tokio::test]
 async fn build_refuses_a_config_without_targets_and_a_listen_address_in_use() {
-    let db = TestDb::new().await;
-    let no_targets = config(&db, "");
+    let app = setup().await;
+    let mut no_targets = app.settings.clone();
+    no_targets.targets.clear();
     assert!(matches!(
-        Daemon::build(&no_targets).await,
+        Daemon::build(&no_targets.config()).await,
         Err(BuildError::Config(e)) if e.0.contains("no targets configured")
     ));
 
     let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let rec = Recorder::start(|_, _| Reply::Ok).await;
-    let busy = config(
-        &db,
-        &format!(
-            "{}[http]\nlisten = \"{}\"\n",
-            tencent_target("tim", rec.addr),
-            taken.local_addr().unwrap()
-        ),
-    );
+    let mut busy = app.settings.clone();
+    busy.http.listen = Some(taken.local_addr().unwrap().to_string());
+    let busy = busy.config();
     match Daemon::build(&busy).await {
         Err(BuildError::Listen(e)) => assert!(e.to_string().starts_with("cannot listen on http.listen")),
         Err(e) => panic!("expected a listen error, got {e}"),
