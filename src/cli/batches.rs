@@ -46,8 +46,13 @@ async fn watch_status(
         return Err(Failure::Usage("--interval must be at least 0.2 seconds".into()));
     }
     let tty = std::io::stdout().is_terminal() && !json;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Failure::Runtime(e.into()))?;
+    // Both streams are made once, before the first frame: a signal that
+    // arrives while a frame is read or written waits in them (a fresh
+    // `ctrl_c()` per refresh would miss it, and the handler installed by
+    // the first would keep SIGINT from ending the process).
+    use tokio::signal::unix::{signal, SignalKind};
+    let listen = |kind| signal(kind).map_err(|e| Failure::Runtime(e.into()));
+    let (mut int, mut term) = (listen(SignalKind::interrupt())?, listen(SignalKind::terminate())?);
     loop {
         let rows = read_status(store, batch).await?;
         let mut out = std::io::stdout().lock();
@@ -62,7 +67,7 @@ async fn watch_status(
         drop(out);
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs_f64(every)) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = int.recv() => return Ok(ExitCode::SUCCESS),
             _ = term.recv() => return Ok(ExitCode::SUCCESS),
         }
     }

@@ -412,7 +412,10 @@ fn file(m: &InputMessage, uid: String) -> Result<Value, PlanError> {
 fn video(m: &InputMessage, uid: String) -> Result<Value, PlanError> {
     let url = non_empty(m.media.url.as_deref(), "url", "a video")?;
     let thumb = non_empty(m.media.thumbnail_url.as_deref(), "thumbnail_url", "a video")?;
-    let thumb_format = match given(m.media.message_only.thumbnail_format.as_deref(), "thumbnail_format")? {
+    let thumb_format = match given(
+        m.media.message_only.thumbnail_format.as_deref(),
+        "thumbnail_format",
+    )? {
         Some(f) => f.to_string(),
         None => extension(thumb).unwrap_or_else(|| "jpg".into()),
     };

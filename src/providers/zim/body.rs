@@ -102,7 +102,8 @@ pub fn default_media_uid(conversation: &str, id: &str) -> String {
 
 /// The media id of a message: its own `uid`, else [`default_media_uid`].
 pub(crate) fn message_uid(m: &InputMessage, conversation: &str) -> String {
-    m.media.uid
+    m.media
+        .uid
         .clone()
         .unwrap_or_else(|| default_media_uid(conversation, &m.id))
 }
