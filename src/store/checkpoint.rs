@@ -11,7 +11,7 @@
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{is_transient, Lease, ProviderIds, Store};
+use super::{is_transient, JobStatus, Lease, ProviderIds, Store};
 
 /// Writes gathered into one transaction at most.
 const MAX_BATCH: usize = 512;
@@ -76,6 +76,23 @@ pub struct DoneThenMarked {
     pub done: bool,
     /// The next job's attempt, if it was marked in flight.
     pub attempt: Option<i32>,
+}
+
+/// What a lane writes for its head job when a later job was already
+/// marked in flight with it in view (see [`Store::settle_unmarking`]).
+#[derive(Debug, Clone)]
+pub enum Settle<'a> {
+    /// Accepted: done, with the provider's ids.
+    Done(ProviderIds),
+    /// Another attempt after `delay` (as [`Store::record_retry`]).
+    Retry {
+        code: Option<i64>,
+        reason: &'a str,
+        delay: std::time::Duration,
+        in_doubt: bool,
+    },
+    /// Failed for good (as [`Store::record_final`]).
+    Failed { code: Option<i64>, reason: &'a str },
 }
 
 /// The handle lanes write through.
@@ -320,7 +337,69 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Writes what became of `job` and takes back the in-flight mark of
+    /// `premarked`, the next job of its lane, marked while `job` was in
+    /// flight but never sent: in one transaction, so a retry never leaves
+    /// the next job in doubt. False when the lease moved on (nothing
+    /// written).
+    pub async fn settle_unmarking(
+        &self,
+        lease: &Lease,
+        job: i64,
+        settle: Settle<'_>,
+        premarked: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // A mark no longer there (an operator skipped the job) is no reason
+        // to leave `job` unsettled.
+        unmark(&mut tx, lease, premarked).await?;
+        let settled = match settle {
+            Settle::Done(ids) => {
+                let mut d = Dones::default();
+                d.push(lease, job, &ids);
+                record_done(&mut tx, &d).await? == [job]
+            }
+            Settle::Retry {
+                code,
+                reason,
+                delay,
+                in_doubt,
+            } => super::record_retry(&mut *tx, lease, job, code, reason, delay, in_doubt).await?,
+            Settle::Failed { code, reason } => {
+                super::record_final(&mut *tx, lease, job, JobStatus::Failed, code, reason).await?
+            }
+        };
+        if settled {
+            tx.commit().await?;
+        }
+        Ok(settled)
+    }
+}
+
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// Takes back an in-flight mark whose call never left: the job is pending
+/// again as before the mark, its attempt uncounted (a first mark's time
+/// forgotten too).
+async fn unmark(tx: &mut Tx, lease: &Lease, job: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE jobs SET status = 'pending', attempts = attempts - 1, updated_at = now(),
+                first_in_flight_at = CASE WHEN first_in_flight_at = in_flight_at THEN NULL
+                                          ELSE first_in_flight_at END
+         WHERE id = $1 AND status = 'in_flight' AND NOT in_doubt
+           AND lane_id = (SELECT id FROM lanes
+                          WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
+                          FOR KEY SHARE)",
+    )
+    .bind(job)
+    .bind(lease.lane_id)
+    .bind(lease.owner)
+    .bind(lease.token)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
 
 /// Marks jobs in flight where their lane's lease holds and outlives the
 /// fence on the database's clock.

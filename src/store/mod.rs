@@ -878,27 +878,7 @@ impl Store {
         delay: Duration,
         in_doubt: bool,
     ) -> Result<bool, sqlx::Error> {
-        let n = sqlx::query(
-            "UPDATE jobs SET status = CASE WHEN $7 THEN 'in_flight'::job_status ELSE 'pending' END,
-                    in_doubt = in_doubt OR $7, last_code = $5, last_error = $6, updated_at = now(),
-                    next_attempt_at = now() + $8 * interval '1 millisecond'
-             WHERE id = $1 AND status IN ('pending', 'in_flight')
-               AND lane_id = (SELECT id FROM lanes
-                              WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
-                              FOR KEY SHARE)",
-        )
-        .bind(job_id)
-        .bind(lease.lane_id)
-        .bind(lease.owner)
-        .bind(lease.token)
-        .bind(code)
-        .bind(error)
-        .bind(in_doubt)
-        .bind(delay.as_millis() as i64)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        record_retry(&self.pool, lease, job_id, code, error, delay, in_doubt).await
     }
 
     /// Ends a job as failed (or skipped) with its code and reason.
@@ -910,25 +890,7 @@ impl Store {
         code: Option<i64>,
         error: &str,
     ) -> Result<bool, sqlx::Error> {
-        let n = sqlx::query(
-            "UPDATE jobs SET status = $5, last_code = $6, last_error = $7,
-                    updated_at = now(), finished_at = now()
-             WHERE id = $1 AND status IN ('pending', 'in_flight')
-               AND lane_id = (SELECT id FROM lanes
-                              WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
-                              FOR KEY SHARE)",
-        )
-        .bind(job_id)
-        .bind(lease.lane_id)
-        .bind(lease.owner)
-        .bind(lease.token)
-        .bind(status)
-        .bind(code)
-        .bind(error)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        record_final(&self.pool, lease, job_id, status, code, error).await
     }
 
     // ----- operators -----------------------------------------------------
@@ -1127,4 +1089,69 @@ impl Store {
         .fetch_all(&self.pool)
         .await
     }
+}
+
+/// [`Store::record_retry`] on any executor (`checkpoint` runs it in a
+/// transaction of its own).
+pub(crate) async fn record_retry<'e>(
+    ex: impl sqlx::PgExecutor<'e>,
+    lease: &Lease,
+    job_id: i64,
+    code: Option<i64>,
+    error: &str,
+    delay: Duration,
+    in_doubt: bool,
+) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "UPDATE jobs SET status = CASE WHEN $7 THEN 'in_flight'::job_status ELSE 'pending' END,
+                in_doubt = in_doubt OR $7, last_code = $5, last_error = $6, updated_at = now(),
+                next_attempt_at = now() + $8 * interval '1 millisecond'
+         WHERE id = $1 AND status IN ('pending', 'in_flight')
+           AND lane_id = (SELECT id FROM lanes
+                          WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
+                          FOR KEY SHARE)",
+    )
+    .bind(job_id)
+    .bind(lease.lane_id)
+    .bind(lease.owner)
+    .bind(lease.token)
+    .bind(code)
+    .bind(error)
+    .bind(in_doubt)
+    .bind(delay.as_millis() as i64)
+    .execute(ex)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// [`Store::record_final`] on any executor (`checkpoint` runs it in a
+/// transaction of its own).
+pub(crate) async fn record_final<'e>(
+    ex: impl sqlx::PgExecutor<'e>,
+    lease: &Lease,
+    job_id: i64,
+    status: JobStatus,
+    code: Option<i64>,
+    error: &str,
+) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "UPDATE jobs SET status = $5, last_code = $6, last_error = $7,
+                updated_at = now(), finished_at = now()
+         WHERE id = $1 AND status IN ('pending', 'in_flight')
+           AND lane_id = (SELECT id FROM lanes
+                          WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
+                          FOR KEY SHARE)",
+    )
+    .bind(job_id)
+    .bind(lease.lane_id)
+    .bind(lease.owner)
+    .bind(lease.token)
+    .bind(status)
+    .bind(code)
+    .bind(error)
+    .execute(ex)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
 }

@@ -11,6 +11,7 @@ use super::decide::{Step, Stop};
 use super::hook::HookPoint;
 use super::lane::{Lane, Marked};
 use crate::providers::Accepted;
+use crate::store::checkpoint::Settle;
 use crate::store::{JobStatus, OpenJob, Park, ProviderIds};
 
 /// The ids an acceptance gave, as a done job records them.
@@ -19,6 +20,28 @@ fn provider_ids(a: Accepted) -> ProviderIds {
         msg_id: a.msg_id,
         msg_seq: a.msg_seq,
         request_id: a.request_id,
+    }
+}
+
+/// What a step writes for its job.
+fn settle_of(step: &Step) -> Settle<'_> {
+    let retry = |code: &Option<i64>, reason, delay, in_doubt| Settle::Retry {
+        code: *code,
+        reason,
+        delay,
+        in_doubt,
+    };
+    match step {
+        Step::Checkpoint(ids) => Settle::Done(provider_ids(ids.clone())),
+        Step::Resend { code, reason } => retry(code, reason, Duration::ZERO, false),
+        Step::Retry { code, reason, delay } => retry(code, reason, *delay, false),
+        Step::InDoubt { code, reason, delay } => retry(code, reason, *delay, true),
+        Step::Refused { code, reason } | Step::GaveUp { code, reason } => {
+            Settle::Failed { code: *code, reason }
+        }
+        // Refused before anything was applied: the job goes back to
+        // pending, untouched, for when the target is fixed.
+        Step::Halt { code, reason } => retry(code, reason, Duration::ZERO, false),
     }
 }
 
@@ -72,7 +95,10 @@ impl Lane {
 
     /// Checkpoints an accepted job alone.
     pub(crate) async fn done(&self, job: i64, ids: Accepted) -> Result<(), Stop> {
-        let ids = provider_ids(ids);
+        self.done_with(job, provider_ids(ids)).await
+    }
+
+    async fn done_with(&self, job: i64, ids: ProviderIds) -> Result<(), Stop> {
         let checkpoints = &self.ctx.checkpoints;
         match self
             .db("checkpoint", || checkpoints.record_done(self.lease(), job, &ids))
@@ -117,12 +143,7 @@ impl Lane {
             })
             .await;
         match written.map(|w| (w.done, w.attempt)) {
-            Some((true, Some(attempt))) => Ok(Marked {
-                job: next,
-                attempt,
-                cycle_start,
-                paced: Duration::ZERO,
-            }),
+            Some((true, Some(attempt))) => Ok(Marked::ahead(next, attempt, cycle_start)),
             Some((true, None)) => {
                 refused_mark(self);
                 Err(Stop::Lost)
@@ -131,24 +152,68 @@ impl Lane {
         }
     }
 
-    /// Records what an answer led to; false when the lease moved on.
-    pub(crate) async fn record(&self, step: &Step, job: i64) -> bool {
-        match step {
-            Step::Checkpoint(ids) => self.done(job, ids.clone()).await.is_ok(),
-            Step::Resend { code, reason } => self.retry(job, *code, reason, Duration::ZERO, false).await,
-            Step::Retry { code, reason, delay } => self.retry(job, *code, reason, *delay, false).await,
-            Step::InDoubt { code, reason, delay } => self.retry(job, *code, reason, *delay, true).await,
-            Step::Refused { code, reason } | Step::GaveUp { code, reason } => {
-                self.fail(job, *code, reason).await
-            }
-            Step::Halt { code, reason } => {
-                // Refused before anything was applied: the job goes back
-                // to pending, untouched, for when the target is fixed.
-                let recorded = self.retry(job, *code, reason, Duration::ZERO, false).await;
-                self.ctx.halts.halt(self.target(), reason);
-                recorded
-            }
+    /// Marks the next job in flight ahead of its call, while the job
+    /// before it is in flight (its rate slot already taken).
+    async fn premark(&self, next: OpenJob) -> Result<Marked, Stop> {
+        let cycle_start = Instant::now();
+        let point = HookPoint::BeforeMark {
+            lane: self.id(),
+            job: next.id,
+        };
+        self.ctx.hooks.at(point).await;
+        let attempt = self.mark(next.id).await?;
+        Ok(Marked::ahead(next, attempt, cycle_start))
+    }
+
+    /// The write that rides along with a call in flight: its predecessor's
+    /// checkpoint (`owed`) and the next job's mark, in one commit.
+    pub(crate) async fn write_ahead(
+        &self,
+        owed: Option<(i64, Accepted)>,
+        next: Option<OpenJob>,
+    ) -> Result<Option<Marked>, Stop> {
+        match (owed, next) {
+            (Some((job, ids)), next) => self.accepted(job, ids, next).await,
+            (None, Some(next)) => self.premark(next).await.map(Some),
+            (None, None) => Ok(None),
         }
+    }
+
+    /// Records what an answer led to; `unmark`: a later job marked while
+    /// this one was in flight, whose mark is taken back in the same
+    /// transaction. False when the lease moved on.
+    pub(crate) async fn record(&self, step: &Step, job: i64, unmark: Option<i64>) -> bool {
+        let settle = settle_of(step);
+        let recorded = match unmark {
+            Some(next) => self.settle_unmarking(job, settle, next).await,
+            None => self.settle(job, settle).await,
+        };
+        if let Step::Halt { reason, .. } = step {
+            self.ctx.halts.halt(self.target(), reason);
+        }
+        recorded
+    }
+
+    async fn settle(&self, job: i64, settle: Settle<'_>) -> bool {
+        match settle {
+            Settle::Done(ids) => self.done_with(job, ids).await.is_ok(),
+            Settle::Retry {
+                code,
+                reason,
+                delay,
+                in_doubt,
+            } => self.retry(job, code, reason, delay, in_doubt).await,
+            Settle::Failed { code, reason } => self.fail(job, code, reason).await,
+        }
+    }
+
+    async fn settle_unmarking(&self, job: i64, settle: Settle<'_>, next: i64) -> bool {
+        let store = &self.ctx.store;
+        self.db("record the outcome and unmark the next job", || {
+            store.settle_unmarking(self.lease(), job, settle.clone(), next)
+        })
+        .await
+            == Some(true)
     }
 
     /// Schedules another attempt after `delay`; `in_doubt` keeps the job

@@ -9,9 +9,11 @@
 //! reconcile it if in doubt), send one, settle the outcome. What each
 //! answer leads to is decided in `decide`; the writes are in `checkpoint`.
 
+use std::iter::Peekable;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use std::vec::IntoIter;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,7 +26,7 @@ use super::target::{Halts, Target};
 use super::{reconcile, retry_delay, window};
 use crate::config::WorkerConfig;
 use crate::ops::metrics as om;
-use crate::providers::{Outcome, SendJob};
+use crate::providers::{Accepted, Outcome, SendJob};
 use crate::store::checkpoint::Checkpoints;
 use crate::store::{ClaimedLane, Lease, OpenJob, Store};
 
@@ -64,6 +66,16 @@ pub(crate) struct Marked {
 }
 
 impl Marked {
+    /// A job marked ahead of its call, its rate slot taken at once.
+    pub fn ahead(job: OpenJob, attempt: i32, cycle_start: Instant) -> Marked {
+        Marked {
+            job,
+            attempt,
+            cycle_start,
+            paced: Duration::ZERO,
+        }
+    }
+
     /// The lane's own part of this job's cycle so far.
     pub fn cycle(&self) -> Duration {
         self.cycle_start.elapsed().saturating_sub(self.paced)
@@ -134,9 +146,19 @@ pub(crate) async fn run(lane: Arc<Lane>) {
 /// accepted job's checkpoint is committed together with the next job's
 /// in-flight mark when the next job may go at once, so a lane waits for
 /// one commit per message instead of two.
+///
+/// Where the provider's reconcile reads what it holds (ZIM), the lane's
+/// writes also overlap its calls: while job k is in flight, the next job's
+/// mark is committed (with k−1's checkpoint, when k−1 was accepted), so
+/// k+1 leaves the moment k is accepted and k's checkpoint commits while
+/// k+1 is in flight: no commit of the lane's own between two calls. If k is
+/// not accepted, k+1's mark is taken back in the transaction that records
+/// k's outcome. A crash meanwhile leaves k and k+1 in doubt; reconciling
+/// finds what landed, in order. A provider that deduplicates instead
+/// resends whatever is in doubt, which would repeat k after k+1: there
+/// the lane keeps one job in doubt at most.
 async fn one_at_a_time(lane: &Lane) -> Stop {
-    // The next job, marked with its predecessor's checkpoint.
-    let mut premarked: Option<Marked> = None;
+    let mut ahead: Option<Ahead> = None;
     loop {
         if lane.stopping() {
             return Stop::Release;
@@ -146,47 +168,106 @@ async fn one_at_a_time(lane: &Lane) -> Stop {
             Ok(jobs) => jobs,
             Err(stop) => return stop,
         };
-        if let Some(stop) = send_read(lane, jobs, &mut premarked).await {
+        if let Some(stop) = send_read(lane, jobs, &mut ahead).await {
             return stop;
         }
     }
 }
 
+/// The next job, marked in flight before its call.
+struct Ahead {
+    marked: Marked,
+    /// Its predecessor's acceptance, when that checkpoint is still to
+    /// write: it rides with the next mark while this job is in flight.
+    owed: Option<(i64, Accepted)>,
+}
+
+/// Where a lane goes after one call.
+enum Then {
+    /// On to the next job (marked already if the lane holds one ahead).
+    Go,
+    /// Read the lane again (a rate-limit answer: the job is due now).
+    Reread,
+    Stop(Stop),
+}
+
 /// Sends one read of the lane's open jobs in order; None: read again.
-async fn send_read(lane: &Lane, jobs: Vec<OpenJob>, premarked: &mut Option<Marked>) -> Option<Stop> {
+async fn send_read(lane: &Lane, jobs: Vec<OpenJob>, ahead: &mut Option<Ahead>) -> Option<Stop> {
     let mut jobs = jobs.into_iter().peekable();
     while let Some(job) = jobs.next() {
         // Live work arrived: read again, so the lane is paced as live
         // (ZIM keeps its send-time order).
-        if premarked.is_none() && lane.news() {
+        if ahead.is_none() && lane.news() {
             return None;
         }
-        let m = match premarked.take() {
-            Some(m) if m.job.id == job.id => m,
+        let (m, owed) = match ahead.take() {
+            Some(a) if a.marked.job.id == job.id => (a.marked, a.owed),
             // Marked but not next after all (cannot happen: the lane is
             // ours); it stays in doubt and is reconciled.
             Some(_) => return Some(Stop::Release),
             None => match admit_and_mark(lane, job).await {
-                Ok(Some(m)) => m,
+                Ok(Some(m)) => (m, None),
                 Ok(None) => continue,
                 Err(stop) => return Some(stop),
             },
         };
-        match send_one(lane, &m).await {
-            Call::Accepted { job, ids } => {
-                let next = jobs.peek().filter(|n| may_premark(lane, n)).cloned();
-                match lane.accepted(job, ids, next).await {
-                    Ok(next) => *premarked = next,
-                    Err(stop) => return Some(stop),
-                }
-                lane.ctx.rates.record_cycle(m.cycle());
-            }
-            Call::Next => {}
-            Call::Again(_) => return None,
-            Call::Stop(stop) => return Some(stop),
+        match call_in_order(lane, m, owed, &mut jobs, ahead).await {
+            Then::Go => {}
+            Then::Reread => return None,
+            Then::Stop(stop) => return Some(stop),
         }
     }
     None
+}
+
+/// Sends `m` while the write that rides along commits (`owed`, and the
+/// next job's mark when it may go at once), then settles `m`'s outcome;
+/// a next job marked for the lane to send is left in `ahead`.
+async fn call_in_order(
+    lane: &Lane,
+    m: Marked,
+    owed: Option<(i64, Accepted)>,
+    jobs: &mut Peekable<IntoIter<OpenJob>>,
+    ahead: &mut Option<Ahead>,
+) -> Then {
+    let next = jobs
+        .peek()
+        .filter(|n| lane.ctx.target.provider.reconcile_settles() && may_premark(lane, n))
+        .cloned();
+    let (step, premarked) = tokio::join!(send_one(lane, &m), lane.write_ahead(owed, next));
+    // Either way `m` and a premarked job stay in flight, settled by the
+    // next holder as after a crash (a premarked job was never sent).
+    let (step, premarked) = match (step, premarked) {
+        (_, Err(stop)) | (Err(stop), _) => return Then::Stop(stop),
+        (Ok(step), Ok(premarked)) => (step, premarked),
+    };
+    match (step, premarked) {
+        (Step::Checkpoint(ids), Some(next)) if !lane.stopping() => {
+            lane.ctx.rates.record_cycle(m.cycle());
+            *ahead = Some(Ahead {
+                marked: next,
+                owed: Some((m.job.id, ids)),
+            });
+            Then::Go
+        }
+        (Step::Checkpoint(ids), None) => {
+            // Nothing marked ahead: the checkpoint takes the next job's
+            // mark along if it may go now (one commit per message).
+            let next = jobs.peek().filter(|n| may_premark(lane, n)).cloned();
+            let marked = match lane.accepted(m.job.id, ids, next).await {
+                Ok(marked) => marked,
+                Err(stop) => return Then::Stop(stop),
+            };
+            lane.ctx.rates.record_cycle(m.cycle());
+            *ahead = marked.map(|marked| Ahead { marked, owed: None });
+            Then::Go
+        }
+        (step, premarked) => match settle(lane, &m, step, premarked.map(|n| n.job.id)).await {
+            Call::Accepted { .. } | Call::Next => Then::Go,
+            Call::Again(_) => Then::Reread,
+            Call::Stop(stop) => Then::Stop(stop),
+        },
+    }
 }
 
 /// Admits the lane's next job (see [`admit`]) and marks it in flight;
@@ -253,32 +334,41 @@ pub(crate) async fn pace_and_mark(lane: &Lane, job: OpenJob) -> Result<Marked, S
     })
 }
 
-/// Sends a marked job in its slot and records what came back, but an
-/// acceptance.
-pub(crate) async fn send_one(lane: &Lane, m: &Marked) -> Call {
+/// Sends a marked job in its slot; what its answer leads to, or a stop
+/// when the lease ran short meanwhile.
+pub(crate) async fn send_one(lane: &Lane, m: &Marked) -> Result<Step, Stop> {
     if let Some(stop) = slot(lane, m).await {
-        return Call::Stop(stop);
+        return Err(stop);
     }
     let (outcome, took) = send(lane, m).await;
     let ctx = &lane.ctx;
     let backoff = retry_delay(&ctx.cfg, m.attempt);
     let settle = ctx.target.settle_before_reconcile();
-    match decide::after_send(outcome, m.attempt, &ctx.policy, backoff, settle) {
-        Step::Checkpoint(ids) => {
-            ctx.target.bucket.observe(took);
-            let point = HookPoint::BeforeCheckpoint {
-                lane: lane.id(),
-                job: m.job.id,
-            };
-            ctx.hooks.at(point).await;
-            Call::Accepted { job: m.job.id, ids }
-        }
-        step => {
-            log_step(&step, &m.job);
-            let recorded = lane.record(&step, m.job.id).await;
-            decide::after_record(&step, m.job.id, recorded, &ctx.policy)
-        }
+    let step = decide::after_send(outcome, m.attempt, &ctx.policy, backoff, settle);
+    if let Step::Checkpoint(_) = step {
+        ctx.target.bucket.observe(took);
+        let point = HookPoint::BeforeCheckpoint {
+            lane: lane.id(),
+            job: m.job.id,
+        };
+        ctx.hooks.at(point).await;
     }
+    Ok(step)
+}
+
+/// Records what an answer led to, but an acceptance (unless a later job's
+/// mark, `unmark`, must be taken back with it): where the lane goes next.
+pub(crate) async fn settle(lane: &Lane, m: &Marked, step: Step, unmark: Option<i64>) -> Call {
+    let job = m.job.id;
+    if let (Step::Checkpoint(ids), None) = (&step, unmark) {
+        return Call::Accepted {
+            job,
+            ids: ids.clone(),
+        };
+    }
+    log_step(&step, &m.job);
+    let recorded = lane.record(&step, job, unmark).await;
+    decide::after_record(&step, job, recorded, &lane.ctx.policy)
 }
 
 /// Waits for the marked job's slot; a stop (the lane to give back) when

@@ -107,7 +107,11 @@ impl Window {
                 Ok(m) => m,
                 Err(stop) => return Call::Stop(stop),
             };
-            match lane::send_one(&lane, &m).await {
+            let step = match lane::send_one(&lane, &m).await {
+                Ok(step) => step,
+                Err(stop) => return Call::Stop(stop),
+            };
+            match lane::settle(&lane, &m, step, None).await {
                 Call::Accepted { job, ids } => match lane.done(job, ids).await {
                     Ok(()) => {
                         lane.ctx.rates.record_cycle(m.cycle());
