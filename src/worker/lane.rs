@@ -5,15 +5,14 @@
 //! `window`), since Tencent orders a conversation by the messages' own
 //! fields.
 //!
-//! The runner is a short loop over named steps: admit the head (gate it,
-//! reconcile it if in doubt), send one, settle the outcome. What each
-//! answer leads to is decided in `decide`; the writes are in `checkpoint`.
+//! The runners (`in_order`, `window`) are short loops over the steps
+//! here: admit the head (gate it, reconcile it if in doubt), mark it, send
+//! it, settle the outcome. What each answer leads to is decided in
+//! `decide`; the writes are in `checkpoint`.
 
-use std::iter::Peekable;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use std::vec::IntoIter;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,10 +22,10 @@ use super::decide::{self, Admit, Call, Gate, Policy, Step, Stop};
 use super::hook::{HookPoint, Hooks};
 use super::rate::Rates;
 use super::target::{Halts, Target};
-use super::{reconcile, retry_delay, window};
+use super::{in_order, reconcile, retry_delay, window};
 use crate::config::WorkerConfig;
 use crate::ops::metrics as om;
-use crate::providers::{Accepted, Outcome, SendJob};
+use crate::providers::{Outcome, SendJob};
 use crate::store::checkpoint::Checkpoints;
 use crate::store::{ClaimedLane, Lease, OpenJob, Store};
 
@@ -129,7 +128,7 @@ pub(crate) async fn run(lane: Arc<Lane>) {
         .window(ctx.target.provider.orders_by_time(), ctx.cfg.lane_window);
     let stop = match window {
         Some(window) => window::run(&lane, window).await,
-        None => one_at_a_time(&lane).await,
+        None => in_order::run(&lane).await,
     };
     if let Some(park) = stop.park() {
         ctx.hooks
@@ -139,134 +138,6 @@ pub(crate) async fn run(lane: Arc<Lane>) {
             })
             .await;
         lane.release(park).await;
-    }
-}
-
-/// ZIM and any provider that orders by arrival: one call at a time. An
-/// accepted job's checkpoint is committed together with the next job's
-/// in-flight mark when the next job may go at once, so a lane waits for
-/// one commit per message instead of two.
-///
-/// Where the provider's reconcile reads what it holds (ZIM), the lane's
-/// writes also overlap its calls: while job k is in flight, the next job's
-/// mark is committed (with k−1's checkpoint, when k−1 was accepted), so
-/// k+1 leaves the moment k is accepted and k's checkpoint commits while
-/// k+1 is in flight: no commit of the lane's own between two calls. If k is
-/// not accepted, k+1's mark is taken back in the transaction that records
-/// k's outcome. A crash meanwhile leaves k and k+1 in doubt; reconciling
-/// finds what landed, in order. A provider that deduplicates instead
-/// resends whatever is in doubt, which would repeat k after k+1: there
-/// the lane keeps one job in doubt at most.
-async fn one_at_a_time(lane: &Lane) -> Stop {
-    let mut ahead: Option<Ahead> = None;
-    loop {
-        if lane.stopping() {
-            return Stop::Release;
-        }
-        let jobs = match lane.read(lane.ctx.cfg.prefetch).await {
-            Ok(jobs) if jobs.is_empty() => return Stop::Release,
-            Ok(jobs) => jobs,
-            Err(stop) => return stop,
-        };
-        if let Some(stop) = send_read(lane, jobs, &mut ahead).await {
-            return stop;
-        }
-    }
-}
-
-/// The next job, marked in flight before its call.
-struct Ahead {
-    marked: Marked,
-    /// Its predecessor's acceptance, when that checkpoint is still to
-    /// write: it rides with the next mark while this job is in flight.
-    owed: Option<(i64, Accepted)>,
-}
-
-/// Where a lane goes after one call.
-enum Then {
-    /// On to the next job (marked already if the lane holds one ahead).
-    Go,
-    /// Read the lane again (a rate-limit answer: the job is due now).
-    Reread,
-    Stop(Stop),
-}
-
-/// Sends one read of the lane's open jobs in order; None: read again.
-async fn send_read(lane: &Lane, jobs: Vec<OpenJob>, ahead: &mut Option<Ahead>) -> Option<Stop> {
-    let mut jobs = jobs.into_iter().peekable();
-    while let Some(job) = jobs.next() {
-        // Live work arrived: read again, so the lane is paced as live
-        // (ZIM keeps its send-time order).
-        if ahead.is_none() && lane.news() {
-            return None;
-        }
-        let (m, owed) = match ahead.take() {
-            Some(a) if a.marked.job.id == job.id => (a.marked, a.owed),
-            // Marked but not next after all (cannot happen: the lane is
-            // ours); it stays in doubt and is reconciled.
-            Some(_) => return Some(Stop::Release),
-            None => match admit_and_mark(lane, job).await {
-                Ok(Some(m)) => (m, None),
-                Ok(None) => continue,
-                Err(stop) => return Some(stop),
-            },
-        };
-        match call_in_order(lane, m, owed, &mut jobs, ahead).await {
-            Then::Go => {}
-            Then::Reread => return None,
-            Then::Stop(stop) => return Some(stop),
-        }
-    }
-    None
-}
-
-/// Sends `m` while the write that rides along commits (`owed`, and the
-/// next job's mark when it may go at once), then settles `m`'s outcome;
-/// a next job marked for the lane to send is left in `ahead`.
-async fn call_in_order(
-    lane: &Lane,
-    m: Marked,
-    owed: Option<(i64, Accepted)>,
-    jobs: &mut Peekable<IntoIter<OpenJob>>,
-    ahead: &mut Option<Ahead>,
-) -> Then {
-    let next = jobs
-        .peek()
-        .filter(|n| lane.ctx.target.provider.reconcile_settles() && may_premark(lane, n))
-        .cloned();
-    let (step, premarked) = tokio::join!(send_one(lane, &m), lane.write_ahead(owed, next));
-    // Either way `m` and a premarked job stay in flight, settled by the
-    // next holder as after a crash (a premarked job was never sent).
-    let (step, premarked) = match (step, premarked) {
-        (_, Err(stop)) | (Err(stop), _) => return Then::Stop(stop),
-        (Ok(step), Ok(premarked)) => (step, premarked),
-    };
-    match (step, premarked) {
-        (Step::Checkpoint(ids), Some(next)) if !lane.stopping() => {
-            lane.ctx.rates.record_cycle(m.cycle());
-            *ahead = Some(Ahead {
-                marked: next,
-                owed: Some((m.job.id, ids)),
-            });
-            Then::Go
-        }
-        (Step::Checkpoint(ids), None) => {
-            // Nothing marked ahead: the checkpoint takes the next job's
-            // mark along if it may go now (one commit per message).
-            let next = jobs.peek().filter(|n| may_premark(lane, n)).cloned();
-            let marked = match lane.accepted(m.job.id, ids, next).await {
-                Ok(marked) => marked,
-                Err(stop) => return Then::Stop(stop),
-            };
-            lane.ctx.rates.record_cycle(m.cycle());
-            *ahead = marked.map(|marked| Ahead { marked, owed: None });
-            Then::Go
-        }
-        (step, premarked) => match settle(lane, &m, step, premarked.map(|n| n.job.id)).await {
-            Call::Accepted { .. } | Call::Next => Then::Go,
-            Call::Again(_) => Then::Reread,
-            Call::Stop(stop) => Then::Stop(stop),
-        },
     }
 }
 
@@ -293,7 +164,7 @@ pub(crate) async fn admit(lane: &Lane, job: &OpenJob) -> Admit {
 /// Whether the next job may be marked right now, with its predecessor's
 /// checkpoint: nothing to wait for, nothing to reconcile, and its rate
 /// slot free at once (a lane never holds a checkpoint back for the rate).
-fn may_premark(lane: &Lane, next: &OpenJob) -> bool {
+pub(crate) fn may_premark(lane: &Lane, next: &OpenJob) -> bool {
     let ctx = &lane.ctx;
     decide::gate(lane.stopping(), next) == Gate::Send
         && ctx.rates.may_send_now()

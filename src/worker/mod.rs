@@ -13,7 +13,8 @@
 //!   wakes the claim loop (the `LISTEN` for live work, the sweep);
 //! - `heartbeat`: the leases held, their renewal, and the drain at shutdown;
 //! - `rate`: this process's share of each target's rate;
-//! - `lane` (and `window` for Tencent): the lane runner;
+//! - `lane`: the steps of a lane; `in_order` runs them one call at a
+//!   time (ZIM), `window` with several calls in flight (Tencent);
 //! - `reconcile`: settling an in-doubt head before the lane goes on;
 //! - `decide`: what each answer leads to, as pure functions;
 //! - `checkpoint`: a lane's writes, under its lease;
@@ -42,6 +43,7 @@ mod db;
 mod decide;
 mod heartbeat;
 mod hook;
+mod in_order;
 mod lane;
 mod rate;
 mod reconcile;
