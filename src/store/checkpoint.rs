@@ -11,7 +11,7 @@
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{is_transient, Lease, ProviderIds, Store};
+use super::{is_transient, FencedJob, JobStatus, Lease, ProviderIds, Store};
 
 /// Writes gathered into one transaction at most.
 const MAX_BATCH: usize = 512;
@@ -37,13 +37,63 @@ enum Write {
         ids: ProviderIds,
         next: i64,
         min_lease_ms: i64,
-        reply: oneshot::Sender<Result<(bool, Option<i32>), sqlx::Error>>,
+        reply: oneshot::Sender<Result<DoneThenMarked, sqlx::Error>>,
     },
 }
 
-/// What one round applied: the jobs marked (with their attempt) and the
-/// jobs checkpointed done.
-type Applied = (Vec<(i64, i32)>, Vec<i64>);
+/// A job an in-flight mark took, with its attempt number.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+struct MarkedJob {
+    id: i64,
+    attempts: i32,
+}
+
+/// What one round applied. Writes whose lease moved on are in neither list.
+#[derive(Debug, Default)]
+struct Applied {
+    /// The jobs marked in flight.
+    marked: Vec<MarkedJob>,
+    /// The jobs checkpointed done.
+    done: Vec<i64>,
+}
+
+impl Applied {
+    /// The attempt `job` was marked for, if it was marked.
+    fn attempt(&self, job: i64) -> Option<i32> {
+        self.marked.iter().find(|m| m.id == job).map(|m| m.attempts)
+    }
+
+    /// Whether `job` was checkpointed done.
+    fn is_done(&self, job: i64) -> bool {
+        self.done.contains(&job)
+    }
+}
+
+/// What [`Checkpoints::done_then_mark`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DoneThenMarked {
+    /// The accepted job was checkpointed done.
+    pub done: bool,
+    /// The next job's attempt, if it was marked in flight.
+    pub attempt: Option<i32>,
+}
+
+/// What a lane writes for its head job when a later job was already
+/// marked in flight with it in view (see [`Store::settle_unmarking`]).
+#[derive(Debug, Clone)]
+pub enum Settle<'a> {
+    /// Accepted: done, with the provider's ids.
+    Done(ProviderIds),
+    /// Another attempt after `delay` (as [`Store::record_retry`]).
+    Retry {
+        code: Option<i64>,
+        reason: &'a str,
+        delay: std::time::Duration,
+        in_doubt: bool,
+    },
+    /// Failed for good (as [`Store::record_final`]).
+    Failed { code: Option<i64>, reason: &'a str },
+}
 
 /// The handle lanes write through.
 #[derive(Clone)]
@@ -114,7 +164,7 @@ impl Checkpoints {
 
 impl Checkpoints {
     /// Checkpoints `job` done and marks `next` in flight in one commit;
-    /// returns whether the checkpoint was taken and the mark's attempt (as
+    /// says whether the checkpoint was taken and the mark's attempt (as
     /// [`Checkpoints::record_done`] and [`Checkpoints::mark_in_flight`]).
     pub async fn done_then_mark(
         &self,
@@ -123,7 +173,7 @@ impl Checkpoints {
         ids: &ProviderIds,
         next: i64,
         min_lease: std::time::Duration,
-    ) -> Result<(bool, Option<i32>), sqlx::Error> {
+    ) -> Result<DoneThenMarked, sqlx::Error> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Write::DoneThenMark {
@@ -174,15 +224,17 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Write>) {
 /// Replies to one write with its share of a group's result.
 fn answer(result: &Result<Applied, sqlx::Error>, w: Write) {
     match (result, w) {
-        (Ok((marked, _)), Write::InFlight { job, reply, .. }) => {
-            let _ = reply.send(Ok(marked.iter().find(|(id, _)| *id == job).map(|x| x.1)));
+        (Ok(a), Write::InFlight { job, reply, .. }) => {
+            let _ = reply.send(Ok(a.attempt(job)));
         }
-        (Ok((_, done_ids)), Write::Done { job, reply, .. }) => {
-            let _ = reply.send(Ok(done_ids.contains(&job)));
+        (Ok(a), Write::Done { job, reply, .. }) => {
+            let _ = reply.send(Ok(a.is_done(job)));
         }
-        (Ok((marked, done_ids)), Write::DoneThenMark { job, next, reply, .. }) => {
-            let mark = marked.iter().find(|(id, _)| *id == next).map(|x| x.1);
-            let _ = reply.send(Ok((done_ids.contains(&job), mark)));
+        (Ok(a), Write::DoneThenMark { job, next, reply, .. }) => {
+            let _ = reply.send(Ok(DoneThenMarked {
+                done: a.is_done(job),
+                attempt: a.attempt(next),
+            }));
         }
         (Err(e), Write::DoneThenMark { reply, .. }) => {
             let _ = reply.send(Err(share(e)));
@@ -196,119 +248,209 @@ fn answer(result: &Result<Applied, sqlx::Error>, w: Write) {
     }
 }
 
+/// In-flight marks as the grouped UPDATE takes them: one array a column.
+#[derive(Default)]
+struct Marks {
+    job: Vec<i64>,
+    lane: Vec<i64>,
+    owner: Vec<Uuid>,
+    token: Vec<i64>,
+    /// The lease must outlive the database's now() by this much, ms.
+    min_lease_ms: Vec<i64>,
+}
+
+impl Marks {
+    fn push(&mut self, lease: &Lease, job: i64, min_lease_ms: i64) {
+        self.job.push(job);
+        self.lane.push(lease.lane_id);
+        self.owner.push(lease.owner);
+        self.token.push(lease.token);
+        self.min_lease_ms.push(min_lease_ms);
+    }
+}
+
+/// Done checkpoints as the grouped UPDATE takes them: one array a column.
+#[derive(Default)]
+struct Dones {
+    job: Vec<i64>,
+    lane: Vec<i64>,
+    owner: Vec<Uuid>,
+    token: Vec<i64>,
+    msg_id: Vec<Option<String>>,
+    msg_seq: Vec<Option<i64>>,
+    request_id: Vec<Option<String>>,
+}
+
+impl Dones {
+    fn push(&mut self, lease: &Lease, job: i64, ids: &ProviderIds) {
+        self.job.push(job);
+        self.lane.push(lease.lane_id);
+        self.owner.push(lease.owner);
+        self.token.push(lease.token);
+        self.msg_id.push(ids.msg_id.clone());
+        self.msg_seq.push(ids.msg_seq);
+        self.request_id.push(ids.request_id.clone());
+    }
+}
+
+/// Sorts a round's writes into its marks and its checkpoints.
+fn columns(batch: &[Write]) -> (Marks, Dones) {
+    let (mut m, mut d) = (Marks::default(), Dones::default());
+    for w in batch {
+        match w {
+            Write::InFlight {
+                lease,
+                job,
+                min_lease_ms,
+                ..
+            } => m.push(lease, *job, *min_lease_ms),
+            Write::Done { lease, job, ids, .. } => d.push(lease, *job, ids),
+            Write::DoneThenMark {
+                lease,
+                job,
+                ids,
+                next,
+                min_lease_ms,
+                ..
+            } => {
+                d.push(lease, *job, ids);
+                m.push(lease, *next, *min_lease_ms);
+            }
+        }
+    }
+    (m, d)
+}
+
 impl Store {
     /// Applies a batch of grouped writes in one transaction; returns the
     /// jobs marked (with their attempt) and the jobs checkpointed done.
     /// Writes whose lease moved on are left out of both.
     async fn apply_checkpoints(&self, batch: &[Write]) -> Result<Applied, sqlx::Error> {
-        let mut m = (Vec::new(), Vec::new(), Vec::<Uuid>::new(), Vec::new(), Vec::new());
-        let mut d = (
-            Vec::new(),
-            Vec::new(),
-            Vec::<Uuid>::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
-        for w in batch {
-            match w {
-                Write::InFlight {
-                    lease,
-                    job,
-                    min_lease_ms,
-                    ..
-                } => {
-                    m.0.push(*job);
-                    m.1.push(lease.lane_id);
-                    m.2.push(lease.owner);
-                    m.3.push(lease.token);
-                    m.4.push(*min_lease_ms);
-                }
-                Write::Done { lease, job, ids, .. } => {
-                    d.0.push(*job);
-                    d.1.push(lease.lane_id);
-                    d.2.push(lease.owner);
-                    d.3.push(lease.token);
-                    d.4.push(ids.msg_id.clone());
-                    d.5.push(ids.msg_seq);
-                    d.6.push(ids.request_id.clone());
-                }
-                Write::DoneThenMark {
-                    lease,
-                    job,
-                    ids,
-                    next,
-                    min_lease_ms,
-                    ..
-                } => {
-                    d.0.push(*job);
-                    d.1.push(lease.lane_id);
-                    d.2.push(lease.owner);
-                    d.3.push(lease.token);
-                    d.4.push(ids.msg_id.clone());
-                    d.5.push(ids.msg_seq);
-                    d.6.push(ids.request_id.clone());
-                    m.0.push(*next);
-                    m.1.push(lease.lane_id);
-                    m.2.push(lease.owner);
-                    m.3.push(lease.token);
-                    m.4.push(*min_lease_ms);
-                }
-            }
-        }
+        let (m, d) = columns(batch);
         let mut tx = self.pool.begin().await?;
-        let mut marked = Vec::new();
-        if !m.0.is_empty() {
-            marked = sqlx::query_as(
-                "WITH held AS (
-                    SELECT u.job FROM unnest($1::bigint[], $2::bigint[], $3::uuid[], $4::bigint[], $5::bigint[])
-                           AS u(job, lane, owner, token, min_ms)
-                    JOIN lanes l ON l.id = u.lane AND l.lease_owner = u.owner AND l.lease_token = u.token
-                                AND l.lease_until > now() + u.min_ms * interval '1 millisecond'
-                    FOR KEY SHARE OF l)
-                 UPDATE jobs j SET status = 'in_flight', attempts = j.attempts + 1, updated_at = now(),
-                        -- Marking a job that is still in_flight means its last
-                        -- outcome was never seen: it was in doubt, for good.
-                        in_doubt = j.in_doubt OR j.status = 'in_flight',
-                        in_flight_at = now(), first_in_flight_at = coalesce(j.first_in_flight_at, now())
-                 FROM held WHERE j.id = held.job AND j.status IN ('pending', 'in_flight')
-                 RETURNING j.id, j.attempts",
-            )
-            .bind(&m.0)
-            .bind(&m.1)
-            .bind(&m.2)
-            .bind(&m.3)
-            .bind(&m.4)
-            .fetch_all(&mut *tx)
-            .await?;
-        }
-        let mut done = Vec::new();
-        if !d.0.is_empty() {
-            done = sqlx::query_scalar(
-                "WITH held AS (
-                    SELECT u.* FROM unnest($1::bigint[], $2::bigint[], $3::uuid[], $4::bigint[],
-                                           $5::text[], $6::bigint[], $7::text[])
-                           AS u(job, lane, owner, token, msg_id, msg_seq, request_id)
-                    JOIN lanes l ON l.id = u.lane AND l.lease_owner = u.owner AND l.lease_token = u.token
-                    FOR KEY SHARE OF l)
-                 UPDATE jobs j SET status = 'done', provider_msg_id = held.msg_id,
-                        provider_msg_seq = held.msg_seq, provider_request_id = held.request_id,
-                        updated_at = now(), finished_at = now()
-                 FROM held WHERE j.id = held.job AND j.status IN ('pending', 'in_flight')
-                 RETURNING j.id",
-            )
-            .bind(&d.0)
-            .bind(&d.1)
-            .bind(&d.2)
-            .bind(&d.3)
-            .bind(&d.4)
-            .bind(&d.5)
-            .bind(&d.6)
-            .fetch_all(&mut *tx)
-            .await?;
-        }
+        let applied = Applied {
+            marked: mark_in_flight(&mut tx, &m).await?,
+            done: record_done(&mut tx, &d).await?,
+        };
         tx.commit().await?;
-        Ok((marked, done))
+        Ok(applied)
     }
+}
+
+impl Store {
+    /// Writes what became of `job` and takes back the in-flight mark of
+    /// `premarked`, the next job of its lane, marked while `job` was in
+    /// flight but never sent: in one transaction, so a retry never leaves
+    /// the next job in doubt. False when the lease moved on (nothing
+    /// written).
+    pub async fn settle_unmarking(
+        &self,
+        lease: &Lease,
+        job: i64,
+        settle: Settle<'_>,
+        premarked: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // A mark no longer there (an operator skipped the job) is no reason
+        // to leave `job` unsettled.
+        unmark(&mut tx, lease, premarked).await?;
+        let settled = match settle {
+            Settle::Done(ids) => {
+                let mut d = Dones::default();
+                d.push(lease, job, &ids);
+                record_done(&mut tx, &d).await? == [job]
+            }
+            Settle::Retry {
+                code,
+                reason,
+                delay,
+                in_doubt,
+            } => super::record_retry(&mut *tx, lease, job, code, reason, delay, in_doubt).await?,
+            Settle::Failed { code, reason } => {
+                super::record_final(&mut *tx, lease, job, JobStatus::Failed, code, reason).await?
+            }
+        };
+        if settled {
+            tx.commit().await?;
+        }
+        Ok(settled)
+    }
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// Takes back an in-flight mark whose call never left: the job is pending
+/// again as before the mark, its attempt uncounted (a first mark's time
+/// forgotten too).
+async fn unmark(tx: &mut Tx, lease: &Lease, job: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(fenced!(
+        "UPDATE jobs SET status = 'pending', attempts = attempts - 1, updated_at = now(),
+                first_in_flight_at = CASE WHEN first_in_flight_at = in_flight_at THEN NULL
+                                          ELSE first_in_flight_at END",
+        "AND status = 'in_flight' AND NOT in_doubt"
+    ))
+    .fenced(lease, job)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Marks jobs in flight where their lane's lease holds and outlives the
+/// fence on the database's clock.
+async fn mark_in_flight(tx: &mut Tx, m: &Marks) -> Result<Vec<MarkedJob>, sqlx::Error> {
+    if m.job.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(
+        "WITH held AS (
+            SELECT u.job FROM unnest($1::bigint[], $2::bigint[], $3::uuid[], $4::bigint[], $5::bigint[])
+                   AS u(job, lane, owner, token, min_ms)
+            JOIN lanes l ON l.id = u.lane AND l.lease_owner = u.owner AND l.lease_token = u.token
+                        AND l.lease_until > now() + u.min_ms * interval '1 millisecond'
+            FOR KEY SHARE OF l)
+         UPDATE jobs j SET status = 'in_flight', attempts = j.attempts + 1, updated_at = now(),
+                -- Marking a job that is still in_flight means its last
+                -- outcome was never seen: it was in doubt, for good.
+                in_doubt = j.in_doubt OR j.status = 'in_flight',
+                in_flight_at = now(), first_in_flight_at = coalesce(j.first_in_flight_at, now())
+         FROM held WHERE j.id = held.job AND j.status IN ('pending', 'in_flight')
+         RETURNING j.id, j.attempts",
+    )
+    .bind(&m.job)
+    .bind(&m.lane)
+    .bind(&m.owner)
+    .bind(&m.token)
+    .bind(&m.min_lease_ms)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Checkpoints jobs done with the provider's ids where their lane's lease
+/// holds.
+async fn record_done(tx: &mut Tx, d: &Dones) -> Result<Vec<i64>, sqlx::Error> {
+    if d.job.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "WITH held AS (
+            SELECT u.* FROM unnest($1::bigint[], $2::bigint[], $3::uuid[], $4::bigint[],
+                                   $5::text[], $6::bigint[], $7::text[])
+                   AS u(job, lane, owner, token, msg_id, msg_seq, request_id)
+            JOIN lanes l ON l.id = u.lane AND l.lease_owner = u.owner AND l.lease_token = u.token
+            FOR KEY SHARE OF l)
+         UPDATE jobs j SET status = 'done', provider_msg_id = held.msg_id,
+                provider_msg_seq = held.msg_seq, provider_request_id = held.request_id,
+                updated_at = now(), finished_at = now()
+         FROM held WHERE j.id = held.job AND j.status IN ('pending', 'in_flight')
+         RETURNING j.id",
+    )
+    .bind(&d.job)
+    .bind(&d.lane)
+    .bind(&d.owner)
+    .bind(&d.token)
+    .bind(&d.msg_id)
+    .bind(&d.msg_seq)
+    .bind(&d.request_id)
+    .fetch_all(&mut **tx)
+    .await
 }

@@ -19,6 +19,24 @@ use uuid::Uuid;
 use crate::config::DatabaseConfig;
 use crate::lane_key::LaneKey;
 
+/// A write to one open job that takes effect only while the writer still
+/// holds the job's lane: `$1` is the job and `$2`..`$4` the lease, bound
+/// by [`FencedJob::fenced`]. `FOR KEY SHARE` holds the lane's lease still
+/// until the write commits, so a worker that lost its lane changes nothing.
+macro_rules! fenced {
+    ($update:literal $(, $tail:literal)?) => {
+        concat!(
+            $update,
+            "
+             WHERE id = $1 AND status IN ('pending', 'in_flight')
+               AND lane_id = (SELECT id FROM lanes
+                              WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
+                              FOR KEY SHARE)",
+            $("\n             ", $tail)?
+        )
+    };
+}
+
 pub mod checkpoint;
 pub mod dashboard;
 mod load;
@@ -253,24 +271,6 @@ struct ClaimRow {
 struct RetriedJob {
     lane_id: i64,
     id: i64,
-}
-
-/// A write to one open job that takes effect only while the writer still
-/// holds the job's lane: `$1` is the job and `$2`..`$4` the lease, bound
-/// by [`FencedJob::fenced`]. `FOR KEY SHARE` holds the lane's lease still
-/// until the write commits, so a worker that lost its lane changes nothing.
-macro_rules! fenced {
-    ($update:literal $(, $tail:literal)?) => {
-        concat!(
-            $update,
-            "
-             WHERE id = $1 AND status IN ('pending', 'in_flight')
-               AND lane_id = (SELECT id FROM lanes
-                              WHERE id = $2 AND lease_owner = $3 AND lease_token = $4
-                              FOR KEY SHARE)",
-            $("\n             ", $tail)?
-        )
-    };
 }
 
 /// Binds the job and the lease a [`fenced!`] statement starts with.
@@ -960,20 +960,7 @@ impl Store {
         delay: Duration,
         in_doubt: bool,
     ) -> Result<bool, sqlx::Error> {
-        let n = sqlx::query(fenced!(
-            "UPDATE jobs SET status = CASE WHEN $7 THEN 'in_flight'::job_status ELSE 'pending' END,
-                    in_doubt = in_doubt OR $7, last_code = $5, last_error = $6, updated_at = now(),
-                    next_attempt_at = now() + $8 * interval '1 millisecond'"
-        ))
-        .fenced(lease, job_id)
-        .bind(code)
-        .bind(error)
-        .bind(in_doubt)
-        .bind(delay.as_millis() as i64)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        record_retry(&self.pool, lease, job_id, code, error, delay, in_doubt).await
     }
 
     /// Ends a job as failed (or skipped) with its code and reason.
@@ -985,18 +972,7 @@ impl Store {
         code: Option<i64>,
         error: &str,
     ) -> Result<bool, sqlx::Error> {
-        let n = sqlx::query(fenced!(
-            "UPDATE jobs SET status = $5, last_code = $6, last_error = $7,
-                    updated_at = now(), finished_at = now()"
-        ))
-        .fenced(lease, job_id)
-        .bind(status)
-        .bind(code)
-        .bind(error)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        record_final(&self.pool, lease, job_id, status, code, error).await
     }
 
     // ----- operators -----------------------------------------------------
@@ -1198,4 +1174,55 @@ impl Store {
         .fetch_all(&self.pool)
         .await
     }
+}
+
+/// [`Store::record_retry`] on any executor (`checkpoint` runs it in a
+/// transaction of its own).
+pub(crate) async fn record_retry<'e>(
+    ex: impl sqlx::PgExecutor<'e>,
+    lease: &Lease,
+    job_id: i64,
+    code: Option<i64>,
+    error: &str,
+    delay: Duration,
+    in_doubt: bool,
+) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(fenced!(
+        "UPDATE jobs SET status = CASE WHEN $7 THEN 'in_flight'::job_status ELSE 'pending' END,
+                in_doubt = in_doubt OR $7, last_code = $5, last_error = $6, updated_at = now(),
+                next_attempt_at = now() + $8 * interval '1 millisecond'"
+    ))
+    .fenced(lease, job_id)
+    .bind(code)
+    .bind(error)
+    .bind(in_doubt)
+    .bind(delay.as_millis() as i64)
+    .execute(ex)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// [`Store::record_final`] on any executor (`checkpoint` runs it in a
+/// transaction of its own).
+pub(crate) async fn record_final<'e>(
+    ex: impl sqlx::PgExecutor<'e>,
+    lease: &Lease,
+    job_id: i64,
+    status: JobStatus,
+    code: Option<i64>,
+    error: &str,
+) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(fenced!(
+        "UPDATE jobs SET status = $5, last_code = $6, last_error = $7,
+                updated_at = now(), finished_at = now()"
+    ))
+    .fenced(lease, job_id)
+    .bind(status)
+    .bind(code)
+    .bind(error)
+    .execute(ex)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
 }
