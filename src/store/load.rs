@@ -1,5 +1,8 @@
-//! Writing the loader's chunks: `COPY` into a per-connection staging
-//! table, then one set-based insert into `jobs`.
+//! Writing the loader's chunks. A first load `COPY`s a chunk straight
+//! into `jobs` (`copy_direct`); when any of its ids is stored already or
+//! comes twice, that is undone to a savepoint and the chunk goes the
+//! careful way: `COPY` into a per-connection staging table, then one
+//! set-based insert into `jobs`.
 //!
 //! `COPY` is the fastest way into Postgres (one stream, no parameter
 //! limits, no per-row statement), and the set-based insert keeps what made
@@ -45,19 +48,22 @@ impl Store {
         }
         let mut tx = self.pool.begin().await?;
         let ids = upsert_lanes(&mut tx, target, jobs).await?;
-        // Two prepared statements, not `raw_sql`: its future is not `Send`,
-        // and the ingest API awaits this inside an axum handler.
-        sqlx::query(QUIET).execute(&mut *tx).await?;
-        sqlx::query(STAGE).execute(&mut *tx).await?;
-        let mut copy = tx
-            .copy_in_raw(
-                "COPY load_stage (lane_id, source_id, sent_at_ms, input_seq, body, content_hash, origin) \
-                 FROM STDIN",
-            )
-            .await?;
-        copy.send(copy_rows(jobs, &ids)).await?;
-        copy.finish().await?;
-        let inserted = insert_staged(&mut tx, batch_id, jobs.len() as u64).await?;
+        let inserted = match copy_direct(&mut tx, batch_id, jobs, &ids).await? {
+            Some(inserted) => inserted,
+            None => {
+                // Two prepared statements, not `raw_sql`: its future is not
+                // `Send`, and the ingest API awaits this inside an axum handler.
+                sqlx::query(QUIET).execute(&mut *tx).await?;
+                sqlx::query(STAGE).execute(&mut *tx).await?;
+                let columns = "lane_id, source_id, sent_at_ms, input_seq, body, content_hash, origin";
+                let mut copy = tx
+                    .copy_in_raw(&format!("COPY load_stage ({columns}) FROM STDIN"))
+                    .await?;
+                copy.send(copy_rows(jobs, &ids, None)).await?;
+                copy.finish().await?;
+                insert_staged(&mut tx, batch_id, jobs.len() as u64).await?
+            }
+        };
         tx.commit().await?;
 
         let mut distinct: Vec<i64> = ids.into_values().collect();
@@ -135,6 +141,57 @@ async fn upsert_lanes(
     Ok(rows.into_iter().map(|r| (r.lane_key, r.id)).collect())
 }
 
+/// The fast path of a first load: the chunk `COPY`ed straight into
+/// `jobs`, which works when none of its ids is stored yet and no id comes
+/// twice in it (the usual first load: every row new). Any unique-key
+/// violation undoes it to a savepoint, and None sends the chunk the
+/// careful way (staging, `ON CONFLICT`, the reused-id check): a reload,
+/// an id repeated in the file, or a concurrent loader of the same lanes.
+async fn copy_direct(
+    tx: &mut sqlx::PgConnection,
+    batch_id: i64,
+    jobs: &[NewJob],
+    ids: &HashMap<LaneKey, i64>,
+) -> Result<Option<Inserted>, sqlx::Error> {
+    sqlx::query("SAVEPOINT load_direct").execute(&mut *tx).await?;
+    let copied = async {
+        let mut copy = tx
+            .copy_in_raw(
+                "COPY jobs (batch_id, lane_id, source_id, sent_at_ms, input_seq, body, content_hash, origin) \
+                 FROM STDIN",
+            )
+            .await?;
+        copy.send(copy_rows(jobs, ids, Some(batch_id))).await?;
+        copy.finish().await
+    }
+    .await;
+    match copied {
+        Ok(n) => {
+            sqlx::query("RELEASE SAVEPOINT load_direct")
+                .execute(&mut *tx)
+                .await?;
+            Ok(Some(Inserted {
+                new: n,
+                new_seqs: jobs.iter().map(|j| j.input_seq).collect(),
+                conflicts: Vec::new(),
+                lanes: Vec::new(),
+            }))
+        }
+        Err(e) if is_unique_violation(&e) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT load_direct")
+                .execute(&mut *tx)
+                .await?;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Postgres 23505: a row's key is stored already.
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error().and_then(|d| d.code()).as_deref() == Some("23505")
+}
+
 /// Moves the staged rows into `jobs`, then refuses (removes again) every
 /// message whose id is already stored in its lane with another content
 /// hash. A row is ours when its `input_seq` is: every load takes its own
@@ -202,7 +259,9 @@ async fn insert_staged(
 
 /// The chunk in `COPY`'s text format: tab-separated columns, one row a
 /// line, bytea as `\x` hex.
-fn copy_rows(jobs: &[NewJob], lane_ids: &HashMap<LaneKey, i64>) -> Vec<u8> {
+/// With `batch`, each row starts with the batch id (the direct path's
+/// first column).
+fn copy_rows(jobs: &[NewJob], lane_ids: &HashMap<LaneKey, i64>, batch: Option<i64>) -> Vec<u8> {
     use std::io::Write;
     let size: usize = jobs
         .iter()
@@ -210,6 +269,9 @@ fn copy_rows(jobs: &[NewJob], lane_ids: &HashMap<LaneKey, i64>) -> Vec<u8> {
         .sum();
     let mut out = Vec::with_capacity(size);
     for j in jobs {
+        if let Some(batch) = batch {
+            let _ = write!(out, "{batch}\t");
+        }
         let _ = write!(out, "{}\t", lane_ids[&j.lane_key]);
         copy_text(&mut out, &j.source_id);
         let _ = write!(out, "\t{}\t{}\t", j.sent_at_ms, j.input_seq);
