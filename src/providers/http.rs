@@ -24,6 +24,11 @@ pub(crate) fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .pool_max_idle_per_host(1024)
+        // A redirect would POST the import again where we cannot see its
+        // answer, and a proxy from the environment would see the signed
+        // URL: neither provider's server API asks for either.
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
         .tcp_nodelay(true)
         .user_agent(concat!("chatferry/", env!("CARGO_PKG_VERSION")))
         .build()?)
@@ -157,6 +162,10 @@ impl std::fmt::Display for WithoutUrl<'_> {
 /// Classifies an HTTP answer whose body is not the provider's JSON.
 fn status_outcome(status: StatusCode, body: &[u8]) -> Outcome {
     let snippet = snippet(body);
+    // Neither vendor documents an HTTP 429 (their rate limits answer with
+    // a code in JSON, see each `codes.rs`); a gateway sends 429 (RFC 6585
+    // §4) when it refuses a request before passing it on, so it is a rate
+    // limit that applied nothing.
     if status == StatusCode::TOO_MANY_REQUESTS {
         return Outcome::RetryLater {
             code: Some(status.as_u16() as i64),

@@ -17,10 +17,10 @@ use crate::lane_key::LaneKey;
 use crate::load::input::InputMessage;
 
 mod error;
-mod http;
+pub(crate) mod http;
 pub mod tencent;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub mod zim;
 
 pub use error::{PlanError, ProviderError};

@@ -22,15 +22,20 @@
 //!   call); importing again is harmless and updates the profile
 //!   (`GET /_sim/users`). Codes are the constants of
 //!   `providers::tencent::codes`.
-//! - Dedup: in a conversation (either direction), a (MsgSeq, MsgRandom,
-//!   MsgTimeStamp) seen before is answered OK and stores nothing; the first
-//!   import wins. A missing `MsgSeq` gets a random one. Conversations read
+//! - Dedup (导入单聊消息, api/269/2568: messages with the same MsgSeq,
+//!   MsgRandom and MsgTimeStamp are treated as duplicates): in a
+//!   conversation (either direction, the simulator's reading), a triple
+//!   seen before is answered OK and stores nothing; the first import wins
+//!   (the simulator's choice: the page does not say which copy is kept).
+//!   A missing `MsgSeq` gets a random one (the same page: optional field). Conversations read
 //!   back in (MsgTimeStamp, MsgSeq) order.
 //! - The success answer also carries `MsgKey` (`{MsgSeq}_{MsgRandom}_{MsgTimeStamp}`),
 //!   the key `admin_getroammsg` uses; do not rely on it from the real API.
 //! - `admin_getroammsg` pages backwards: each page holds the newest
 //!   messages in `[MinTime, MaxTime]` older than `LastMsgKey`, newest
-//!   first, at most `MaxCnt` and about 13 KB; `LastMsgTime`/`LastMsgKey`
+//!   first, at most `MaxCnt` and about 13 KB (查询单聊消息, product/269/42794;
+//!   the size cap is the simulator's stand-in for the page's note that a
+//!   page may hold fewer than `MaxCnt`); `LastMsgTime`/`LastMsgKey`
 //!   name the page's oldest message, `Complete` is 1 when nothing older is
 //!   left. Only the last `roaming_days` (7) days can be read back.
 

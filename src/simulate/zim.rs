@@ -2,7 +2,8 @@
 //! `QueryPeerMsg` and `UserRegister`, with the rules of providers.md.
 //!
 //! - Public parameters: `AppId` (100000001), `Timestamp` (100000002 missing,
-//!   100000003 malformed, 100000004 more than 600 s from now),
+//!   100000003 malformed, 100000004 more than 600 s from now:
+//!   zim-server/accessing-server-apis.md, "最多允许 10 分钟的误差"),
 //!   `SignatureNonce` (100000008 missing or reused within the window: a
 //!   replay), `Signature` (100000009 missing, 100000005 wrong),
 //!   `SignatureVersion` (100000013 missing, 100000014 not `2.0`), an
@@ -713,7 +714,7 @@ fn check_multi(message: &str) -> Result<(), Refusal> {
 
 /// Form-style percent-encoding (space as `+`): the query doc tells the
 /// reader to URLDecode media and multi-item bodies.
-fn url_encode(s: &str) -> String {
+pub(crate) fn url_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3 / 2);
     for b in s.bytes() {
         match b {

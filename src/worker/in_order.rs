@@ -124,8 +124,14 @@ async fn call(
 ) -> Then {
     let (step, premarked) = tokio::join!(lane::send_one(lane, &m), marks_ahead(lane, &m, owed, page));
     // Either way `m` and a premarked job stay in flight, settled by the
-    // next holder as after a crash (a premarked job was never sent).
+    // next holder as after a crash (a premarked job was never sent); but
+    // an acceptance already in hand is still checkpointed (lease-checked),
+    // so the next holder need not reconcile a job that is known done.
     let (step, premarked) = match (step, premarked) {
+        (Ok(Step::Checkpoint(ids)), Err(stop)) => {
+            let _ = lane.done(m.job.id, ids).await;
+            return Then::Stop(stop);
+        }
         (_, Err(stop)) | (Err(stop), _) => return Then::Stop(stop),
         (Ok(step), Ok(premarked)) => (step, premarked),
     };

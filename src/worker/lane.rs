@@ -183,6 +183,10 @@ pub(crate) async fn pace_and_mark(lane: &Lane, job: OpenJob) -> Result<Marked, S
         _ = lane.cancel.cancelled() => return Err(Stop::Release),
     }
     let paced = cycle_start.elapsed();
+    // The target may have halted (or the lane been cut) during the wait.
+    if lane.stopping() {
+        return Err(Stop::Release);
+    }
     if !ctx.fit.room_for_a_call(&lane.deadline) {
         tracing::warn!(
             lane = lane.id(),

@@ -108,12 +108,13 @@ impl Worker {
     /// Builds a worker for every configured target.
     pub fn new(store: Store, config: &Config, providers: Vec<(String, Arc<dyn Provider>)>) -> Arc<Worker> {
         let settle = Duration::from_secs(config.worker.reconcile_settle_secs);
+        let timeout = Duration::from_millis(config.worker.request_timeout_ms);
         let targets: Arc<Targets> = Arc::new(
             providers
                 .into_iter()
                 .map(|(name, provider)| {
                     let rate = config.targets[&name].rate_per_sec();
-                    (name, Arc::new(Target::new(provider, rate, settle)))
+                    (name, Arc::new(Target::new(provider, rate, settle, timeout)))
                 })
                 .collect(),
         );

@@ -19,18 +19,36 @@ pub struct Target {
     /// How long an in-doubt job settles before its reconcile, ms: the
     /// configured time, raised by a probe's measured visibility delay.
     settle_ms: AtomicU64,
+    /// How long after its in-flight mark a job may still be sent: one
+    /// request timeout where lanes mark the next job while the one before
+    /// it is in flight (`in_order.rs`, providers whose reconcile settles),
+    /// else zero. The settle counts from the mark, so it is this longer.
+    mark_lead: Duration,
 }
 
 /// The targets by name.
 pub(crate) type Targets = HashMap<String, Arc<Target>>;
 
 impl Target {
-    /// A target sending at `rate` calls/s whose in-doubt jobs settle `settle`.
-    pub(crate) fn new(provider: Arc<dyn Provider>, rate: f64, settle: Duration) -> Target {
+    /// A target sending at `rate` calls/s whose in-doubt jobs settle
+    /// `settle` after the call that left them in doubt, which may start up
+    /// to `request_timeout` after its mark (see `mark_lead`).
+    pub(crate) fn new(
+        provider: Arc<dyn Provider>,
+        rate: f64,
+        settle: Duration,
+        request_timeout: Duration,
+    ) -> Target {
+        let mark_lead = if provider.reconcile_settles() {
+            request_timeout
+        } else {
+            Duration::ZERO
+        };
         Target {
             provider,
             bucket: ratelimit::Bucket::new(rate),
             settle_ms: AtomicU64::new(settle.as_millis() as u64),
+            mark_lead,
         }
     }
 
@@ -44,7 +62,7 @@ impl Target {
 
     /// How long an in-doubt job settles before its reconcile.
     pub(crate) fn settle(&self) -> Duration {
-        Duration::from_millis(self.settle_ms.load(Ordering::Acquire))
+        Duration::from_millis(self.settle_ms.load(Ordering::Acquire)) + self.mark_lead
     }
 
     /// The settle time an in-doubt job waits before its reconcile, for a
@@ -116,5 +134,28 @@ impl Halts {
     pub(crate) fn live(&self, targets: &Targets) -> Vec<String> {
         let h = self.0.lock();
         targets.keys().filter(|t| !h.contains_key(*t)).cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::testing::{tencent_target, zim_target};
+    use crate::providers::{http, tencent::TencentClient, zim::ZimClient};
+
+    /// A ZIM lane marks its next job while the one before it is in flight,
+    /// and sends it up to one request timeout later: reconciling an
+    /// in-doubt job must wait that much past the settle, or a call still
+    /// on its way could be read as "not applied" and sent twice.
+    #[test]
+    fn the_settle_covers_a_job_marked_ahead_of_its_call() {
+        let http = http::client(Duration::from_secs(1)).unwrap();
+        let (settle, timeout) = (Duration::from_secs(60), Duration::from_secs(5));
+        let zim = ZimClient::new("zim", &zim_target(""), http.clone(), Duration::from_secs(120)).unwrap();
+        let zim = Target::new(Arc::new(zim), 10.0, settle, timeout);
+        assert_eq!(zim.settle(), Duration::from_secs(65));
+        let tim = TencentClient::new("tim", &tencent_target(""), http).unwrap();
+        let tim = Target::new(Arc::new(tim), 10.0, settle, timeout);
+        assert_eq!(tim.settle(), settle, "Tencent marks no job ahead of its call");
     }
 }

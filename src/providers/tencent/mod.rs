@@ -330,7 +330,10 @@ impl Provider for TencentClient {
                 Err(o) => o,
             };
             // An expired or invalidated UserSig is refused before anything
-            // is applied: regenerate it once, then fail loudly.
+            // is applied (Tencent: REST API 公共错误码, 70001/70052 are
+            // authentication failures): regenerate it once, then fail
+            // loudly. Were it ever applied, the resend carries the same
+            // triple, which 导入单聊消息 deduplicates.
             if let Outcome::Halt {
                 code: Some(codes::USERSIG_EXPIRED | codes::USERSIG_INVALIDATED),
                 ..
@@ -372,7 +375,9 @@ impl Provider for TencentClient {
     }
 
     /// Pages a conversation backwards with admin_getroammsg and returns it
-    /// in display order (time, then MsgSeq).
+    /// in display order (time, then MsgSeq) (Tencent: 查询单聊消息,
+    /// product/269/42794: `MaxCnt`, `MinTime`/`MaxTime`, `LastMsgKey`,
+    /// `Complete`; only the roaming period can be read back).
     async fn read_back(&self, lane: &LaneKey) -> Result<LaneReadBack, ProviderError> {
         let (a, b) = lane.users().ok_or(ProviderError::NotALane("Tencent"))?;
         let now = super::unix_ms() / 1000;

@@ -265,8 +265,10 @@ impl ZimClient {
         })
     }
 
-    /// One page of a user's view, newest first, and the next cursor (0: done).
-    /// A query only reads, so a transient failure is retried a few times.
+    /// One page of a user's view, newest first, and the next cursor (0: done)
+    /// (ZEGO: zim-server/conversation/query-the-message-list-of-one-on-one-chats.md;
+    /// `Next` is also accepted as a string, defensively: the page shows a
+    /// number). A query only reads, so a transient failure is retried.
     async fn query_page(&self, view: &str, peer: &str, next: u64) -> Result<(Vec<Value>, u64), Outcome> {
         (|| self.query_page_once(view, peer, next))
             .retry(QUERY_RETRIES.iter())
@@ -429,7 +431,10 @@ impl Provider for ZimClient {
                 Err(o) => o,
             };
             // A skewed timestamp is refused before anything is applied, so
-            // one retry with a fresh signature is safe.
+            // one retry with a fresh signature is safe: the signature is a
+            // public parameter checked before the API runs (ZEGO:
+            // zim-server/accessing-server-apis.md; code 100000004 in
+            // zim-server/return-codes.md).
             if let Outcome::Halt {
                 code: Some(codes::SIGNATURE_EXPIRED),
                 ..
@@ -457,8 +462,13 @@ impl Provider for ZimClient {
     /// message reached the view before sending it again (see
     /// `ZimClient::find_in_view`).
     async fn reconcile(&self, job: &SendJob<'_>) -> Reconciled {
+        // A body reconcile cannot search for stays undecided: after
+        // `max_reconcile_attempts` the job fails with a reason, never resent.
         let Some(content) = Expected::of_body(job.body) else {
-            return Reconciled::NotApplied;
+            return Reconciled::Unknown {
+                reason: "the stored body is not an ImportPeerMsg body chatferry can search the view for"
+                    .into(),
+            };
         };
         match self.find_in_view(&content, job).await {
             Ok(Some(item)) => Reconciled::Applied(Accepted {
@@ -532,5 +542,31 @@ fn read_back_item(raw: &Value) -> ReadBack {
             fingerprint: format!("unreadable list item {raw}"),
             msg_id: None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::testing::zim_target;
+
+    /// An in-doubt job whose stored body reconcile cannot search for (not
+    /// an ImportPeerMsg body chatferry wrote) must not be taken as "not
+    /// applied": that would resend a message ZIM may already hold.
+    #[tokio::test]
+    async fn an_unsearchable_body_is_undecided_not_unsent() {
+        let http = http::client(Duration::from_secs(1)).unwrap();
+        let zim = ZimClient::new("zim", &zim_target(""), http, Duration::from_secs(120)).unwrap();
+        let job = SendJob {
+            job_id: 1,
+            body: r#"{"FromUserId":"a","ToUserId":"b"}"#,
+            lane_key: "a\u{1f}b",
+            attempt: 2,
+            known_ids: &[],
+            first_mark_ms: None,
+            start_by: None,
+        };
+        let got = zim.reconcile(&job).await;
+        assert!(matches!(got, Reconciled::Unknown { .. }), "{got:?}");
     }
 }

@@ -308,19 +308,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// Percent-encodes like a form (space as `+`), for building read-back
-    /// bodies in these tests.
-    fn url_encode(s: &str) -> String {
-        let mut out = String::new();
-        for b in s.bytes() {
-            match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
-                b' ' => out.push('+'),
-                _ => out.push_str(&format!("%{b:02X}")),
-            }
-        }
-        out
-    }
+    /// Form-style percent-encoding, as the simulator answers read-backs.
+    use crate::simulate::zim::url_encode;
 
     fn import(msg_type: i64, message: &str, extra: Value) -> String {
         let mut v = json!({
