@@ -526,10 +526,11 @@ impl Config {
         );
         let raw = b.build().map_err(|e| {
             err(format!(
-                "cannot read configuration{}: {e}",
+                "cannot read configuration{}: {}",
                 path.as_ref()
                     .map(|p| format!(" from {}", p.display()))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                without_quoted_source(&e.to_string())
             ))
         })?;
         let mut config = deserialize(raw, path.as_deref())?;
@@ -783,6 +784,23 @@ pub fn tencent_base_url(t: &TencentTarget) -> Result<String, String> {
     Ok(format!("https://{host}/"))
 }
 
+/// A parse error without the source lines it quotes (`3 | url = "…"`):
+/// the quoted line may hold a secret. Where (line, column) and what stay.
+fn without_quoted_source(message: &str) -> String {
+    let quoted = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with('|')
+            || t.split_once(" |")
+                .is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
+    };
+    message
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !quoted(l))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -887,5 +905,19 @@ sync_mode = "live"
         let e =
             Config::from_toml("[targets.z]\nkind=\"zim\"\napp_id=1\nendpoint=\"http://x/\"\n").unwrap_err();
         assert!(e.0.contains("targets.z has no server_secret"), "{e}");
+    }
+
+    /// A TOML syntax error quotes the offending line; that line may hold a
+    /// secret, so the message keeps only where and what.
+    #[test]
+    fn a_syntax_error_does_not_quote_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("daemon.toml");
+        std::fs::write(&path, "[database]\nurl = \"postgres://u:p\\qSECRET@db/x\"\n").unwrap();
+        let Err(ConfigError(e)) = Config::load(Some(&path)) else {
+            panic!("a syntax error loads");
+        };
+        assert!(!e.contains("SECRET"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
     }
 }

@@ -72,7 +72,7 @@ impl Store {
         // The wake-up also raises the lanes to the batch's priority (a
         // live batch: LIVE_PRIORITY), and only touches lanes that need
         // either, so a plain load writes no more than that.
-        sqlx::query(
+        let woken = sqlx::query(
             "UPDATE lanes l SET priority = greatest(l.priority, p.prio),
                     available_at = CASE WHEN l.available_at IS NULL AND l.blocked_job IS NULL
                                              AND l.paused_batch IS NULL
@@ -87,7 +87,13 @@ impl Store {
         .bind(batch_id)
         .bind(super::LIVE_PRIORITY)
         .execute(&self.pool)
-        .await?;
+        .await;
+        // The jobs are committed: a failed wake-up must not report them
+        // as not stored (a caller would post or load them again and count
+        // them as known). The sweep (`wake_stranded_lanes`) wakes them.
+        if let Err(e) = woken {
+            tracing::warn!(error = %e, lanes = distinct.len(), "jobs stored; their lanes wait for the sweep to wake them");
+        }
         Ok(Inserted {
             lanes: distinct,
             ..inserted

@@ -727,6 +727,10 @@ fn views(m: &InputMessage) -> Result<Vec<&str>, PlanError> {
     let Some(v) = &m.visible_to else {
         return Ok(vec![m.from.as_str(), m.to.as_str()]);
     };
+    if v.is_empty() {
+        // No view would get it: refused, never accepted as nothing to send.
+        return Err("visible_to is empty; leave it out for both views, or name from and/or to".into());
+    }
     let mut out = Vec::with_capacity(2);
     for u in v {
         if u != &m.from && u != &m.to {
@@ -1040,6 +1044,12 @@ mod tests {
             .collect();
         let e = refused_by(&small, json!({"type": "multi", "items": items}));
         assert!(e.contains("allows 150 (max_multi_message_bytes)"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_visible_to_is_refused_not_planned_as_nothing() {
+        let e = refused(json!({"type": "text", "text": "hi", "visible_to": []}));
+        assert!(e.contains("visible_to is empty"), "{e}");
     }
 
     #[test]
